@@ -1,0 +1,190 @@
+"""Checkpoints with orbax: the model config is stored beside the weights.
+
+Layout (the same for training workdirs and converted official weights):
+
+  WORKDIR/checkpoints/<step>/state         pytree: params, pca (+ opt_state, ema_params,
+                                           step, ... for training checkpoints)
+  WORKDIR/checkpoints/<step>/model_config  JSON: the model config (no --config needed)
+  WORKDIR/checkpoints/<step>/meta          JSON: anything else (data position, full config)
+
+`load_model(path)` accepts a workdir, its `checkpoints/` directory or one step's directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dan_jax import models
+
+CHECKPOINTS_SUBDIR = "checkpoints"
+ITEMS = ("state", "model_config", "meta")
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, unreadable or does not fit what is asked of it."""
+
+
+def model_config_to_dict(model_config: Any) -> dict:
+  """A JSON-safe dict of a model config (ConfigDict, dict or ModelSpec)."""
+  spec = models.spec_from_config(model_config)
+  out = {}
+  for name in spec.__dataclass_fields__:
+    value = getattr(spec, name)
+    if name == "dtype":
+      value = np.dtype(value).name
+    out[name] = value.item() if isinstance(value, np.generic) else value
+  return out
+
+
+def create_manager(directory: str, *, max_to_keep: Optional[int] = 3,
+                   best_metric: Optional[str] = None, async_save: bool = True,
+                   read_only: bool = False) -> ocp.CheckpointManager:
+  """A CheckpointManager over `directory` (a `checkpoints/` dir) with our items.
+
+  Args:
+    directory: where the step directories live.
+    max_to_keep: number of checkpoints kept (the best one too, with `best_metric`).
+    best_metric: keep checkpoints by this metric (higher is better) instead of recency.
+    async_save: write in a background thread (training); call `wait_until_finished`.
+    read_only: never create or delete anything (evaluation, inference).
+  """
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=max_to_keep,
+      best_fn=(lambda m: m[best_metric]) if best_metric else None,
+      best_mode="max",
+      keep_checkpoints_without_metrics=True,
+      enable_async_checkpointing=async_save,
+      create=not read_only,
+      read_only=read_only,
+  )
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                               item_names=ITEMS)
+
+
+def save_args(state: Any, model_config: Any, meta: Optional[dict] = None
+              ) -> ocp.args.Composite:
+  """Orbax save arguments for one checkpoint."""
+  return ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      model_config=ocp.args.JsonSave(model_config_to_dict(model_config)),
+      meta=ocp.args.JsonSave(meta or {}),
+  )
+
+
+def save_model(out_dir: str, variables: dict, model_config: Any, step: int = 0) -> str:
+  """Writes variables ({'params', 'pca'}) as a checkpoint under `out_dir`; returns its path.
+
+  Refuses to overwrite: a step that already exists there is an error.
+  """
+  directory = os.path.join(out_dir, CHECKPOINTS_SUBDIR)
+  try:
+    os.makedirs(directory, exist_ok=True)
+  except OSError as e:
+    raise CheckpointError(f"cannot create checkpoint directory {directory}: {e}") from e
+  manager = create_manager(directory, max_to_keep=None, async_save=False)
+  if step in manager.all_steps():
+    raise CheckpointError(f"{directory} already holds a checkpoint at step {step}; "
+                          "choose another --out (nothing was overwritten)")
+  state = {"params": variables["params"], "pca": variables["pca"]}
+  manager.save(step, args=save_args(state, model_config, {"source": "dan_jax.convert"}))
+  manager.wait_until_finished()
+  manager.close()
+  return os.path.join(directory, str(step))
+
+
+def resolve(path: str) -> tuple[str, Optional[int]]:
+  """(checkpoints directory, step or None for the latest) for a user-given path."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isdir(path):
+    raise CheckpointError(f"no checkpoint at {path}: not a directory")
+  sub = os.path.join(path, CHECKPOINTS_SUBDIR)
+  if os.path.isdir(sub):
+    return sub, None
+  name = os.path.basename(path)
+  if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
+    return os.path.dirname(path), int(name)
+  if any(d.isdigit() for d in os.listdir(path)):
+    return path, None
+  raise CheckpointError(f"no checkpoint at {path}: expected a workdir with "
+                        f"{CHECKPOINTS_SUBDIR}/, a {CHECKPOINTS_SUBDIR}/ directory or one "
+                        "step's directory")
+
+
+def load_model(path: str, use_ema: bool = True
+               ) -> tuple[ml_collections.ConfigDict, dict, int]:
+  """Loads a checkpoint for inference.
+
+  Args:
+    path: a workdir (latest checkpoint), a checkpoints directory, or a step directory.
+    use_ema: take the EMA weights when the checkpoint has them.
+  Returns:
+    (model_config, variables {'params', 'pca'}, step)
+  """
+  directory, step = resolve(path)
+  manager = create_manager(directory, max_to_keep=None, async_save=False, read_only=True)
+  steps = manager.all_steps()
+  if not steps:
+    raise CheckpointError(f"no checkpoint under {directory}")
+  if step is None:
+    step = manager.latest_step()
+  elif step not in steps:
+    raise CheckpointError(f"no checkpoint at step {step} under {directory}")
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(),
+        model_config=ocp.args.JsonRestore()))
+  except Exception as e:  # orbax raises many types for truncated or foreign files
+    raise CheckpointError(f"checkpoint {directory}/{step} is unreadable: {e}") from e
+  finally:
+    manager.close()
+  state = restored["state"]
+  if not isinstance(state, dict) or "params" not in state or "pca" not in state:
+    raise CheckpointError(f"checkpoint {directory}/{step} holds no model parameters")
+  model_config = ml_collections.ConfigDict(dict(restored["model_config"]))
+  params = state["params"]
+  if use_ema and state.get("ema_params") is not None:
+    params = state["ema_params"]
+  to_np = lambda t: jax.tree_util.tree_map(np.asarray, t)
+  variables = {"params": to_np(params), "pca": to_np(state["pca"])}
+  check_variables(variables, model_config, where=f"{directory}/{step}")
+  return model_config, variables, int(step)
+
+
+def check_variables(variables: dict, model_config: Any, where: str = "checkpoint") -> None:
+  """Raises CheckpointError unless `variables` have exactly the shapes the config needs."""
+  model = models.create_model(model_config)
+  spec = model.spec
+  expected = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), np.zeros((1, 8, 8, spec.in_nc), np.float32), iterations=1))
+  exp = {"/".join(str(getattr(k, "key", k)) for k in p): v.shape
+         for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
+  got = {"/".join(str(getattr(k, "key", k)) for k in p): np.shape(v)
+         for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  if exp != got:
+    diff = sorted(set(exp.items()) ^ set(got.items()))[:4]
+    raise CheckpointError(f"{where}: parameters do not fit the model config "
+                          f"({spec.version} x{spec.scale}); first differences: {diff}")
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """Loads `path/to/config.py[:arg]` as ml_collections' config_flags does."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise CheckpointError(f"no such config file: {path}")
+  module_spec = importlib.util.spec_from_file_location("_dan_jax_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def config_json(config: ml_collections.ConfigDict) -> str:
+  """The config as JSON text (for the `meta` item and logs)."""
+  return json.dumps(config.to_dict(), default=str, sort_keys=True)

@@ -1,0 +1,317 @@
+"""Official PyTorch DAN weights (github greatlog/DAN) -> dan_jax variables and checkpoints.
+
+Library use:
+  model_config = model_config_from_official("DANv2", nf=64, nb=10, ng=5, upscale=4, loop=4)
+  variables = params_from_torch(state_dict, model_config)   # state_dict: name -> np.ndarray
+
+Command line (needs `pip install torch`, only for reading the .pth pickle):
+  python -m dan_jax.convert --official DANv2_x4.pth --out DIR [--config configs/x4.py:v2]
+writes an orbax checkpoint under DIR that `evaluate`, `infer` and training (as
+`init_checkpoint`) load. Without --config the architecture is read off the weights' shapes.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Any, Iterator, Mapping, Optional
+
+import jax
+import ml_collections
+import numpy as np
+
+from dan_jax import checkpoint as checkpoint_lib
+from dan_jax import models
+
+# Official YAML option -> our model config field.
+_OFFICIAL_TO_OURS = {
+    "nf": "nf",
+    "nb": "nb",
+    "ng": "ng",
+    "in_nc": "in_nc",
+    "upscale": "scale",
+    "input_para": "code_len",
+    "kernel_size": "kernel_size",
+    "loop": "loops",
+}
+# Sizes the official code fixes in its Estimators (not YAML options); overridable here.
+_EXTRA_FIELDS = ("estimator_nf", "estimator_nb")
+
+
+class ConversionError(ValueError):
+  """The weights do not fit the requested model."""
+
+
+def model_config_from_official(version: str, **official_options: Any
+                               ) -> ml_collections.ConfigDict:
+  """Our model config from the official `network_G.setting` YAML options.
+
+  Args:
+    version: "DANv1" or "DANv2".
+    **official_options: `nf`, `nb`, `ng`, `in_nc`, `upscale`, `input_para`, `kernel_size`,
+      `loop` as in the official YAMLs (`estimator_nf`/`estimator_nb` also accepted).
+      Missing ones take the official defaults.
+  Returns:
+    A ConfigDict with the fields of `configs/default.py`'s `model`.
+  """
+  if version not in models.VERSIONS:
+    raise ValueError(f"version must be one of {models.VERSIONS}, got {version!r}")
+  unknown = sorted(set(official_options) - set(_OFFICIAL_TO_OURS) - set(_EXTRA_FIELDS))
+  if unknown:
+    raise ValueError(f"unknown official option(s) {unknown}; known: "
+                     f"{sorted(_OFFICIAL_TO_OURS) + list(_EXTRA_FIELDS)}")
+  # Official class defaults (DAN.__init__ of each version).
+  cfg = dict(version=version, scale=4, nf=64, nb=16, ng=5, in_nc=3, loops=8, kernel_size=21,
+             code_len=10, estimator_nf=64, estimator_nb=5)
+  for name, value in official_options.items():
+    cfg[_OFFICIAL_TO_OURS.get(name, name)] = value
+  if version == "DANv1" and cfg["in_nc"] != 3:
+    raise ValueError("DANv1 has no in_nc option: its networks take 3 channels")
+  config = ml_collections.ConfigDict(cfg)
+  models.spec_from_config(config)  # validates
+  return config
+
+
+def _conv_pairs(spec: models.ModelSpec) -> Iterator[tuple[str, tuple[str, ...]]]:
+  """(official module name, our parameter path) for every convolution of the model."""
+  r, e = ("alternate", "restorer"), ("alternate", "estimator")
+
+  def crb(prefix, path):
+    yield f"{prefix}.body.0", path + ("conv1",)
+    yield f"{prefix}.body.2", path + ("conv2",)
+    yield f"{prefix}.body.3.body.0", path + ("attention", "squeeze")
+    yield f"{prefix}.body.3.body.2", path + ("attention", "excite")
+
+  def dpcb(prefix, path):
+    for a in (1, 2):
+      for i, j in ((0, 1), (2, 2)):
+        yield f"{prefix}.body{a}.{i}", path + (f"body{a}_conv{j}",)
+
+  if spec.version == "DANv1":
+    yield "Restorer.head", r + ("head",)
+    for i in range(spec.nb):
+      yield from crb(f"Restorer.body.{i}", r + (f"block{i}",))
+  else:
+    yield "Restorer.head1", r + ("head_lr",)
+    yield "Restorer.head2", r + ("head_code",)
+    for g in range(spec.ng):
+      for b in range(spec.nb):
+        yield from dpcb(f"Restorer.body.{g}.body.{b}", r + (f"group{g}", f"block{b}"))
+  yield "Restorer.fusion", r + ("fusion",)
+  up = ["conv0", "conv1", "out"] if spec.scale == 4 else ["conv0", "out"]
+  for i, name in enumerate(up):
+    yield f"Restorer.upscale.{2 * i}", r + ("upsample", name)
+
+  if spec.version == "DANv1":
+    yield "Estimator.head_LR", e + ("head_lr",)
+    yield "Estimator.head_HR", e + ("head_sr",)
+    for i in range(spec.estimator_nb):
+      yield from crb(f"Estimator.body.{i}", e + (f"block{i}",))
+    yield "Estimator.out", e + ("out",)
+  else:
+    yield "Estimator.head_LR.0", e + ("head_lr",)
+    yield "Estimator.head_HR.0", e + ("head_sr",)
+    for b in range(spec.estimator_nb):
+      yield from dpcb(f"Estimator.body.body.{b}", e + ("body", f"block{b}"))
+    yield "Estimator.tail.0", e + ("tail_conv",)
+    yield "Estimator.tail.2", e + ("tail_kernel",)
+
+
+_BUFFERS = ("encoder", "init_kernel", "init_ker_map")
+
+
+def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  out = {}
+  for k, v in state_dict.items():
+    k = k[len("module."):] if k.startswith("module.") else k
+    out[k] = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
+  return out
+
+
+def params_from_torch(state_dict: Mapping[str, Any], model_config: Any) -> dict:
+  """Maps an official DAN state_dict onto our variables.
+
+  Args:
+    state_dict: official parameter and buffer names (optionally `module.`-prefixed) to
+      arrays (numpy or torch tensors); must include the `encoder` buffer (PCA matrix).
+    model_config: our model config (e.g. from `model_config_from_official`).
+  Returns:
+    {'params': ..., 'pca': {'matrix': [k*k, code_len]}} ready for `model.apply`.
+  Raises:
+    ConversionError: naming missing, unexpected or mis-shaped entries.
+  """
+  spec = models.spec_from_config(model_config)
+  sd = _strip_prefix(state_dict)
+  other = "DANv2" if spec.version == "DANv1" else "DANv1"
+  marker = {"DANv1": "Restorer.head.weight", "DANv2": "Restorer.head1.weight"}
+  if marker[spec.version] not in sd and marker[other] in sd:
+    raise ConversionError(f"these weights are {other}, but the model config is "
+                          f"{spec.version}")
+  model = models.DAN(spec)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
+                                             np.zeros((1, 8, 8, spec.in_nc), np.float32),
+                                             iterations=1))
+  params: dict = {}
+  used = set()
+  problems = []
+  for torch_name, path in _conv_pairs(spec):
+    node = shapes["params"]
+    for p in path:
+      node = node[p]
+    for suffix, ours in (("weight", "kernel"), ("bias", "bias")):
+      key = f"{torch_name}.{suffix}"
+      if key not in sd:
+        problems.append(f"missing {key}")
+        continue
+      value = sd[key].astype(np.float32)
+      if suffix == "weight":
+        value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+      if value.shape != node[ours].shape:
+        problems.append(f"{key}: shape {value.shape} (as HWIO) does not fit the model "
+                        f"config, which needs {node[ours].shape}")
+        continue
+      used.add(key)
+      target = params
+      for p in path:
+        target = target.setdefault(p, {})
+      target[ours] = value
+  k, code_len = spec.kernel_size, spec.code_len
+  if "encoder" not in sd:
+    problems.append("missing encoder (the PCA matrix buffer)")
+  else:
+    encoder = sd["encoder"].astype(np.float32).reshape(-1, sd["encoder"].shape[-1])
+    if encoder.shape != (k * k, code_len):
+      problems.append(f"encoder: shape {encoder.shape} does not fit kernel_size {k} and "
+                      f"code_len {code_len}, which need {(k * k, code_len)}")
+  used.update(b for b in _BUFFERS if b in sd)
+  unexpected = sorted(set(sd) - used)
+  # Keys of layers the config lacks (e.g. more blocks) mean the config is wrong.
+  problems += [f"unexpected {u}" for u in unexpected[:10]]
+  if len(unexpected) > 10:
+    problems.append(f"... and {len(unexpected) - 10} more unexpected entries")
+  if problems:
+    raise ConversionError(
+        f"official {spec.version} x{spec.scale} weights do not match the model config "
+        f"(nf={spec.nf}, nb={spec.nb}" + (f", ng={spec.ng}" if spec.version == "DANv2" else "")
+        + f", kernel_size={k}, code_len={code_len}): " + "; ".join(problems[:12]))
+  if "init_ker_map" in sd:
+    start = models.delta_code(encoder, k)
+    if not np.allclose(sd["init_ker_map"].reshape(-1), start, atol=1e-5):
+      raise ConversionError("init_ker_map is not the code of the delta kernel under the "
+                            "encoder: the checkpoint is inconsistent")
+  return {"params": params, "pca": {"matrix": encoder}}
+
+
+def infer_official_options(state_dict: Mapping[str, Any]) -> tuple[str, dict]:
+  """Reads version and YAML options off an official state_dict's names and shapes."""
+  sd = _strip_prefix(state_dict)
+  if "Restorer.head1.weight" in sd:
+    version = "DANv2"
+    nf = sd["Restorer.head1.weight"].shape[0]
+    groups = {int(m.group(1)) for k in sd if (m := re.match(r"Restorer\.body\.(\d+)\.", k))}
+    blocks = {int(m.group(1)) for k in sd
+              if (m := re.match(r"Restorer\.body\.0\.body\.(\d+)\.", k))}
+    est_blocks = {int(m.group(1)) for k in sd
+                  if (m := re.match(r"Estimator\.body\.body\.(\d+)\.", k))}
+    opts = dict(nf=nf, nb=len(blocks), ng=len(groups),
+                in_nc=sd["Restorer.head1.weight"].shape[1],
+                estimator_nf=2 * sd["Estimator.head_LR.0.weight"].shape[0],
+                estimator_nb=len(est_blocks))
+    head_sr = sd["Estimator.head_HR.0.weight"].shape[-1]  # 4 * scale + 1
+    opts["upscale"] = (head_sr - 1) // 4
+  elif "Restorer.head.weight" in sd:
+    version = "DANv1"
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"Restorer\.body\.(\d+)\.", k))}
+    est_blocks = {int(m.group(1)) for k in sd
+                  if (m := re.match(r"Estimator\.body\.(\d+)\.", k))}
+    opts = dict(nf=sd["Restorer.head.weight"].shape[0], nb=len(blocks),
+                estimator_nf=2 * sd["Estimator.head_LR.weight"].shape[0],
+                estimator_nb=len(est_blocks))
+    # The upsampler's first conv has nf * scale**2 outputs (x2, x3) or nf * 4 (x4, twice).
+    ratio = sd["Restorer.upscale.0.weight"].shape[0] // opts["nf"]
+    opts["upscale"] = 4 if "Restorer.upscale.4.weight" in sd else int(round(ratio**0.5))
+  else:
+    raise ConversionError("this is not an official DAN state_dict (no Restorer.head or "
+                          "Restorer.head1 weights)")
+  if "encoder" not in sd:
+    raise ConversionError("the state_dict has no encoder buffer (the PCA matrix)")
+  enc = sd["encoder"].reshape(-1, sd["encoder"].shape[-1])
+  opts["input_para"] = enc.shape[1]
+  opts["kernel_size"] = int(round(enc.shape[0]**0.5))
+  return version, opts
+
+
+def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
+  """Reads an official .pth (a state_dict, or a dict holding one) into numpy arrays."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ConversionError("reading a .pth needs PyTorch: pip install 'dan_jax[torch]' "
+                          "(or any torch build)") from e
+  try:
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+  except FileNotFoundError as e:
+    raise ConversionError(f"no such checkpoint file: {path}") from e
+  except Exception as e:  # pickle, zip and format errors all surface differently
+    raise ConversionError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+  for key in ("state_dict", "params", "model"):
+    if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+      obj = obj[key]
+  if not isinstance(obj, dict):
+    raise ConversionError(f"{path} does not hold a state_dict")
+  return _strip_prefix(obj)
+
+
+def convert_file(official_path: str, out_dir: str, model_config: Optional[Any] = None,
+                 loops: Optional[int] = None) -> ml_collections.ConfigDict:
+  """Converts an official .pth into an orbax checkpoint under `out_dir`.
+
+  Args:
+    official_path: the official .pth file.
+    out_dir: output directory; the checkpoint goes to `out_dir/checkpoints/0`.
+    model_config: our model config; default: read off the weights' names and shapes.
+    loops: alternating iterations to store in the config (default: the config's, or 4).
+  Returns:
+    The model config stored with the checkpoint.
+  """
+  sd = load_torch_checkpoint(official_path)
+  if model_config is None:
+    version, opts = infer_official_options(sd)
+    opts["loop"] = 4
+    model_config = model_config_from_official(version, **opts)
+  if loops:
+    model_config = ml_collections.ConfigDict(model_config.to_dict())
+    model_config.loops = loops
+  variables = params_from_torch(sd, model_config)
+  checkpoint_lib.save_model(out_dir, variables, model_config)
+  return model_config
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  """The command line; returns the exit status."""
+  import argparse  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(
+      prog="python -m dan_jax.convert",
+      description="Convert official PyTorch DAN weights into a dan_jax checkpoint.")
+  parser.add_argument("--official", required=True, help="official .pth file")
+  parser.add_argument("--out", required=True, help="output directory (like a workdir)")
+  parser.add_argument("--config", default=None,
+                      help="optional dan_jax config file (e.g. configs/x4.py:v2) whose "
+                           "`model` must match the weights; default: read off the weights")
+  parser.add_argument("--loops", type=int, default=None,
+                      help="alternating iterations to store (default: the official 4)")
+  args = parser.parse_args(argv)
+  try:
+    model_config = None
+    if args.config:
+      model_config = checkpoint_lib.load_config_file(args.config).model
+    config = convert_file(args.official, args.out, model_config, args.loops)
+  except (ConversionError, checkpoint_lib.CheckpointError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"wrote {config.version} x{config.scale} checkpoint to {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

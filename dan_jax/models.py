@@ -1,0 +1,490 @@
+"""DAN networks in Flax linen: DANv1 and DANv2 Restorers/Estimators and the alternating loop.
+
+Layout is NHWC throughout. Every layer mirrors one layer of the official PyTorch code
+(github greatlog/DAN, `dan_arch.py`), so official weights map one to one (see `convert`).
+
+The alternating loop starts from the PCA code of a delta kernel and repeats
+`sr = Restorer(lr, stop_gradient(code)); code = Estimator(stop_gradient(sr), lr)`; it is an
+`nn.scan` whose parameters are broadcast, so all iterations share one set of weights.
+
+The PCA matrix is a model variable (collection `pca`), so a checkpoint is self-contained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, Optional, Sequence
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Array = jax.Array
+
+VERSIONS = ("DANv1", "DANv2")
+SCALES = (2, 3, 4)
+
+
+@flax.struct.dataclass
+class DANOutput:
+  """What one forward pass returns; the leading axis is the alternating iteration.
+
+  Attributes:
+    sr: [iterations, B, s*H, s*W, C] super-resolved images, one per iteration.
+    code: [iterations, B, code_len] kernel codes estimated at each iteration.
+    kernel: [iterations, B, k, k] estimated kernels (DANv2); None for DANv1, whose
+      Estimator predicts the code directly.
+  """
+
+  sr: Array
+  code: Array
+  kernel: Optional[Array] = None
+
+
+# ---------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------
+
+
+def _torch_uniform(bound: float):
+  """PyTorch's default Conv2d init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weight and bias."""
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class Conv2d(nn.Module):
+  """A 2-D convolution with PyTorch's padding, stride and default initialisation.
+
+  Params are `kernel` [kh, kw, in, out] (HWIO) and `bias` [out].
+  """
+
+  features: int
+  kernel_size: int
+  stride: int = 1
+  padding: int = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    k = self.kernel_size
+    fan_in = x.shape[-1] * k * k
+    init = _torch_uniform(1.0 / math.sqrt(fan_in))
+    kernel = self.param("kernel", init, (k, k, x.shape[-1], self.features))
+    bias = self.param("bias", init, (self.features,))
+    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
+    if k == 1 and self.stride == 1 and self.padding == 0:
+      # A 1x1 convolution is a matmul; dot_general is cheaper than a conv on XLA:CPU.
+      return jnp.einsum("...c,cd->...d", x, kernel[0, 0]) + bias
+    p = self.padding
+    y = jax.lax.conv_general_dilated(
+        x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + bias
+
+
+def leaky_relu(x: Array) -> Array:
+  return nn.leaky_relu(x, negative_slope=0.2)
+
+
+def pixel_shuffle(x: Array, r: int) -> Array:
+  """torch.nn.PixelShuffle in NHWC: channel c*r*r + i*r + j goes to pixel (h*r+i, w*r+j)."""
+  b, h, w, c = x.shape
+  c_out = c // (r * r)
+  x = x.reshape(b, h, w, c_out, r, r)
+  x = x.transpose(0, 1, 4, 2, 5, 3)
+  return x.reshape(b, h * r, w * r, c_out)
+
+
+class Upsampler(nn.Module):
+  """The official tail: conv + PixelShuffle (x2, x3) or two (conv + PixelShuffle(2)) (x4)."""
+
+  nf: int
+  scale: int
+  out_nc: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, f: Array) -> Array:
+    steps = [2, 2] if self.scale == 4 else [self.scale]
+    for i, r in enumerate(steps):
+      f = Conv2d(self.nf * r * r, 3, padding=1, dtype=self.dtype, name=f"conv{i}")(f)
+      f = pixel_shuffle(f, r)
+    return Conv2d(self.out_nc, 3, padding=1, dtype=self.dtype, name="out")(f)
+
+
+# ---- DANv1 blocks ----
+
+
+class ChannelAttention(nn.Module):
+  """CALayer: x * sigmoid(conv(lrelu(conv(mean_hw(x)))))."""
+
+  reduction: int = 16
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    nf = x.shape[-1]
+    y = jnp.mean(x, axis=(1, 2), keepdims=True)
+    y = Conv2d(nf // self.reduction, 1, dtype=self.dtype, name="squeeze")(y)
+    y = Conv2d(nf, 1, dtype=self.dtype, name="excite")(leaky_relu(y))
+    return x * nn.sigmoid(y)
+
+
+class CRB(nn.Module):
+  """Conditional residual block: f1 += CA(conv(lrelu(conv([f1, f2])))); f2 passes through."""
+
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, f1: Array, f2: Array) -> Array:
+    nf1 = f1.shape[-1]
+    x = jnp.concatenate([f1, f2.astype(f1.dtype)], axis=-1)
+    y = Conv2d(x.shape[-1], 3, padding=1, dtype=self.dtype, name="conv1")(x)
+    y = Conv2d(nf1, 3, padding=1, dtype=self.dtype, name="conv2")(leaky_relu(y))
+    y = ChannelAttention(dtype=self.dtype, name="attention")(y)
+    return f1 + y
+
+
+class RestorerV1(nn.Module):
+  """DANv1 Restorer: CRB blocks conditioned on the code stretched over the LR image."""
+
+  nf: int = 64
+  nb: int = 40
+  scale: int = 4
+  out_nc: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, lr: Array, code: Array) -> Array:
+    b, h, w, _ = lr.shape
+    code_map = jnp.broadcast_to(code[:, None, None, :], (b, h, w, code.shape[-1]))
+    f = Conv2d(self.nf, 3, padding=1, dtype=self.dtype, name="head")(lr)
+    for i in range(self.nb):
+      f = CRB(dtype=self.dtype, name=f"block{i}")(f, code_map)
+    f = Conv2d(self.nf, 3, padding=1, dtype=self.dtype, name="fusion")(f)
+    return Upsampler(self.nf, self.scale, self.out_nc, self.dtype, name="upsample")(f)
+
+
+class EstimatorV1(nn.Module):
+  """DANv1 Estimator: features of LR and of SR (strided conv), CRB blocks, pooled to a code."""
+
+  nf: int = 64
+  nb: int = 5
+  scale: int = 4
+  code_len: int = 10
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, sr: Array, lr: Array) -> Array:
+    lrf = Conv2d(self.nf // 2, 1, dtype=self.dtype, name="head_lr")(lr)
+    hrf = Conv2d(self.nf // 2, 9, stride=self.scale, padding=4, dtype=self.dtype,
+                 name="head_sr")(sr)
+    f = lrf
+    for i in range(self.nb):
+      f = CRB(dtype=self.dtype, name=f"block{i}")(f, hrf)
+    f = Conv2d(self.code_len, 3, padding=1, dtype=self.dtype, name="out")(f)
+    return jnp.mean(f.astype(jnp.float32), axis=(1, 2))
+
+
+# ---- DANv2 blocks ----
+
+
+class DPCB(nn.Module):
+  """Dual-path conditional block: x1 += body1(x1) * body2(x2); x2 += body2(x2)."""
+
+  k1: int = 3
+  k2: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x1: Array, x2: Array) -> tuple[Array, Array]:
+    nf = x1.shape[-1]
+    conv = lambda k, name: Conv2d(nf, k, padding=k // 2, dtype=self.dtype, name=name)
+    f1 = conv(self.k1, "body1_conv2")(leaky_relu(conv(self.k1, "body1_conv1")(x1)))
+    f2 = conv(self.k2, "body2_conv2")(leaky_relu(conv(self.k2, "body2_conv1")(x2)))
+    return x1 + f1 * f2, x2 + f2
+
+
+class DPCG(nn.Module):
+  """A group of DPCBs with the official group 'residual'.
+
+  The official DPCG mutates the list it is given in place, so its `x + body(x)` reads the
+  already-updated entries and equals `2 * body(x)`. Pretrained weights depend on it, so we
+  reproduce it (as the constant factor it is).
+  """
+
+  nb: int
+  k1: int = 3
+  k2: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x1: Array, x2: Array) -> tuple[Array, Array]:
+    for i in range(self.nb):
+      x1, x2 = DPCB(self.k1, self.k2, self.dtype, name=f"block{i}")(x1, x2)
+    return 2 * x1, 2 * x2
+
+
+class RestorerV2(nn.Module):
+  """DANv2 Restorer: DPCG groups; the code enters as a 1x1 feature map (no stretching)."""
+
+  nf: int = 64
+  nb: int = 10
+  ng: int = 5
+  scale: int = 4
+  out_nc: int = 3
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, lr: Array, code: Array) -> Array:
+    f1 = Conv2d(self.nf, 3, padding=1, dtype=self.dtype, name="head_lr")(lr)
+    f2 = Conv2d(self.nf, 1, dtype=self.dtype, name="head_code")(code[:, None, None, :])
+    for g in range(self.ng):
+      f1, f2 = DPCG(self.nb, 3, 1, self.dtype, name=f"group{g}")(f1, f2)
+    f = Conv2d(self.nf, 3, padding=1, dtype=self.dtype, name="fusion")(f1)
+    return Upsampler(self.nf, self.scale, self.out_nc, self.dtype, name="upsample")(f)
+
+
+class EstimatorV2(nn.Module):
+  """DANv2 Estimator: a DPCG over (LR, SR) features, pooled to a softmax k*k kernel."""
+
+  nf: int = 64
+  nb: int = 5
+  scale: int = 4
+  kernel_size: int = 21
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, sr: Array, lr: Array) -> Array:
+    s = self.scale
+    lrf = Conv2d(self.nf // 2, 5, padding=2, dtype=self.dtype, name="head_lr")(lr)
+    hrf = Conv2d(self.nf // 2, 4 * s + 1, stride=s, padding=2 * s, dtype=self.dtype,
+                 name="head_sr")(sr)
+    f, _ = DPCG(self.nb, 3, 3, self.dtype, name="body")(lrf, hrf)
+    f = Conv2d(self.nf, 3, padding=1, dtype=self.dtype, name="tail_conv")(f)
+    f = jnp.mean(f, axis=(1, 2), keepdims=True)
+    logits = Conv2d(self.kernel_size**2, 1, dtype=self.dtype, name="tail_kernel")(f)
+    return nn.softmax(logits[:, 0, 0, :].astype(jnp.float32), axis=-1)  # [B, k*k]
+
+
+# ---------------------------------------------------------------------------------------
+# The alternating loop
+# ---------------------------------------------------------------------------------------
+
+
+class AlternatingStep(nn.Module):
+  """One DAN iteration: restore with the current code, then re-estimate the code."""
+
+  config: Any  # a ModelSpec
+
+  def setup(self):
+    c = self.config
+    if c.version == "DANv1":
+      self.restorer = RestorerV1(c.nf, c.nb, c.scale, c.in_nc, c.dtype)
+      self.estimator = EstimatorV1(c.estimator_nf, c.estimator_nb, c.scale, c.code_len,
+                                   c.dtype)
+    else:
+      self.restorer = RestorerV2(c.nf, c.nb, c.ng, c.scale, c.in_nc, c.dtype)
+      self.estimator = EstimatorV2(c.estimator_nf, c.estimator_nb, c.scale, c.kernel_size,
+                                   c.dtype)
+
+  def __call__(self, code: Array, lr: Array, pca: Array):
+    sr = self.restorer(lr, jax.lax.stop_gradient(code)).astype(jnp.float32)
+    est = self.estimator(jax.lax.stop_gradient(sr), lr)
+    if self.config.version == "DANv1":
+      new_code, kernel = est, None
+    else:
+      k = self.config.kernel_size
+      new_code = est @ pca  # the official PCA product: flattened kernel x encoder
+      kernel = est.reshape(est.shape[0], k, k)
+    return new_code, (sr, new_code, kernel)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The hashable, validated form of a model config (see `spec_from_config`)."""
+
+  version: str = "DANv2"
+  scale: int = 4
+  nf: int = 64
+  nb: int = 10
+  ng: int = 5
+  in_nc: int = 3
+  loops: int = 4
+  kernel_size: int = 21
+  code_len: int = 10
+  estimator_nf: int = 64
+  estimator_nb: int = 5
+  scan_unroll: int = 1
+  dtype: Any = jnp.float32
+
+
+def delta_code(pca: Array, kernel_size: int) -> Array:
+  """PCA code of the delta kernel (a 1 at the centre pixel): the loop's starting code."""
+  c = kernel_size // 2
+  return pca[c * kernel_size + c]
+
+
+class DAN(nn.Module):
+  """The deep alternating network.
+
+  Call as `model.apply(variables, lr)`; `lr` is [B, H, W, C] float in [0, 1].
+  `initial_code` ([B, code_len]) and `iterations` let a caller resume the loop from a
+  given code for a given number of iterations; the training step uses this to run the
+  first N-1 iterations without gradients and differentiate only the last one.
+  """
+
+  spec: ModelSpec
+
+  @nn.compact
+  def __call__(self, lr: Array, initial_code: Optional[Array] = None,
+               iterations: Optional[int] = None) -> DANOutput:
+    s = self.spec
+    if lr.ndim != 4 or lr.shape[-1] != s.in_nc:
+      raise ValueError(f"lr must be [B, H, W, {s.in_nc}], got shape {lr.shape}")
+    pca = self.variable("pca", "matrix", jnp.zeros,
+                        (s.kernel_size**2, s.code_len), jnp.float32).value
+    lr = lr.astype(jnp.float32)
+    if initial_code is None:
+      initial_code = jnp.broadcast_to(delta_code(pca, s.kernel_size),
+                                      (lr.shape[0], s.code_len))
+    n = s.loops if iterations is None else iterations
+    scan = nn.scan(
+        AlternatingStep,
+        variable_broadcast="params",
+        split_rngs={"params": False},
+        in_axes=(nn.broadcast, nn.broadcast),
+        length=n,
+        unroll=max(1, min(s.scan_unroll, n)),
+    )
+    _, (sr, code, kernel) = scan(s, name="alternate")(initial_code, lr, pca)
+    return DANOutput(sr=sr, code=code, kernel=kernel)
+
+
+# ---------------------------------------------------------------------------------------
+# Construction
+# ---------------------------------------------------------------------------------------
+
+
+def _get(config: Any, name: str, default: Any) -> Any:
+  if isinstance(config, Mapping):
+    return config.get(name, default)
+  return getattr(config, name, default)
+
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def spec_from_config(model_config: Any) -> ModelSpec:
+  """Validates a model config (ConfigDict, dict or ModelSpec) into a ModelSpec.
+
+  Raises:
+    ValueError: naming the field when a value is out of range.
+  """
+  if isinstance(model_config, ModelSpec):
+    return model_config
+  fields = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
+  known = set(fields) | {"name"}
+  keys = set(model_config.keys()) if hasattr(model_config, "keys") else set()
+  unknown = sorted(keys - known)
+  if unknown:
+    raise ValueError(f"unknown model config field(s) {unknown}; known: {sorted(fields)}")
+  values = {k: _get(model_config, k, d) for k, d in fields.items()}
+  dtype = values["dtype"]
+  if isinstance(dtype, str):
+    if dtype not in _DTYPES:
+      raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    values["dtype"] = _DTYPES[dtype]
+  spec = ModelSpec(**values)
+  if spec.version not in VERSIONS:
+    raise ValueError(f"model.version must be one of {VERSIONS}, got {spec.version!r}")
+  if spec.scale not in SCALES:
+    raise ValueError(f"model.scale must be one of {SCALES}, got {spec.scale!r}")
+  for name in ("nf", "nb", "in_nc", "loops", "kernel_size", "code_len", "estimator_nf",
+               "estimator_nb", "scan_unroll"):
+    v = getattr(spec, name)
+    if not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
+  if spec.version == "DANv2" and (not isinstance(spec.ng, (int, np.integer)) or spec.ng < 1):
+    raise ValueError(f"model.ng must be a positive integer, got {spec.ng!r}")
+  if spec.kernel_size % 2 == 0:
+    raise ValueError(f"model.kernel_size must be odd, got {spec.kernel_size}")
+  if spec.version == "DANv1" and spec.nf < 16:
+    raise ValueError(f"model.nf must be >= 16 for DANv1 (channel attention divides by 16), "
+                     f"got {spec.nf}")
+  if spec.estimator_nf % 2:
+    raise ValueError(f"model.estimator_nf must be even, got {spec.estimator_nf}")
+  if spec.version == "DANv1" and spec.estimator_nf < 32:
+    raise ValueError(f"model.estimator_nf must be >= 32 for DANv1 (channel attention over "
+                     f"estimator_nf/2 channels divides by 16), got {spec.estimator_nf}")
+  return spec
+
+
+def create_model(model_config: Any) -> DAN:
+  """Builds the DAN module described by `model_config` (see configs/default.py: `model`)."""
+  return DAN(spec_from_config(model_config))
+
+
+def _torch_default_params(shapes: Any, seed: int) -> dict:
+  """Draws PyTorch's default Conv2d init on the host for a tree of parameter shapes.
+
+  Host-side numpy keeps initialisation free of XLA compilation: on XLA:CPU, compiling
+  threefry random bits for every parameter shape costs seconds each (LLVM optimises the
+  unrolled hash), which made a tiny model's `init` take ~20 s.
+  """
+  rng = np.random.default_rng(seed)
+
+  def walk(node):
+    out = {}
+    for name in sorted(node):
+      child = node[name]
+      if isinstance(child, Mapping) and "kernel" in child and "bias" in child:
+        k_shape = child["kernel"].shape
+        bound = 1.0 / math.sqrt(int(np.prod(k_shape[:-1])))
+        out[name] = {
+            "kernel": rng.uniform(-bound, bound, k_shape).astype(np.float32),
+            "bias": rng.uniform(-bound, bound, child["bias"].shape).astype(np.float32),
+        }
+      elif isinstance(child, Mapping):
+        out[name] = walk(child)
+      else:
+        raise ValueError(f"unexpected parameter {name} of shape {child.shape}")
+    return out
+
+  return walk(shapes)
+
+
+def init_variables(model: DAN, rng: Any, pca_matrix: Any) -> dict:
+  """Initialises parameters (PyTorch's default init) and installs the PCA matrix.
+
+  Args:
+    model: from `create_model`.
+    rng: an int seed or a JAX PRNG key.
+    pca_matrix: [k*k, code_len] PCA encoder (see `degradation.build_pca`).
+  Returns:
+    {'params': ..., 'pca': {'matrix': ...}} as numpy arrays (host memory).
+  """
+  s = model.spec
+  pca_matrix = np.asarray(pca_matrix, np.float32)
+  if pca_matrix.shape != (s.kernel_size**2, s.code_len):
+    raise ValueError(f"pca_matrix must have shape {(s.kernel_size**2, s.code_len)} for "
+                     f"kernel_size {s.kernel_size} and code_len {s.code_len}, got "
+                     f"{pca_matrix.shape}")
+  if not isinstance(rng, (int, np.integer)):
+    rng = np.asarray(jax.random.key_data(rng)).astype(np.uint64)
+    rng = int(rng.reshape(-1)[-1] + (rng.reshape(-1)[0] << np.uint64(32)))
+  lr = jax.ShapeDtypeStruct((1, 8, 8, s.in_nc), jnp.float32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, iterations=1), lr)
+  return {"params": _torch_default_params(flax.core.unfreeze(shapes["params"]), rng),
+          "pca": {"matrix": pca_matrix}}
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter tree (shapes or arrays)."""
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,30 @@
+"""Installs dan_jax: DAN blind super-resolution in JAX/Flax."""
+
+import pathlib
+
+import setuptools
+
+_HERE = pathlib.Path(__file__).parent
+
+
+def _requirements() -> list[str]:
+  lines = (_HERE / "requirements.txt").read_text().splitlines()
+  return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
+
+
+setuptools.setup(
+    name="dan_jax",
+    version="0.1.0",
+    description="DAN (deep alternating network) blind super-resolution in JAX/Flax.",
+    long_description=(_HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["dan_jax", "dan_jax.*"]),
+    python_requires=">=3.10",
+    install_requires=_requirements(),
+    extras_require={
+        # The test suite (pytest) and notebook execution.
+        "test": ["pytest>=7", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+        # Only `python -m dan_jax.convert --official X.pth` reads PyTorch pickles.
+        "torch": ["torch>=2.0"],
+    },
+)
