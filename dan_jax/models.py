@@ -13,6 +13,7 @@ The PCA matrix is a model variable (collection `pca`), so a checkpoint is self-c
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping, Optional, Sequence
 
@@ -58,10 +59,78 @@ def _torch_uniform(bound: float):
   return init
 
 
+_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
+  return jax.lax.conv_general_dilated(x, kernel, (stride, stride),
+                                      ((padding, padding), (padding, padding)),
+                                      dimension_numbers=_DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def conv_gemm_grad(x: Array, kernel: Array, padding: int) -> Array:
+  """A stride-1 convolution whose kernel gradient is one GEMM over im2col columns.
+
+  XLA:CPU computes a convolution's kernel gradient as a convolution whose "kernel" is the
+  whole activation map, at under half the speed of its forward pass; as a GEMM with
+  K = B*H*W it runs at the machine's matmul rate. Same values as the plain convolution
+  (up to float summation order).
+  """
+  return _conv(x, kernel, 1, padding)
+
+
+def _conv_gemm_grad_fwd(x, kernel, padding):
+  return _conv(x, kernel, 1, padding), (x, kernel)
+
+
+def _conv_gemm_grad_bwd(padding, residuals, g):
+  x, kernel = residuals
+  k, c = kernel.shape[0], x.shape[-1]
+  # Input gradient: correlate with the kernel rotated by 180 degrees, in/out swapped.
+  dx = _conv(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), 1, k - 1 - padding)
+  xp = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+  h, w = g.shape[1], g.shape[2]
+  cols = jnp.concatenate([xp[:, i:i + h, j:j + w, :] for i in range(k) for j in range(k)],
+                         axis=-1).reshape(-1, k * k * c)
+  dk = (cols.T @ g.reshape(-1, g.shape[-1]).astype(cols.dtype)).reshape(kernel.shape)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+conv_gemm_grad.defvjp(_conv_gemm_grad_fwd, _conv_gemm_grad_bwd)
+
+
+def constant_channels_conv(const: Array, kernel: Array, height: int, width: int,
+                           padding: int) -> Array:
+  """Stride-1 convolution of inputs that are constant over space, zero padded.
+
+  Equals `conv(broadcast(const, [B, H, W, c]), kernel)` exactly: in the interior every
+  tap sees the constant, at the border only the taps that fall inside the image do. It
+  costs O(B*H*W*k*out) instead of O(B*H*W*k*k*c*out).
+
+  Args:
+    const: [B, c] per-image values.
+    kernel: [k, k, c, out].
+  Returns:
+    [B, H, W, out]
+  """
+  k = kernel.shape[0]
+
+  def inside(n):  # [n, k]: does tap i of output position y read a real pixel?
+    pos = np.arange(n)[:, None] + np.arange(k)[None, :] - padding
+    return jnp.asarray((pos >= 0) & (pos < n), const.dtype)
+
+  per_tap = jnp.einsum("bc,ijco->bijo", const, kernel.astype(const.dtype))
+  rows = jnp.einsum("wj,bijo->biwo", inside(width), per_tap)
+  return jnp.einsum("hi,biwo->bhwo", inside(height), rows)
+
+
 class Conv2d(nn.Module):
   """A 2-D convolution with PyTorch's padding, stride and default initialisation.
 
-  Params are `kernel` [kh, kw, in, out] (HWIO) and `bias` [out].
+  Params are `kernel` [kh, kw, in, out] (HWIO) and `bias` [out]. `const` ([B, c]) are extra
+  input channels that are constant over space (DANv1's stretched kernel code), appended
+  after x's channels; they are convolved in closed form rather than materialised.
   """
 
   features: int
@@ -69,23 +138,39 @@ class Conv2d(nn.Module):
   stride: int = 1
   padding: int = 0
   dtype: Any = jnp.float32
+  gemm_grad: bool = False  # kernel gradient as one GEMM (see conv_gemm_grad)
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
-    k = self.kernel_size
-    fan_in = x.shape[-1] * k * k
-    init = _torch_uniform(1.0 / math.sqrt(fan_in))
-    kernel = self.param("kernel", init, (k, k, x.shape[-1], self.features))
+  def __call__(self, x: Array, const: Optional[Array] = None) -> Array:
+    k, p = self.kernel_size, self.padding
+    in_ch = x.shape[-1] + (0 if const is None else const.shape[-1])
+    init = _torch_uniform(1.0 / math.sqrt(in_ch * k * k))
+    kernel = self.param("kernel", init, (k, k, in_ch, self.features))
     bias = self.param("bias", init, (self.features,))
     x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-    if k == 1 and self.stride == 1 and self.padding == 0:
+    if const is not None:
+      if self.stride != 1:
+        raise ValueError("constant input channels need a stride-1 convolution")
+      c = x.shape[-1]
+      y = constant_channels_conv(const.astype(self.dtype), kernel[:, :, c:], x.shape[1],
+                                 x.shape[2], p)
+      kernel = kernel[:, :, :c]
+      return self._conv(x, kernel) + y + bias
+    return self._conv(x, kernel) + bias
+
+  def _conv(self, x: Array, kernel: Array) -> Array:
+    k, p = self.kernel_size, self.padding
+    if k == 1 and self.stride == 1 and p == 0:
       # A 1x1 convolution is a matmul; dot_general is cheaper than a conv on XLA:CPU.
-      return jnp.einsum("...c,cd->...d", x, kernel[0, 0]) + bias
-    p = self.padding
-    y = jax.lax.conv_general_dilated(
-        x, kernel, (self.stride, self.stride), ((p, p), (p, p)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"))
-    return y + bias
+      return jnp.einsum("...c,cd->...d", x, kernel[0, 0])
+    if self.gemm_grad and self.stride == 1:
+      return conv_gemm_grad(x, kernel, p)
+    return _conv(x, kernel, self.stride, p)
+
+
+def _opts(module: nn.Module) -> dict:
+  """The compute dtype and conv-gradient choice a layer passes to its sub-layers."""
+  return dict(dtype=module.dtype, gemm_grad=module.gemm_grad)
 
 
 def leaky_relu(x: Array) -> Array:
@@ -108,14 +193,15 @@ class Upsampler(nn.Module):
   scale: int
   out_nc: int
   dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
 
   @nn.compact
   def __call__(self, f: Array) -> Array:
     steps = [2, 2] if self.scale == 4 else [self.scale]
     for i, r in enumerate(steps):
-      f = Conv2d(self.nf * r * r, 3, padding=1, dtype=self.dtype, name=f"conv{i}")(f)
+      f = Conv2d(self.nf * r * r, 3, padding=1, **_opts(self), name=f"conv{i}")(f)
       f = pixel_shuffle(f, r)
-    return Conv2d(self.out_nc, 3, padding=1, dtype=self.dtype, name="out")(f)
+    return Conv2d(self.out_nc, 3, padding=1, **_opts(self), name="out")(f)
 
 
 # ---- DANv1 blocks ----
@@ -126,28 +212,39 @@ class ChannelAttention(nn.Module):
 
   reduction: int = 16
   dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     nf = x.shape[-1]
     y = jnp.mean(x, axis=(1, 2), keepdims=True)
-    y = Conv2d(nf // self.reduction, 1, dtype=self.dtype, name="squeeze")(y)
-    y = Conv2d(nf, 1, dtype=self.dtype, name="excite")(leaky_relu(y))
+    y = Conv2d(nf // self.reduction, 1, **_opts(self), name="squeeze")(y)
+    y = Conv2d(nf, 1, **_opts(self), name="excite")(leaky_relu(y))
     return x * nn.sigmoid(y)
 
 
 class CRB(nn.Module):
-  """Conditional residual block: f1 += CA(conv(lrelu(conv([f1, f2])))); f2 passes through."""
+  """Conditional residual block: f1 += CA(conv(lrelu(conv([f1, f2])))); f2 passes through.
+
+  f2 is a feature map [B, H, W, c], or a vector [B, c] meaning that vector stretched over
+  the image (as the official Restorer does with the code), computed without stretching.
+  """
 
   dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
 
   @nn.compact
   def __call__(self, f1: Array, f2: Array) -> Array:
     nf1 = f1.shape[-1]
-    x = jnp.concatenate([f1, f2.astype(f1.dtype)], axis=-1)
-    y = Conv2d(x.shape[-1], 3, padding=1, dtype=self.dtype, name="conv1")(x)
-    y = Conv2d(nf1, 3, padding=1, dtype=self.dtype, name="conv2")(leaky_relu(y))
-    y = ChannelAttention(dtype=self.dtype, name="attention")(y)
+    conv1 = lambda width: Conv2d(width, 3, padding=1, dtype=self.dtype,
+                                 gemm_grad=self.gemm_grad, name="conv1")
+    if f2.ndim == 2:  # [B, c]: constant over space (the Restorer's stretched code)
+      y = conv1(nf1 + f2.shape[-1])(f1, const=f2)
+    else:
+      x = jnp.concatenate([f1, f2.astype(f1.dtype)], axis=-1)
+      y = conv1(x.shape[-1])(x)
+    y = Conv2d(nf1, 3, padding=1, **_opts(self), name="conv2")(leaky_relu(y))
+    y = ChannelAttention(**_opts(self), name="attention")(y)
     return f1 + y
 
 
@@ -159,16 +256,16 @@ class RestorerV1(nn.Module):
   scale: int = 4
   out_nc: int = 3
   dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
 
   @nn.compact
   def __call__(self, lr: Array, code: Array) -> Array:
-    b, h, w, _ = lr.shape
-    code_map = jnp.broadcast_to(code[:, None, None, :], (b, h, w, code.shape[-1]))
-    f = Conv2d(self.nf, 3, padding=1, dtype=self.dtype, name="head")(lr)
+    f = Conv2d(self.nf, 3, padding=1, **_opts(self), name="head")(lr)
     for i in range(self.nb):
-      f = CRB(dtype=self.dtype, name=f"block{i}")(f, code_map)
-    f = Conv2d(self.nf, 3, padding=1, dtype=self.dtype, name="fusion")(f)
-    return Upsampler(self.nf, self.scale, self.out_nc, self.dtype, name="upsample")(f)
+      f = CRB(**_opts(self), name=f"block{i}")(f, code)
+    f = Conv2d(self.nf, 3, padding=1, **_opts(self), name="fusion")(f)
+    return Upsampler(self.nf, self.scale, self.out_nc, **_opts(self),
+                     name="upsample")(f)
 
 
 class EstimatorV1(nn.Module):
@@ -179,16 +276,17 @@ class EstimatorV1(nn.Module):
   scale: int = 4
   code_len: int = 10
   dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
 
   @nn.compact
   def __call__(self, sr: Array, lr: Array) -> Array:
-    lrf = Conv2d(self.nf // 2, 1, dtype=self.dtype, name="head_lr")(lr)
-    hrf = Conv2d(self.nf // 2, 9, stride=self.scale, padding=4, dtype=self.dtype,
+    lrf = Conv2d(self.nf // 2, 1, **_opts(self), name="head_lr")(lr)
+    hrf = Conv2d(self.nf // 2, 9, stride=self.scale, padding=4, **_opts(self),
                  name="head_sr")(sr)
     f = lrf
     for i in range(self.nb):
-      f = CRB(dtype=self.dtype, name=f"block{i}")(f, hrf)
-    f = Conv2d(self.code_len, 3, padding=1, dtype=self.dtype, name="out")(f)
+      f = CRB(**_opts(self), name=f"block{i}")(f, hrf)
+    f = Conv2d(self.code_len, 3, padding=1, **_opts(self), name="out")(f)
     return jnp.mean(f.astype(jnp.float32), axis=(1, 2))
 
 
@@ -201,11 +299,12 @@ class DPCB(nn.Module):
   k1: int = 3
   k2: int = 1
   dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
 
   @nn.compact
   def __call__(self, x1: Array, x2: Array) -> tuple[Array, Array]:
     nf = x1.shape[-1]
-    conv = lambda k, name: Conv2d(nf, k, padding=k // 2, dtype=self.dtype, name=name)
+    conv = lambda k, name: Conv2d(nf, k, padding=k // 2, **_opts(self), name=name)
     f1 = conv(self.k1, "body1_conv2")(leaky_relu(conv(self.k1, "body1_conv1")(x1)))
     f2 = conv(self.k2, "body2_conv2")(leaky_relu(conv(self.k2, "body2_conv1")(x2)))
     return x1 + f1 * f2, x2 + f2
@@ -223,11 +322,12 @@ class DPCG(nn.Module):
   k1: int = 3
   k2: int = 1
   dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
 
   @nn.compact
   def __call__(self, x1: Array, x2: Array) -> tuple[Array, Array]:
     for i in range(self.nb):
-      x1, x2 = DPCB(self.k1, self.k2, self.dtype, name=f"block{i}")(x1, x2)
+      x1, x2 = DPCB(self.k1, self.k2, self.dtype, self.gemm_grad, name=f"block{i}")(x1, x2)
     return 2 * x1, 2 * x2
 
 
@@ -240,15 +340,17 @@ class RestorerV2(nn.Module):
   scale: int = 4
   out_nc: int = 3
   dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
 
   @nn.compact
   def __call__(self, lr: Array, code: Array) -> Array:
-    f1 = Conv2d(self.nf, 3, padding=1, dtype=self.dtype, name="head_lr")(lr)
-    f2 = Conv2d(self.nf, 1, dtype=self.dtype, name="head_code")(code[:, None, None, :])
+    f1 = Conv2d(self.nf, 3, padding=1, **_opts(self), name="head_lr")(lr)
+    f2 = Conv2d(self.nf, 1, **_opts(self), name="head_code")(code[:, None, None, :])
     for g in range(self.ng):
-      f1, f2 = DPCG(self.nb, 3, 1, self.dtype, name=f"group{g}")(f1, f2)
-    f = Conv2d(self.nf, 3, padding=1, dtype=self.dtype, name="fusion")(f1)
-    return Upsampler(self.nf, self.scale, self.out_nc, self.dtype, name="upsample")(f)
+      f1, f2 = DPCG(self.nb, 3, 1, self.dtype, self.gemm_grad, name=f"group{g}")(f1, f2)
+    f = Conv2d(self.nf, 3, padding=1, **_opts(self), name="fusion")(f1)
+    return Upsampler(self.nf, self.scale, self.out_nc, **_opts(self),
+                     name="upsample")(f)
 
 
 class EstimatorV2(nn.Module):
@@ -259,17 +361,18 @@ class EstimatorV2(nn.Module):
   scale: int = 4
   kernel_size: int = 21
   dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
 
   @nn.compact
   def __call__(self, sr: Array, lr: Array) -> Array:
     s = self.scale
-    lrf = Conv2d(self.nf // 2, 5, padding=2, dtype=self.dtype, name="head_lr")(lr)
-    hrf = Conv2d(self.nf // 2, 4 * s + 1, stride=s, padding=2 * s, dtype=self.dtype,
+    lrf = Conv2d(self.nf // 2, 5, padding=2, **_opts(self), name="head_lr")(lr)
+    hrf = Conv2d(self.nf // 2, 4 * s + 1, stride=s, padding=2 * s, **_opts(self),
                  name="head_sr")(sr)
-    f, _ = DPCG(self.nb, 3, 3, self.dtype, name="body")(lrf, hrf)
-    f = Conv2d(self.nf, 3, padding=1, dtype=self.dtype, name="tail_conv")(f)
+    f, _ = DPCG(self.nb, 3, 3, self.dtype, self.gemm_grad, name="body")(lrf, hrf)
+    f = Conv2d(self.nf, 3, padding=1, **_opts(self), name="tail_conv")(f)
     f = jnp.mean(f, axis=(1, 2), keepdims=True)
-    logits = Conv2d(self.kernel_size**2, 1, dtype=self.dtype, name="tail_kernel")(f)
+    logits = Conv2d(self.kernel_size**2, 1, **_opts(self), name="tail_kernel")(f)
     return nn.softmax(logits[:, 0, 0, :].astype(jnp.float32), axis=-1)  # [B, k*k]
 
 
@@ -285,14 +388,16 @@ class AlternatingStep(nn.Module):
 
   def setup(self):
     c = self.config
+    gemm_grad = c.conv_backward == "gemm" or (c.conv_backward == "auto" and
+                                              jax.default_backend() == "cpu")
     if c.version == "DANv1":
-      self.restorer = RestorerV1(c.nf, c.nb, c.scale, c.in_nc, c.dtype)
+      self.restorer = RestorerV1(c.nf, c.nb, c.scale, c.in_nc, c.dtype, gemm_grad)
       self.estimator = EstimatorV1(c.estimator_nf, c.estimator_nb, c.scale, c.code_len,
-                                   c.dtype)
+                                   c.dtype, gemm_grad)
     else:
-      self.restorer = RestorerV2(c.nf, c.nb, c.ng, c.scale, c.in_nc, c.dtype)
+      self.restorer = RestorerV2(c.nf, c.nb, c.ng, c.scale, c.in_nc, c.dtype, gemm_grad)
       self.estimator = EstimatorV2(c.estimator_nf, c.estimator_nb, c.scale, c.kernel_size,
-                                   c.dtype)
+                                   c.dtype, gemm_grad)
 
   def __call__(self, code: Array, lr: Array, pca: Array):
     sr = self.restorer(lr, jax.lax.stop_gradient(code)).astype(jnp.float32)
@@ -323,6 +428,7 @@ class ModelSpec:
   estimator_nb: int = 5
   scan_unroll: int = 1
   dtype: Any = jnp.float32
+  conv_backward: str = "auto"
 
 
 def delta_code(pca: Array, kernel_size: int) -> Array:
@@ -413,6 +519,9 @@ def spec_from_config(model_config: Any) -> ModelSpec:
       raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
   if spec.version == "DANv2" and (not isinstance(spec.ng, (int, np.integer)) or spec.ng < 1):
     raise ValueError(f"model.ng must be a positive integer, got {spec.ng!r}")
+  if spec.conv_backward not in ("auto", "gemm", "xla"):
+    raise ValueError(f"model.conv_backward must be 'auto', 'gemm' or 'xla', got "
+                     f"{spec.conv_backward!r}")
   if spec.kernel_size % 2 == 0:
     raise ValueError(f"model.kernel_size must be odd, got {spec.kernel_size}")
   if spec.version == "DANv1" and spec.nf < 16:

@@ -199,3 +199,32 @@ def test_init_is_pytorch_default_and_seeded():
   assert np.abs(head["kernel"]).max() <= bound and np.abs(head["kernel"]).max() > 0.8 * bound
   assert np.abs(head["bias"]).max() <= bound
   assert not np.allclose(c["alternate"]["restorer"]["head_lr"]["kernel"], head["kernel"])
+
+
+@pytest.mark.parametrize("k,padding", [(3, 1), (5, 2), (3, 0)])
+def test_conv_gemm_grad_matches_xla_gradient(k, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 9, 7, 5)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(k, k, 5, 4)), jnp.float32)
+  g = jnp.asarray(rng.normal(size=(2, 9 + 2 * padding - k + 1, 7 + 2 * padding - k + 1, 4)),
+                  jnp.float32)
+  plain = lambda x, w: jax.lax.conv_general_dilated(
+      x, w, (1, 1), ((padding, padding),) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  want = jax.vjp(plain, x, kernel)[1](g)
+  got = jax.vjp(lambda x, w: models.conv_gemm_grad(x, w, padding), x, kernel)[1](g)
+  np.testing.assert_allclose(plain(x, kernel), models.conv_gemm_grad(x, kernel, padding),
+                             rtol=1e-6)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_constant_channels_conv_equals_stretched_conv():
+  """The closed form of a conv over spatially constant channels is exact at borders too."""
+  rng = np.random.default_rng(1)
+  const = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
+  stretched = jnp.broadcast_to(const[:, None, None, :], (3, 5, 7, 4))
+  want = jax.lax.conv_general_dilated(stretched, kernel, (1, 1), ((1, 1), (1, 1)),
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  got = models.constant_channels_conv(const, kernel, 5, 7, 1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
