@@ -2,7 +2,12 @@
 
 This reproduces the degradation model of the official DAN code (greatlog/DAN,
 `utils/deg_utils.py`, `data/util.py`, `scripts/generate_mod_blur_LR_bic.py`,
-`config/DANv*/creat_PCA.py`). Every image/kernel function is written with
+`config/DANv*/creat_PCA.py`), and extends it for kernel-space ablations: kernel
+families beyond the official Gaussians (`KernelSpec.family`: generalized
+Gaussian and plateau kernels as in Real-ESRGAN, random-trajectory motion blur,
+mixtures; named spaces in `kernel_space`), noise level ranges and JPEG
+(`NoiseSpec`), all driven by `config.degradation` (`kernel_spec_from_config`,
+`noise_spec_from_config`, `synthesize`). Every image/kernel function is written with
 TensorFlow ops only, so the same code runs
 
 * inside `tf.data` `map` functions (graph mode, parallel, deterministic with
@@ -32,6 +37,7 @@ pipelines that run on the host.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 import os
@@ -132,7 +138,8 @@ def isotropic_gaussian_kernel(size: int, sigma: ArrayLike) -> tf.Tensor:
   return tf.cast(_normalize(kernel), tf.float32)
 
 
-def _anisotropic_unnormalized(size: int, sigma_x, sigma_y, theta) -> tf.Tensor:
+def _quadratic_form(size: int, sigma_x, sigma_y, theta) -> tf.Tensor:
+  """x^T Σ^-1 x on the kernel grid (float64), Σ = U diag(sx^2, sy^2) U^T, U = rot(theta)."""
   sx, sy, th = _as_param(sigma_x), _as_param(sigma_y), _as_param(theta)
   xx, yy = _grid(size)
   sx, sy, th = sx[..., None, None], sy[..., None, None], th[..., None, None]
@@ -141,7 +148,11 @@ def _anisotropic_unnormalized(size: int, sigma_x, sigma_y, theta) -> tf.Tensor:
   a = c**2 / sx**2 + s**2 / sy**2
   b = c * s * (1.0 / sx**2 - 1.0 / sy**2)
   d = s**2 / sx**2 + c**2 / sy**2
-  return tf.exp(-0.5 * (a * xx**2 + 2.0 * b * xx * yy + d * yy**2))
+  return a * xx**2 + 2.0 * b * xx * yy + d * yy**2
+
+
+def _anisotropic_unnormalized(size: int, sigma_x, sigma_y, theta) -> tf.Tensor:
+  return tf.exp(-0.5 * _quadratic_form(size, sigma_x, sigma_y, theta))
 
 
 def anisotropic_gaussian_kernel(size: int, sigma_x: ArrayLike, sigma_y: ArrayLike,
@@ -165,14 +176,108 @@ def apply_disturbance(kernel: ArrayLike, noise: ArrayLike) -> tf.Tensor:
   return tf.cast(_normalize(kernel + noise * kernel), tf.float32)
 
 
+KERNEL_FAMILIES = ("gaussian", "generalized_gaussian", "plateau", "motion")
+
+
+@functools.lru_cache(maxsize=64)
+def parse_family(family: str) -> tuple[tuple[str, float], ...]:
+  """`KernelSpec.family` -> ((name, probability), ...), probabilities summing to 1.
+
+  A single name ("motion") or a mixture "gaussian:0.5,motion:0.5"; a component
+  without ":weight" has weight 1, and weights are normalised.
+  """
+  if not isinstance(family, str) or not family.strip():
+    raise ValueError(f"kernel family must be a non-empty string, got {family!r}")
+  parts = []
+  for item in family.split(","):
+    name, sep, weight = item.partition(":")
+    name = name.strip()
+    if name not in KERNEL_FAMILIES:
+      raise ValueError(f"unknown kernel family {name!r} in {family!r}; "
+                       f"expected one of {KERNEL_FAMILIES} or a mixture like "
+                       "'gaussian:0.5,motion:0.5'")
+    try:
+      w = float(weight) if sep else 1.0
+    except ValueError:
+      raise ValueError(f"kernel family weight {weight.strip()!r} of {name!r} in {family!r} "
+                       "is not a number") from None
+    if not (math.isfinite(w) and w > 0):
+      raise ValueError(f"kernel family weight of {name!r} in {family!r} must be positive, "
+                       f"got {w}")
+    if any(name == p[0] for p in parts):
+      raise ValueError(f"kernel family {name!r} appears twice in {family!r}")
+    parts.append((name, w))
+  total = sum(w for _, w in parts)
+  return tuple((name, w / total) for name, w in parts)
+
+
+def _check_range(lo_name: str, hi_name: str, lo: float, hi: float, *, lower: float,
+                 strict: bool = True) -> None:
+  ok = math.isfinite(lo) and math.isfinite(hi) and (lo > lower if strict else lo >= lower)
+  if not ok or lo > hi:
+    bound = f"> {lower}" if strict else f">= {lower}"
+    raise ValueError(f"{lo_name} = {lo} and {hi_name} = {hi} must satisfy "
+                     f"{bound} {lo_name} <= {hi_name}")
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelSpec:
-  """Random blur-kernel distribution (fields named like the official `degradation` config)."""
+  """Random blur-kernel distribution (fields named like the `degradation` config).
+
+  The first five fields are the official ones. With `family="gaussian"` (the
+  default) sampling is exactly the official setting-1/2 sampler and the
+  remaining fields are unused.
+
+  Families (see `sample_kernels`):
+    * "gaussian": official (an)isotropic Gaussians (`random_kernels`).
+    * "generalized_gaussian": k ∝ exp(-0.5 q^beta), q = x^T Σ^-1 x, beta in
+      [beta_min, beta_max] (Real-ESRGAN, betag_range (0.5, 4)).
+    * "plateau": k ∝ 1 / (1 + q^beta), beta in [plateau_beta_min,
+      plateau_beta_max] (Real-ESRGAN, betap_range (1, 2)).
+      Both share sig_min/sig_max/rate_iso with "gaussian" (Σ = U diag(sx², sy²) U^T,
+      isotropic with probability rate_iso) and apply `random_disturb` always.
+    * "motion": random-walk camera trajectories (`random_motion_kernels`).
+    * a mixture "gaussian:0.5,motion:0.5": each kernel drawn from one component
+      with the (normalised) probabilities; components share these fields.
+  """
   kernel_size: int = 21
   sig_min: float = 0.2
   sig_max: float = 4.0
   rate_iso: float = 1.0
   random_disturb: bool = False
+  family: str = "gaussian"
+  beta_min: float = 0.5
+  beta_max: float = 4.0
+  plateau_beta_min: float = 1.0
+  plateau_beta_max: float = 2.0
+  motion_len_min: float = 4.0  # trajectory arc length range, pixels (shrunk to fit the kernel)
+  motion_len_max: float = 16.0
+  motion_steps: int = 8  # random-walk segments per trajectory
+  motion_turn: float = 0.6  # std of the direction change per segment, radians (0: straight)
+  motion_smooth: float = 0.5  # std of the Gaussian smoothing the rasterised path (0: none)
+
+  def __post_init__(self):
+    parse_family(self.family)
+    _check_range("sig_min", "sig_max", self.sig_min, self.sig_max, lower=0.0)
+    if not 0.0 <= self.rate_iso <= 1.0:
+      raise ValueError(f"rate_iso must be in [0, 1], got {self.rate_iso}")
+    _check_range("beta_min", "beta_max", self.beta_min, self.beta_max, lower=0.0)
+    _check_range("plateau_beta_min", "plateau_beta_max", self.plateau_beta_min,
+                 self.plateau_beta_max, lower=0.0)
+    _check_range("motion_len_min", "motion_len_max", self.motion_len_min, self.motion_len_max,
+                 lower=0.0, strict=False)
+    if (isinstance(self.motion_steps, bool) or not isinstance(self.motion_steps, (int, np.integer))
+        or self.motion_steps < 1):
+      raise ValueError(f"motion_steps must be a positive int, got {self.motion_steps!r}")
+    for name in ("motion_turn", "motion_smooth"):
+      value = getattr(self, name)
+      if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be >= 0, got {value}")
+
+  @property
+  def families(self) -> tuple[tuple[str, float], ...]:
+    """`parse_family(self.family)`."""
+    return parse_family(self.family)
 
 
 def setting1_spec(kernel_size: int = 21) -> KernelSpec:
@@ -186,6 +291,47 @@ def setting2_spec(kernel_size: int = 21) -> KernelSpec:
   The official configs use kernel_size 21 for x4 and 11 for x2.
   """
   return KernelSpec(kernel_size, 0.6, 5.0, 0.0, True)
+
+
+KERNEL_SPACES = ("iso", "aniso", "generalized", "plateau", "motion", "mixed")
+
+
+def kernel_space(name: str, kernel_size: int = 21) -> KernelSpec:
+  """Named kernel distributions for kernel-space ablations.
+
+    iso          setting 1 (isotropic Gaussian, sigma ~ U(0.2, 4)).
+    aniso        setting 2 (anisotropic Gaussian, U(0.6, 5), disturbed).
+    generalized  generalized Gaussian, beta ~ Real-ESRGAN (0.5, 4), half isotropic.
+    plateau      plateau kernels, beta ~ Real-ESRGAN (1, 2), half isotropic.
+    motion       random-walk motion blur, lengths 20%..80% of the kernel width.
+    mixed        gaussian 0.4, generalized 0.2, plateau 0.2, motion 0.2.
+
+  The generalized/plateau/mixed spaces keep setting 1's sigma range, so they
+  differ from "iso" in kernel shape, not width.
+  """
+  kernel_size = _check_odd_size(kernel_size)
+  span = kernel_size - 1
+  common = dict(kernel_size=kernel_size, sig_min=0.2, sig_max=4.0, rate_iso=0.5,
+                random_disturb=False, motion_len_min=0.2 * span, motion_len_max=0.8 * span)
+  spaces = {
+      "iso": lambda: setting1_spec(kernel_size),
+      "aniso": lambda: setting2_spec(kernel_size),
+      "generalized": lambda: KernelSpec(family="generalized_gaussian", **common),
+      "plateau": lambda: KernelSpec(family="plateau", **common),
+      "motion": lambda: KernelSpec(family="motion", **common),
+      "mixed": lambda: KernelSpec(
+          family="gaussian:0.4,generalized_gaussian:0.2,plateau:0.2,motion:0.2", **common),
+  }
+  if name not in spaces:
+    raise ValueError(f"unknown kernel space {name!r}; expected one of {KERNEL_SPACES}")
+  return spaces[name]()
+
+
+def kernel_space_overrides(name: str, kernel_size: int = 21) -> dict[str, Any]:
+  """`kernel_space(name)` as `config.degradation` overrides (every field but kernel_size)."""
+  fields = dataclasses.asdict(kernel_space(name, kernel_size))
+  del fields["kernel_size"]  # tied to the model's kernel size in the config
+  return fields
 
 
 def sample_kernel_params(batch: Union[int, tf.Tensor], *, sig_min: float, sig_max: float,
@@ -205,6 +351,13 @@ def sample_kernel_params(batch: Union[int, tf.Tensor], *, sig_min: float, sig_ma
   sy = tf.where(is_iso, sx, sy)
   theta = tf.where(is_iso, tf.zeros_like(theta), theta)
   return dict(sigma_x=sx, sigma_y=sy, theta=theta, is_iso=is_iso)
+
+
+def _disturb(k64: tf.Tensor, batch, kernel_size: int, seed: tf.Tensor) -> tf.Tensor:
+  noise = tf.random.stateless_uniform(
+      [batch, kernel_size, kernel_size], seed=tf.random.experimental.stateless_fold_in(seed, 4),
+      minval=0.0, maxval=0.25, dtype=tf.float64)
+  return k64 + noise * k64
 
 
 def random_kernels(batch: Union[int, tf.Tensor], kernel_size: int, *, sig_min: float,
@@ -238,38 +391,235 @@ def random_kernels(batch: Union[int, tf.Tensor], kernel_size: int, *, sig_min: f
   else:
     k64 = _anisotropic_unnormalized(kernel_size, p["sigma_x"], p["sigma_y"], p["theta"])
     if random_disturb:
-      noise = tf.random.stateless_uniform(
-          [batch, kernel_size, kernel_size], seed=tf.random.experimental.stateless_fold_in(seed, 4),
-          minval=0.0, maxval=0.25, dtype=tf.float64)
-      k64 = k64 + noise * k64
+      k64 = _disturb(k64, batch, kernel_size, seed)
     kernels = tf.cast(_normalize(k64), tf.float32)
   return (kernels, p) if return_params else kernels
 
 
+# --------------------------------------------------------------------------
+# Kernel families beyond the official Gaussians (Real-ESRGAN shapes, motion)
+# --------------------------------------------------------------------------
+
+
+def generalized_gaussian_kernel(size: int, sigma_x: ArrayLike, sigma_y: ArrayLike,
+                                theta: ArrayLike, beta: ArrayLike) -> tf.Tensor:
+  """Normalized generalized Gaussian exp(-0.5 (x^T Σ^-1 x)^beta) (Real-ESRGAN).
+
+  Σ = U diag(sx^2, sy^2) U^T, U = rot(theta), as `anisotropic_gaussian_kernel`
+  (beta = 1 gives it). Scalars give (k, k); (B,) vectors give (B, k, k).
+  """
+  size = _check_odd_size(size)
+  q = _quadratic_form(size, sigma_x, sigma_y, theta)
+  kernel = tf.exp(-0.5 * tf.pow(q, _as_param(beta)[..., None, None]))
+  return tf.cast(_normalize(kernel), tf.float32)
+
+
+def plateau_kernel(size: int, sigma_x: ArrayLike, sigma_y: ArrayLike, theta: ArrayLike,
+                   beta: ArrayLike) -> tf.Tensor:
+  """Normalized plateau kernel 1 / (1 + (x^T Σ^-1 x)^beta) (Real-ESRGAN); Σ as above."""
+  size = _check_odd_size(size)
+  q = _quadratic_form(size, sigma_x, sigma_y, theta)
+  kernel = 1.0 / (1.0 + tf.pow(q, _as_param(beta)[..., None, None]))
+  return tf.cast(_normalize(kernel), tf.float32)
+
+
+def _sample_beta(batch, lo: float, hi: float, seed: tf.Tensor) -> tf.Tensor:
+  uni = functools.partial(tf.random.stateless_uniform, [batch], dtype=tf.float64)
+  fold = tf.random.experimental.stateless_fold_in
+  if not lo < 1.0 < hi:
+    return uni(seed=fold(seed, 0), minval=lo, maxval=hi)
+  # Real-ESRGAN: half the shapes lighter-tailed (beta < 1), half heavier (beta > 1),
+  # however asymmetric the range is around 1.
+  below = uni(seed=fold(seed, 0), minval=lo, maxval=1.0)
+  above = uni(seed=fold(seed, 1), minval=1.0, maxval=hi)
+  return tf.where(uni(seed=fold(seed, 2)) < 0.5, below, above)
+
+
+def random_shaped_kernels(batch: Union[int, tf.Tensor], kernel_size: int, family: str, *,
+                          sig_min: float, sig_max: float, rate_iso: float, beta_min: float,
+                          beta_max: float, random_disturb: bool, seed: ArrayLike,
+                          return_params: bool = False):
+  """Random generalized-Gaussian or plateau kernels (B, k, k) float32.
+
+  sigma_x, sigma_y, theta and isotropy are drawn exactly like `random_kernels`
+  (same seed -> same values). beta ~ U(beta_min, beta_max), except that a range
+  straddling 1 is split like Real-ESRGAN: beta ~ U(beta_min, 1) or U(1,
+  beta_max) with probability 1/2 each. With random_disturb, every kernel gets
+  the official multiplicative tap noise (also isotropic ones).
+
+  Args:
+    family: "generalized_gaussian" or "plateau".
+    return_params: also return the params dict (with "beta").
+  """
+  if family not in ("generalized_gaussian", "plateau"):
+    raise ValueError(f"family must be 'generalized_gaussian' or 'plateau', got {family!r}")
+  kernel_size = _check_odd_size(kernel_size)
+  seed = tf.convert_to_tensor(seed)
+  p = sample_kernel_params(batch, sig_min=sig_min, sig_max=sig_max, rate_iso=rate_iso,
+                           seed=seed)
+  p["beta"] = _sample_beta(batch, beta_min, beta_max,
+                           tf.random.experimental.stateless_fold_in(seed, 5))
+  q = _quadratic_form(kernel_size, p["sigma_x"], p["sigma_y"], p["theta"])
+  qb = tf.pow(q, p["beta"][:, None, None])
+  k64 = tf.exp(-0.5 * qb) if family == "generalized_gaussian" else 1.0 / (1.0 + qb)
+  if random_disturb:
+    k64 = _disturb(k64, batch, kernel_size, seed)
+  kernels = tf.cast(_normalize(k64), tf.float32)
+  return (kernels, p) if return_params else kernels
+
+
+def motion_kernel(size: int, trajectory: ArrayLike, smooth: float = 0.0) -> tf.Tensor:
+  """Rasterises camera trajectories into normalized blur kernels.
+
+  Args:
+    size: odd kernel size k.
+    trajectory: (P, 2) or (B, P, 2) points (x, y) in pixels relative to the
+      kernel centre (x along columns, y along rows), equally weighted; points
+      beyond the kernel are clamped onto its border.
+    smooth: std (pixels) of a Gaussian applied to the rasterised path (0: none).
+  Returns:
+    (k, k) or (B, k, k) float32. Each point is splatted bilinearly, i.e. with
+    the separable tent max(0, 1 - |t|), so the kernel's centre of mass is the
+    mean of the points.
+  """
+  size = _check_odd_size(size)
+  pts = tf.cast(tf.convert_to_tensor(trajectory), tf.float64)
+  if pts.shape.rank not in (2, 3) or pts.shape[-1] != 2:
+    raise ValueError(f"trajectory must be (P, 2) or (B, P, 2), got shape {pts.shape}")
+  if not (math.isfinite(smooth) and smooth >= 0):
+    raise ValueError(f"smooth must be >= 0, got {smooth}")
+  half = size // 2
+  pts = tf.clip_by_value(pts, -float(half), float(half))
+  ax = np.arange(-half, half + 1, dtype=np.float64)
+  wx = tf.nn.relu(1.0 - tf.abs(pts[..., 0, None] - ax))  # (..., P, k) column weights
+  wy = tf.nn.relu(1.0 - tf.abs(pts[..., 1, None] - ax))  # (..., P, k) row weights
+  kernel = tf.matmul(wy, wx, transpose_a=True)  # sum over points of outer(wy, wx)
+  if smooth > 0:
+    # Separable Gaussian blur as G K G^T (G symmetric); mass pushed past the border is
+    # dropped, which `random_motion_trajectories` avoids by keeping paths inside.
+    g = tf.constant(np.exp(-(ax[:, None] - ax[None, :])**2 / (2.0 * smooth**2)))
+    kernel = tf.matmul(tf.matmul(g, kernel), g)
+  return tf.cast(_normalize(kernel), tf.float32)
+
+
+def random_motion_trajectories(batch: Union[int, tf.Tensor], kernel_size: int, *,
+                               len_min: float, len_max: float, steps: int, turn: float,
+                               smooth: float = 0.0, seed: ArrayLike) -> tf.Tensor:
+  """Random-walk camera paths (B, P, 2) float64, centred and fitted to the kernel.
+
+  A path has `steps` equal segments, total arc length L ~ U(len_min, len_max),
+  initial direction ~ U(-pi, pi) and a direction change ~ N(0, turn^2) at each
+  vertex. It is sampled at P evenly spaced points (segment midpoints, several
+  per pixel), shifted so their mean is the kernel centre, and shrunk about the
+  centre when it would leave the kernel (keeping a ceil(2 * smooth) pixel
+  border for the smoothing).
+  """
+  kernel_size = _check_odd_size(kernel_size)
+  seed = tf.convert_to_tensor(seed)
+  fold = tf.random.experimental.stateless_fold_in
+  uni = functools.partial(tf.random.stateless_uniform, dtype=tf.float64)
+  length = uni([batch], seed=fold(seed, 0), minval=len_min, maxval=len_max)
+  theta0 = uni([batch, 1], seed=fold(seed, 1), minval=-math.pi, maxval=math.pi)
+  dtheta = tf.random.stateless_normal([batch, steps], seed=fold(seed, 2), dtype=tf.float64)
+  angles = theta0 + turn * tf.cumsum(dtheta, axis=1, exclusive=True)
+  seg = tf.stack([tf.cos(angles), tf.sin(angles)], -1) * (length / steps)[:, None, None]
+  starts = tf.cumsum(seg, axis=1, exclusive=True)  # (B, steps, 2) segment start points
+  per_seg = max(2, math.ceil(4.0 * len_max / steps))  # >= 4 samples per pixel of path
+  t = tf.constant((np.arange(per_seg) + 0.5) / per_seg)[None, None, :, None]
+  pts = tf.reshape(starts[:, :, None] + t * seg[:, :, None], [batch, steps * per_seg, 2])
+  pts = pts - tf.reduce_mean(pts, axis=1, keepdims=True)
+  room = max(kernel_size // 2 - math.ceil(2.0 * smooth), 0)
+  extent = tf.reduce_max(tf.abs(pts), axis=(1, 2))
+  shrink = tf.minimum(float(room) / tf.maximum(extent, 1e-12), 1.0)
+  return pts * shrink[:, None, None]
+
+
+def random_motion_kernels(batch: Union[int, tf.Tensor], kernel_size: int, *, len_min: float,
+                          len_max: float, steps: int, turn: float, smooth: float,
+                          random_disturb: bool = False, seed: ArrayLike,
+                          return_trajectory: bool = False):
+  """Random motion-blur kernels (B, k, k) float32 from `random_motion_trajectories`.
+
+  With random_disturb the official multiplicative tap noise is applied (it only
+  modulates the path, zero taps stay zero). return_trajectory also returns the
+  (B, P, 2) path rasterised.
+  """
+  kernel_size = _check_odd_size(kernel_size)
+  seed = tf.convert_to_tensor(seed)
+  pts = random_motion_trajectories(batch, kernel_size, len_min=len_min, len_max=len_max,
+                                   steps=steps, turn=turn, smooth=smooth, seed=seed)
+  kernels = motion_kernel(kernel_size, pts, smooth)
+  if random_disturb:
+    k64 = _disturb(tf.cast(kernels, tf.float64), batch, kernel_size, seed)
+    kernels = tf.cast(_normalize(k64), tf.float32)
+  return (kernels, pts) if return_trajectory else kernels
+
+
+def _sample_family(batch, s: KernelSpec, name: str, seed: tf.Tensor) -> tf.Tensor:
+  if name == "gaussian":
+    return random_kernels(batch, s.kernel_size, sig_min=s.sig_min, sig_max=s.sig_max,
+                          rate_iso=s.rate_iso, random_disturb=s.random_disturb, seed=seed)
+  if name in ("generalized_gaussian", "plateau"):
+    lo, hi = ((s.beta_min, s.beta_max) if name == "generalized_gaussian"
+              else (s.plateau_beta_min, s.plateau_beta_max))
+    return random_shaped_kernels(batch, s.kernel_size, name, sig_min=s.sig_min,
+                                 sig_max=s.sig_max, rate_iso=s.rate_iso, beta_min=lo,
+                                 beta_max=hi, random_disturb=s.random_disturb, seed=seed)
+  return random_motion_kernels(batch, s.kernel_size, len_min=s.motion_len_min,
+                               len_max=s.motion_len_max, steps=int(s.motion_steps),
+                               turn=s.motion_turn, smooth=s.motion_smooth,
+                               random_disturb=s.random_disturb, seed=seed)
+
+
+# Salts of the mixture's per-component and component-choice streams.
+_MIX_COMPONENT_SALT, _MIX_CHOICE_SALT = 1000, 999
+
+
 def _spec(spec: Union[KernelSpec, Mapping[str, Any]]) -> KernelSpec:
-  if isinstance(spec, KernelSpec):
-    return spec
-  fields = {f.name for f in dataclasses.fields(KernelSpec)}
-  spec = dict(spec)
-  if "ksize" in spec and "kernel_size" not in spec:  # official config key
-    spec["kernel_size"] = spec.pop("ksize")
-  unknown = set(spec) - fields
-  if unknown:
-    raise ValueError(f"unknown kernel spec fields {sorted(unknown)}; expected {sorted(fields)}")
-  return KernelSpec(**spec)
+  return spec if isinstance(spec, KernelSpec) else kernel_spec_from_config(spec)
 
 
 def sample_kernels(batch: Union[int, tf.Tensor], spec: Union[KernelSpec, Mapping[str, Any]],
-                   seed: ArrayLike) -> tf.Tensor:
-  """`random_kernels` driven by a KernelSpec or a config dict with the same fields."""
+                   seed: ArrayLike, return_family: bool = False):
+  """Random kernels (B, k, k) float32 from a KernelSpec or a `degradation` config.
+
+  family "gaussian" is `random_kernels` (the official sampler, unchanged).
+  A single family uses `seed` directly; a mixture draws every component for
+  the whole batch from its own sub-seed and picks one per kernel.
+
+  Args:
+    batch: number of kernels (may be a scalar tensor inside tf.data).
+    spec: KernelSpec, or a mapping accepted by `kernel_spec_from_config`.
+    seed: shape-[2] int tensor for the stateless RNG.
+    return_family: also return (B,) int32 indices into `spec.families`.
+  """
   s = _spec(spec)
-  return random_kernels(batch, s.kernel_size, sig_min=s.sig_min, sig_max=s.sig_max,
-                        rate_iso=s.rate_iso, random_disturb=s.random_disturb, seed=seed)
+  seed = tf.convert_to_tensor(seed)
+  families = s.families
+  if len(families) == 1:
+    kernels = _sample_family(batch, s, families[0][0], seed)
+    which = tf.zeros([batch], tf.int32)
+  else:
+    fold = tf.random.experimental.stateless_fold_in
+    stacked = tf.stack([_sample_family(batch, s, name, fold(seed, _MIX_COMPONENT_SALT + i))
+                        for i, (name, _) in enumerate(families)], axis=1)  # (B, F, k, k)
+    u = tf.random.stateless_uniform([batch, 1], seed=fold(seed, _MIX_CHOICE_SALT),
+                                    dtype=tf.float64)
+    bounds = tf.constant(np.cumsum([w for _, w in families])[:-1])
+    which = tf.reduce_sum(tf.cast(u >= bounds[None], tf.int32), axis=1)
+    kernels = tf.gather(stacked, which, axis=1, batch_dims=1)
+  return (kernels, which) if return_family else kernels
 
 
 def make_kernel_sampler(spec: Union[KernelSpec, Mapping[str, Any]],
                         chunk: int = 4096) -> Callable[[int, int], np.ndarray]:
-  """Returns `(n, seed) -> (n, k, k) float32 numpy` drawing from `spec` (for `build_pca`)."""
+  """Returns `(n, seed) -> (n, k, k) float32 numpy` drawing from `spec` (for `build_pca`).
+
+  Works for every family and mixture, so `build_pca(make_kernel_sampler(spec))`
+  fits the PCA to the kernel space being trained on.
+  """
+  spec = _spec(spec)
+
   def sampler(n: int, seed: int) -> np.ndarray:
     out = []
     for i, start in enumerate(range(0, n, chunk)):
@@ -277,6 +627,78 @@ def make_kernel_sampler(spec: Union[KernelSpec, Mapping[str, Any]],
       out.append(sample_kernels(m, spec, tf.constant([seed, i], tf.int64)).numpy())
     return np.concatenate(out, axis=0)
   return sampler
+
+
+# --------------------------------------------------------------------------
+# Degradation config -> specs
+# --------------------------------------------------------------------------
+
+# `config.degradation` keys that are not KernelSpec fields (NoiseSpec's and the
+# pipeline's). Anything else unknown is a typo and is rejected.
+NOISE_CONFIG_KEYS = ("noise_sigma", "noise_sigma_max", "jpeg_prob", "jpeg_quality_min",
+                     "jpeg_quality_max")
+NON_KERNEL_CONFIG_KEYS = NOISE_CONFIG_KEYS + ("quantize_lr", "pca_samples")
+
+
+def _config_items(config: Any) -> dict[str, Any]:
+  if hasattr(config, "to_dict"):  # ml_collections.ConfigDict: resolves field references
+    config = config.to_dict()
+  if not isinstance(config, Mapping):
+    raise ValueError(f"expected a degradation config (mapping), got {type(config).__name__}")
+  items = dict(config)
+  if "ksize" in items and "kernel_size" not in items:  # official config key
+    items["kernel_size"] = items.pop("ksize")
+  return items
+
+
+def _reject_unknown(items: Mapping[str, Any], known: set[str]) -> None:
+  unknown = sorted(set(items) - known)
+  if unknown:
+    hints = []
+    for key in unknown:
+      close = difflib.get_close_matches(key, sorted(known), n=1)
+      hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise ValueError(f"unknown degradation config field(s) {', '.join(hints)}; kernel fields "
+                     f"are {[f.name for f in dataclasses.fields(KernelSpec)]}, other allowed "
+                     f"fields {list(NON_KERNEL_CONFIG_KEYS)}")
+
+
+def _coerce(name: str, value: Any, kind: type) -> Any:
+  if kind is bool:
+    if not isinstance(value, (bool, np.bool_)):
+      raise ValueError(f"degradation field {name} must be a bool, got {value!r}")
+    return bool(value)
+  if kind is int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+      raise ValueError(f"degradation field {name} must be an int, got {value!r}")
+    return int(value)
+  if kind is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+      raise ValueError(f"degradation field {name} must be a number, got {value!r}")
+    return float(value)
+  if not isinstance(value, str):
+    raise ValueError(f"degradation field {name} must be a string, got {value!r}")
+  return value
+
+
+_KERNEL_FIELD_TYPES = {"kernel_size": int, "random_disturb": bool, "family": str,
+                       "motion_steps": int}
+
+
+def kernel_spec_from_config(config: Union[Mapping[str, Any], Any]) -> KernelSpec:
+  """KernelSpec from `config.degradation` (ConfigDict or dict).
+
+  Picks the KernelSpec fields (missing ones keep their defaults), ignores the
+  documented non-kernel keys `NON_KERNEL_CONFIG_KEYS` (noise, JPEG,
+  quantize_lr, pca_samples) and raises ValueError naming any other key, so a
+  misspelled field cannot silently fall back to a default.
+  """
+  items = _config_items(config)
+  fields = {f.name for f in dataclasses.fields(KernelSpec)}
+  _reject_unknown(items, fields | set(NON_KERNEL_CONFIG_KEYS))
+  kwargs = {k: _coerce(k, v, _KERNEL_FIELD_TYPES.get(k, float))
+            for k, v in items.items() if k in fields}
+  return KernelSpec(**kwargs)
 
 
 # --------------------------------------------------------------------------
@@ -506,6 +928,143 @@ def quantize_8bit(img: ArrayLike) -> tf.Tensor:
         f"quantize_8bit expects a float image in [0, 1], got {tf.as_dtype(dtype).name}")
   x = tf.cast(tf.convert_to_tensor(img), tf.float32)
   return tf.round(x * 255.0) / 255.0
+
+
+# --------------------------------------------------------------------------
+# Noise level ranges, JPEG, one-call synthesis
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class NoiseSpec:
+  """Random LR corruption after blur + downsampling (the defaults add nothing).
+
+  Noise std ~ U(sigma_min, sigma_max) per image, in [0, 1] units (sigma_min ==
+  sigma_max: a fixed level). Then, with probability jpeg_prob per image, JPEG
+  compression with an integer quality ~ U{jpeg_quality_min..jpeg_quality_max}.
+  """
+  sigma_min: float = 0.0
+  sigma_max: float = 0.0
+  jpeg_prob: float = 0.0
+  jpeg_quality_min: int = 30
+  jpeg_quality_max: int = 95
+
+  def __post_init__(self):
+    _check_range("sigma_min", "sigma_max", self.sigma_min, self.sigma_max, lower=0.0,
+                 strict=False)
+    if not 0.0 <= self.jpeg_prob <= 1.0:
+      raise ValueError(f"jpeg_prob must be in [0, 1], got {self.jpeg_prob}")
+    qs = (self.jpeg_quality_min, self.jpeg_quality_max)
+    if (any(isinstance(q, bool) or not isinstance(q, (int, np.integer)) for q in qs)
+        or not 1 <= qs[0] <= qs[1] <= 100):
+      raise ValueError(f"jpeg_quality_min = {qs[0]!r} and jpeg_quality_max = {qs[1]!r} must be "
+                       "ints with 1 <= jpeg_quality_min <= jpeg_quality_max <= 100")
+
+
+def noise_spec_from_config(config: Union[Mapping[str, Any], Any]) -> NoiseSpec:
+  """NoiseSpec from `config.degradation` (ConfigDict or dict).
+
+  noise_sigma is the (lower) noise level and noise_sigma_max, when larger, the
+  upper end of the per-image range; jpeg_* map to the NoiseSpec fields. Kernel
+  and pipeline keys are ignored, unknown keys raise ValueError.
+  """
+  items = _config_items(config)
+  _reject_unknown(items, {f.name for f in dataclasses.fields(KernelSpec)}
+                  | set(NON_KERNEL_CONFIG_KEYS))
+  get = lambda key, kind, default: _coerce(key, items.get(key, default), kind)
+  lo = get("noise_sigma", float, 0.0)
+  hi = max(lo, get("noise_sigma_max", float, 0.0))
+  return NoiseSpec(lo, hi, get("jpeg_prob", float, 0.0), get("jpeg_quality_min", int, 30),
+                   get("jpeg_quality_max", int, 95))
+
+
+def sample_noise_sigma(batch: Union[int, tf.Tensor], spec: NoiseSpec,
+                       seed: ArrayLike) -> tf.Tensor:
+  """Per-image noise std (B,) float32 ~ U(spec.sigma_min, spec.sigma_max)."""
+  return tf.random.stateless_uniform([batch], seed=tf.convert_to_tensor(seed),
+                                     minval=spec.sigma_min, maxval=spec.sigma_max,
+                                     dtype=tf.float32)
+
+
+def sample_jpeg_quality(batch: Union[int, tf.Tensor], spec: NoiseSpec,
+                        seed: ArrayLike) -> tf.Tensor:
+  """Per-image JPEG quality (B,) int32: U{min..max} with probability jpeg_prob, else 0 (none)."""
+  seed = tf.convert_to_tensor(seed)
+  fold = tf.random.experimental.stateless_fold_in
+  quality = tf.random.stateless_uniform([batch], seed=fold(seed, 0),
+                                        minval=spec.jpeg_quality_min,
+                                        maxval=spec.jpeg_quality_max + 1, dtype=tf.int32)
+  apply = tf.random.stateless_uniform([batch], seed=fold(seed, 1)) < spec.jpeg_prob
+  return tf.where(apply, quality, tf.zeros_like(quality))
+
+
+def apply_jpeg(lr: ArrayLike, quality: Union[int, ArrayLike]) -> tf.Tensor:
+  """JPEG round trip of float HWC / BHWC images in [0, 1] (1 or 3 channels).
+
+  quality: int or (B,) ints in [0, 100]; 0 leaves that image unchanged. Pixels
+  are clipped to [0, 1] and rounded to 8 bits before encoding (like
+  `quantize_8bit`), so JPEG'd images are exactly 8-bit. Works in graph mode.
+  """
+  x = _to_float_image(lr, "lr")
+  if x.shape[-1] not in (1, 3):
+    raise ValueError(f"JPEG needs 1 or 3 (static) channels, got shape {x.shape}")
+  q = tf.cast(tf.convert_to_tensor(quality), tf.int32)
+  if q.shape.rank not in (0, 1) or (q.shape.rank == 1 and x.shape.rank != 4):
+    raise ValueError(f"quality must be a scalar, or (B,) for a BHWC batch, got shape {q.shape}")
+  if isinstance(quality, (int, np.integer)) and not 0 <= quality <= 100:
+    raise ValueError(f"JPEG quality must be in [0, 100], got {quality}")
+  batched = x.shape.rank == 4
+  if not batched:
+    x = x[None]
+  q = tf.broadcast_to(q, tf.shape(x)[:1])
+
+  def one(args):
+    img, qi = args
+    u8 = tf.cast(tf.round(tf.clip_by_value(img, 0.0, 1.0) * 255.0), tf.uint8)
+    return tf.cond(qi > 0,
+                   lambda: tf.cast(tf.image.adjust_jpeg_quality(u8, qi), tf.float32) / 255.0,
+                   lambda: img)
+
+  y = tf.map_fn(one, (x, q), fn_output_signature=tf.TensorSpec(x.shape[1:], tf.float32))
+  return y if batched else y[0]
+
+
+def synthesize(hr: ArrayLike, kernel_spec: Union[KernelSpec, Mapping[str, Any]],
+               noise_spec: NoiseSpec, scale: int, seed: ArrayLike,
+               method: str = "auto") -> dict[str, tf.Tensor]:
+  """HR batch -> random kernels, blur, imresize(1/scale), noise, JPEG (eager or tf.data).
+
+  Args:
+    hr: float BHWC batch in [0, 1] (HWC: one image; outputs are unbatched).
+    kernel_spec: KernelSpec or `degradation` config (see `sample_kernels`).
+    noise_spec: NoiseSpec (e.g. `noise_spec_from_config(config.degradation)`).
+    scale: 2, 3 or 4.
+    seed: shape-[2] int seed; sub-streams 0 kernels, 1 noise level, 2 noise,
+      3 JPEG.
+  Returns:
+    dict(lr float32 (not quantized unless JPEG'd; clipped to [0, 1] when noise
+    is configured, as `degrade`), kernel (B, k, k), noise_sigma (B,) float32,
+    jpeg_quality (B,) int32, 0 = not compressed).
+  """
+  x = _to_float_image(hr, "hr")
+  batched = x.shape.rank == 4
+  if not batched:
+    x = x[None]
+  seed = tf.convert_to_tensor(seed)
+  fold = tf.random.experimental.stateless_fold_in
+  batch = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
+  kernels = sample_kernels(batch, kernel_spec, fold(seed, 0))
+  sigma = sample_noise_sigma(batch, noise_spec, fold(seed, 1))
+  # A Python 0 keeps `degrade` noise- and clip-free, exactly like the default pipeline.
+  lr = degrade(x, kernels, scale, noise_sigma=sigma if noise_spec.sigma_max > 0 else 0.0,
+               seed=fold(seed, 2), method=method)
+  if noise_spec.jpeg_prob > 0:
+    quality = sample_jpeg_quality(batch, noise_spec, fold(seed, 3))
+    lr = apply_jpeg(lr, quality)
+  else:
+    quality = tf.zeros([batch], tf.int32)
+  out = dict(lr=lr, kernel=kernels, noise_sigma=sigma, jpeg_quality=quality)
+  return out if batched else {k: v[0] for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------

@@ -414,10 +414,11 @@ def _train_store(config: ml_collections.ConfigDict, crop: int) -> _Store:
 
 
 def kernel_spec(config: ml_collections.ConfigDict) -> degradation.KernelSpec:
-  """The training kernel distribution of `config.degradation`."""
-  d = config.degradation
-  return degradation.KernelSpec(int(d.kernel_size), float(d.sig_min), float(d.sig_max),
-                                float(d.rate_iso), bool(d.random_disturb))
+  """The training kernel distribution of `config.degradation` (any kernel family)."""
+  try:
+    return degradation.kernel_spec_from_config(config.degradation)
+  except ValueError as e:
+    raise DataError(f"config.degradation: {e}") from e
 
 
 def _check_train_config(config: ml_collections.ConfigDict, pca_matrix: np.ndarray,
@@ -483,7 +484,10 @@ def _example_fn(plan: _Plan, config: ml_collections.ConfigDict,
   scale = config.model.scale
   deg = config.degradation
   spec = kernel_spec(config)
-  noise_sigma = float(deg.noise_sigma)
+  try:
+    noise = degradation.noise_spec_from_config(deg)
+  except ValueError as e:
+    raise DataError(f"config.degradation: {e}") from e
   use_flip, use_rot = bool(config.data.use_flip), bool(config.data.use_rot)
   crop_image = plan.store.crop_fn(crop)
   heights = tf.constant(plan.store.heights, tf.int64)
@@ -507,8 +511,14 @@ def _example_fn(plan: _Plan, config: ml_collections.ConfigDict,
       hr = tf.cond(coin[2], lambda: tf.transpose(hr, [1, 0, 2]), lambda: hr)
     hr = tf.ensure_shape(hr, [crop, crop, 3])
     kernel = degradation.sample_kernels(1, spec, fold(seed, 3))
-    lr = degradation.degrade(hr[None], kernel, scale, noise_sigma=noise_sigma,
-                             seed=fold(seed, 4))[0]
+    # A fixed noise level, or one drawn per image from [noise_sigma, noise_sigma_max].
+    sigma = (degradation.sample_noise_sigma(1, noise, fold(seed, 5))
+             if noise.sigma_max > noise.sigma_min else noise.sigma_min)
+    lr = degradation.degrade(hr[None], kernel, scale, noise_sigma=sigma,
+                             seed=fold(seed, 4))
+    if noise.jpeg_prob > 0:
+      lr = degradation.apply_jpeg(lr, degradation.sample_jpeg_quality(1, noise, fold(seed, 6)))
+    lr = lr[0]
     if deg.quantize_lr:
       lr = degradation.quantize_8bit(lr)
     return dict(lr=lr, hr=hr, kernel=kernel[0], code=degradation.encode(kernel, pca)[0])

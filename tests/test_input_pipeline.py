@@ -111,6 +111,27 @@ def test_noise(pca):
   assert abs(resid.std() - 0.05) < 0.005 and abs(resid.mean()) < 0.005
 
 
+def test_kernel_family_noise_range_and_jpeg_reach_the_batches(pca, demo_run):
+  """The kernel-space and noise fields of config.degradation drive the synthesis."""
+  c = _config()
+  c.degradation.family = "motion"
+  motion = _batches(c, pca, 1)[0]
+  spec = ip.kernel_spec(c)
+  assert spec.family == "motion"
+  assert not np.allclose(motion["kernel"], demo_run[0]["kernel"])
+  np.testing.assert_allclose(motion["kernel"].sum((1, 2)), 1.0, rtol=1e-5)
+  np.testing.assert_array_equal(motion["hr"], demo_run[0]["hr"])  # same crops, new kernels
+  c = _config()
+  c.degradation.noise_sigma, c.degradation.noise_sigma_max = 0.0, 0.1
+  c.degradation.jpeg_prob = 1.0
+  noisy = _batches(c, pca, 1)[0]
+  np.testing.assert_array_equal(noisy["kernel"], demo_run[0]["kernel"])
+  assert np.abs(noisy["lr"] - demo_run[0]["lr"]).mean() > 0.005
+  c.degradation.sig_mx = 3.0  # a misspelled field is an error, not silently ignored
+  with pytest.raises(ip.DataError, match="sig_mx"):
+    ip.create_train_iterator(c, pca, process_index=0, process_count=1)
+
+
 def test_augmentation_is_official_dihedral_subset(pca):
   plain = _batches(_config(use_flip=False, use_rot=False), pca, 2)
   aug = _batches(_config(), pca, 2)
