@@ -1,0 +1,225 @@
+"""Kernel-space ablation sweep: train on each kernel space, test on each kernel space.
+
+  python launch/sweep.py --config=configs/demo.py --workdir=/tmp/sweep \
+      --train_spaces=iso,aniso,motion --test_spaces=iso,aniso,motion,plateau
+  python launch/sweep.py ... --mode=plan   # print one training command per train space
+  python launch/sweep.py ... --mode=collect  # evaluate runs trained elsewhere (the plan)
+
+Kernel spaces are `dan_jax.degradation.KERNEL_SPACES` (iso = setting 1, aniso = setting 2,
+generalized, plateau, motion, mixed); each run's PCA is built on its own kernel space.
+Every trained model is tested on one fixed synthesized test set per test space (held-out
+photos, kernels drawn with a fixed seed, 8-bit LR), so all train spaces see the same
+images. Results: WORKDIR/results.csv, results.md (Y-PSNR table, and kernel error for
+DANv2) and heatmap.png. Extra arguments are config overrides (`num_train_steps=200`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import os
+import sys
+from typing import Sequence
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TEST_SEED = 1234  # the test sets' kernels and noise: the same for every trained model
+
+
+def space_overrides(space: str, kernel_size: int) -> dict:
+  from dan_jax import degradation  # pylint: disable=g-import-not-at-top
+  if space not in degradation.KERNEL_SPACES:
+    raise ValueError(f"unknown kernel space {space!r}; known: {degradation.KERNEL_SPACES}")
+  return degradation.kernel_space_overrides(space, kernel_size)
+
+
+def _parse_like(old, value: str, key: str):
+  """A command-line string as the type of the field's current value."""
+  try:
+    if isinstance(old, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(value)
+      return value.lower() in ("true", "1")
+    if isinstance(old, (tuple, list)):
+      return type(old)(ast.literal_eval(value))
+    return value if isinstance(old, str) else type(old)(value)
+  except (ValueError, SyntaxError) as e:
+    raise ValueError(f"bad value {value!r} for config field {key!r}") from e
+
+
+def train_config(config_spec: str, space: str, overrides: Sequence[str]):
+  """The config of one training run: the base config, the overrides, the kernel space."""
+  from dan_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  config = checkpoint.load_config_file(config_spec)
+  for o in overrides:
+    key, _, value = o.lstrip("-").removeprefix("config.").partition("=")
+    *parents, leaf = key.split(".")
+    target = config
+    for name in parents:
+      if name not in target:
+        raise ValueError(f"unknown config field {key!r}")
+      target = target[name]
+    if leaf not in target:
+      raise ValueError(f"unknown config field {key!r}")
+    target[leaf] = _parse_like(target[leaf], value, key)
+  config.degradation.update(space_overrides(space, config.model.kernel_size))
+  return config
+
+
+def plan_commands(args, overrides: Sequence[str]) -> list[list[str]]:
+  """One `python -m dan_jax.main` per train space, for a cluster's scheduler."""
+  commands = []
+  for space in args.train_spaces.split(","):
+    extra = [f"degradation.{k}={v}" for k, v in space_overrides(space, 21).items()
+             if k != "kernel_size"]
+    commands.append(_common.train_command(
+        args.config, os.path.join(args.workdir, f"train_{space}"), list(overrides) + extra))
+  return commands
+
+
+def make_test_set(space: str, config, num_images: int, crop: int) -> dict:
+  """Fixed HR crops of the held-out photos, degraded with kernels from `space`."""
+  from dan_jax import degradation  # pylint: disable=g-import-not-at-top
+  from dan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  scale, k = config.model.scale, config.model.kernel_size
+  hrs = []
+  for img in input_pipeline.demo_images("val"):
+    h, w = img.shape[:2]
+    for y in range(0, h - crop + 1, crop):
+      for x in range(0, w - crop + 1, crop):
+        hrs.append(img[y:y + crop, x:x + crop])
+  if len(hrs) < num_images:
+    raise ValueError(f"only {len(hrs)} test crops of {crop} px; lower --test_images")
+  pick = np.random.default_rng(TEST_SEED).choice(len(hrs), num_images, replace=False)
+  hr = np.stack([hrs[i] for i in sorted(pick)]).astype(np.float32) / 255.0
+  spec = degradation.kernel_space(space, k)
+  kernels = degradation.sample_kernels(num_images, spec, [TEST_SEED, 0]).numpy()
+  lr = degradation.quantize_8bit(degradation.degrade(hr, kernels, scale)).numpy()
+  return {"hr": hr, "lr": np.clip(lr, 0, 1), "kernel": kernels}
+
+
+def evaluate_run(workdir: str, tests: dict) -> dict:
+  """Y-PSNR (and kernel error for DANv2) of one trained run on every test set."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from dan_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from dan_jax import metrics  # pylint: disable=g-import-not-at-top
+  from dan_jax import models  # pylint: disable=g-import-not-at-top
+  model_config, variables, _ = checkpoint.load_model(workdir)
+  model = models.create_model(model_config)
+  apply = jax.jit(model.apply)
+  scale = model.spec.scale
+  out = {}
+  for space, t in tests.items():
+    res = apply(variables, t["lr"])
+    sr = np.asarray(res.sr[-1])
+    psnr = [metrics.psnr_y(metrics.to_uint8(s), metrics.to_uint8(h), scale)
+            for s, h in zip(sr, t["hr"])]
+    row = {"psnr_y": float(np.mean(psnr))}
+    if res.kernel is not None:
+      est = np.asarray(res.kernel[-1])
+      row["kernel_mse"] = float(np.mean([metrics.kernel_error(e, k)["mse"]
+                                         for e, k in zip(est, t["kernel"])]))
+    out[space] = row
+  return out
+
+
+def write_results(workdir: str, results: dict, train_spaces, test_spaces) -> str:
+  """results.csv, results.md and heatmap.png; returns the Markdown."""
+  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["train_space", "test_space", "psnr_y", "kernel_mse"])
+    for tr in train_spaces:
+      for te in test_spaces:
+        r = results[tr][te]
+        w.writerow([tr, te, f"{r['psnr_y']:.4f}",
+                    f"{r['kernel_mse']:.6g}" if "kernel_mse" in r else ""])
+  lines = ["Y-PSNR (dB), rows: train kernel space, columns: test kernel space", "",
+           "| train \\ test | " + " | ".join(test_spaces) + " |",
+           "|---" * (len(test_spaces) + 1) + "|"]
+  for tr in train_spaces:
+    lines.append(f"| {tr} | " + " | ".join(f"{results[tr][te]['psnr_y']:.2f}"
+                                            for te in test_spaces) + " |")
+  if all("kernel_mse" in results[tr][te] for tr in train_spaces for te in test_spaces):
+    lines += ["", "Kernel MSE (x1e-4)", "", "| train \\ test | " + " | ".join(test_spaces)
+              + " |", "|---" * (len(test_spaces) + 1) + "|"]
+    for tr in train_spaces:
+      lines.append(f"| {tr} | " + " | ".join(f"{1e4 * results[tr][te]['kernel_mse']:.2f}"
+                                              for te in test_spaces) + " |")
+  markdown = "\n".join(lines) + "\n"
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(markdown)
+  heatmap(results, train_spaces, test_spaces, os.path.join(workdir, "heatmap.png"))
+  return markdown
+
+
+def heatmap(results: dict, train_spaces, test_spaces, path: str) -> None:
+  """A PSNR heatmap (rows train, columns test) drawn with Pillow."""
+  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
+  cell, margin = 90, 100
+  values = np.array([[results[tr][te]["psnr_y"] for te in test_spaces]
+                     for tr in train_spaces])
+  lo, hi = float(values.min()), float(values.max())
+  img = Image.new("RGB", (margin + cell * len(test_spaces), margin + cell * len(train_spaces)),
+                  "white")
+  draw = ImageDraw.Draw(img)
+  font = ImageFont.load_default()
+  for j, te in enumerate(test_spaces):
+    draw.text((margin + j * cell + 8, margin - 20), te, fill="black", font=font)
+  for i, tr in enumerate(train_spaces):
+    draw.text((8, margin + i * cell + cell // 2), tr, fill="black", font=font)
+    for j in range(len(test_spaces)):
+      t = 0.5 if hi == lo else (values[i, j] - lo) / (hi - lo)
+      color = (int(255 * t), int(80 + 100 * (1 - abs(2 * t - 1))), int(255 * (1 - t)))
+      box = (margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 2,
+             margin + (i + 1) * cell - 2)
+      draw.rectangle(box, fill=color)
+      draw.text((box[0] + 20, box[1] + cell // 2 - 6), f"{values[i, j]:.2f}", fill="white",
+                font=font)
+  draw.text((8, 8), "Y-PSNR: rows train space, columns test space", fill="black", font=font)
+  img.save(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--config", default="configs/demo.py", help="base config file[:arg]")
+  parser.add_argument("--workdir", required=True, help="sweep directory")
+  parser.add_argument("--train_spaces", default="iso,aniso,motion")
+  parser.add_argument("--test_spaces", default="iso,aniso,motion")
+  parser.add_argument("--mode", default="local", choices=("local", "plan", "collect"),
+                      help="local: train one after another here, then evaluate; plan: "
+                           "print the training commands; collect: evaluate existing runs")
+  parser.add_argument("--test_images", type=int, default=8, help="test crops per space")
+  parser.add_argument("--test_crop", type=int, default=96, help="HR size of a test crop")
+  args, overrides = parser.parse_known_args(argv)
+  train_spaces = args.train_spaces.split(",")
+  test_spaces = args.test_spaces.split(",")
+  try:
+    for space in train_spaces + test_spaces:
+      space_overrides(space, 21)
+    if args.mode == "plan":
+      return _common.run_all(plan_commands(args, overrides), dry_run=True)
+    from dan_jax import train  # pylint: disable=g-import-not-at-top
+    base = train_config(args.config, train_spaces[0], overrides)
+    tests = {s: make_test_set(s, base, args.test_images, args.test_crop) for s in test_spaces}
+    os.makedirs(args.workdir, exist_ok=True)
+    results = {}
+    for space in train_spaces:
+      run_dir = os.path.join(args.workdir, f"train_{space}")
+      if args.mode == "local":
+        print(f"== training on kernel space {space!r} -> {run_dir}", flush=True)
+        train.train_and_evaluate(train_config(args.config, space, overrides), run_dir)
+      results[space] = evaluate_run(run_dir, tests)
+  except (ValueError, OSError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(write_results(args.workdir, results, train_spaces, test_spaces))
+  print(f"wrote {args.workdir}/results.csv, results.md, heatmap.png")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
