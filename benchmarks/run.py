@@ -1,0 +1,219 @@
+"""dan_jax benchmark suite: prints a table (and optionally the official PyTorch figures).
+
+  python benchmarks/run.py                       # ours, on whatever jax.devices() gives
+  python benchmarks/run.py --official_checkout ~/src/DAN --official_python ~/torch/bin/python
+  python benchmarks/run.py --models DANv2 --skip pipeline --dtype bfloat16   # e.g. on a GPU
+
+Figures (DANv1 x4 nf 64 nb 40 and DANv2 x4 nf 64 nb 10 ng 5, 4 iterations, fp32 unless
+--dtype): train-step throughput at batch 4 of 64x64 LR crops (the cheap gradient of the
+training loop), inference on a 180x320 LR image and time per output megapixel at 3 sizes,
+compile times, input-pipeline throughput (x4, 256x256 HR, settings 1 and 2, 1 and 2
+threads), and achieved GFLOP/s (XLA cost analysis) against the measured float32 GEMM rate.
+Medians of --repeats timed runs after a warm-up. Never run as a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dan_jax import models
+from dan_jax import train
+
+MODELS = {
+    "DANv1": dict(version="DANv1", scale=4, nf=64, nb=40, loops=4),
+    "DANv2": dict(version="DANv2", scale=4, nf=64, nb=10, ng=5, loops=4),
+}
+
+
+def _median(fn: Callable[[], Any], repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """The machine's float32 matmul rate through XLA."""
+  a = jnp.asarray(np.random.default_rng(0).uniform(size=(n, n)), jnp.float32)
+  f = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(f(a))
+  return 2 * n**3 / _median(lambda: f(a), repeats) / 1e9
+
+
+def _flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def bench_model(name: str, args: argparse.Namespace) -> dict:
+  """Train step, inference and compile times of one model."""
+  cfg = dict(MODELS[name], dtype=args.dtype, scan_unroll=args.scan_unroll)
+  model = models.create_model(cfg)
+  pca = np.random.default_rng(0).normal(size=(21 * 21, 10)).astype(np.float32) * 0.05
+  variables = models.init_variables(model, 0, pca)
+  rng = np.random.default_rng(1)
+  b, s = args.batch, args.lr_size
+  batch = {
+      "lr": rng.uniform(size=(b, s, s, 3)).astype(np.float32),
+      "hr": rng.uniform(size=(b, 4 * s, 4 * s, 3)).astype(np.float32),
+      "kernel": rng.dirichlet(np.ones(441), size=b).reshape(b, 21, 21).astype(np.float32),
+      "code": rng.normal(size=(b, 10)).astype(np.float32),
+  }
+  out: dict = {"model": name, "params": models.count_params(variables["params"])}
+
+  step_fn, state, batch = train.benchmark_step(model, variables, batch)
+  t = time.perf_counter()
+  compiled = step_fn.lower(state, batch).compile()
+  out["train_compile_s"] = time.perf_counter() - t
+  state, _ = compiled(state, batch)  # warm-up
+  holder = [state]
+
+  def one_step():
+    holder[0], metrics = compiled(holder[0], batch)
+    return metrics
+
+  step_s = _median(one_step, args.repeats)
+  out["train_step_s"] = step_s
+  out["train_samples_per_s"] = b / step_s
+  out["train_gflops"] = _flops(compiled) / step_s / 1e9
+
+  apply = jax.jit(model.apply)
+  infer = {}
+  for size in args.infer_sizes.split(","):
+    h, w = (int(v) for v in size.split("x"))
+    lr = jnp.asarray(rng.uniform(size=(1, h, w, 3)), jnp.float32)
+    t = time.perf_counter()
+    c = apply.lower(variables, lr).compile()
+    compile_s = time.perf_counter() - t
+    jax.block_until_ready(c(variables, lr))
+    sec = _median(lambda: c(variables, lr), args.repeats)
+    infer[size] = {"s": sec, "s_per_output_mpix": sec / (h * w * 16 / 1e6),
+                   "compile_s": compile_s, "gflops": _flops(c) / sec / 1e9}
+  out["infer"] = infer
+  return out
+
+
+def bench_pipeline(setting: int, threads: int, batches: int) -> float:
+  """Samples/s of the training input pipeline (demo images, x4, 256x256 HR)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from dan_jax import degradation  # pylint: disable=g-import-not-at-top
+  from dan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+  from configs import default  # pylint: disable=g-import-not-at-top
+  config = default.get_config()
+  config.data.source = "demo"
+  config.batch_size = 16
+  config.data.num_parallel_calls = threads
+  if setting == 2:
+    config.degradation.sig_min, config.degradation.sig_max = 0.6, 5.0
+    config.degradation.rate_iso, config.degradation.random_disturb = 0.0, True
+  pca = np.zeros((21 * 21, 10), np.float32)
+  options = tf.data.Options()
+  options.threading.private_threadpool_size = threads
+  ds = input_pipeline.create_train_dataset(config, pca).with_options(options)
+  it = iter(ds)
+  next(it)
+  t = time.perf_counter()
+  for _ in range(batches):
+    next(it)
+  del degradation
+  return batches * config.batch_size / (time.perf_counter() - t)
+
+
+def official(args: argparse.Namespace, name: str) -> dict:
+  cfg = MODELS[name]
+  cmd = [args.official_python, os.path.join(os.path.dirname(__file__), "official_side.py"),
+         "--checkout", args.official_checkout, "--version", name, "--nf", str(cfg["nf"]),
+         "--nb", str(cfg["nb"]), "--ng", str(cfg.get("ng", 5)), "--batch", str(args.batch),
+         "--lr_size", str(args.lr_size), "--infer_sizes", args.infer_sizes,
+         "--repeats", str(args.repeats)]
+  res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if res.returncode:
+    raise SystemExit(f"error: the official benchmark failed:\n{res.stderr[-2000:]}")
+  return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--models", default="DANv1,DANv2")
+  ap.add_argument("--batch", type=int, default=4)
+  ap.add_argument("--lr_size", type=int, default=64)
+  ap.add_argument("--infer_sizes", default="180x320,90x160,360x640")
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--dtype", default="float32")
+  ap.add_argument("--scan_unroll", type=int, default=1)
+  ap.add_argument("--skip", default="", help="comma list of: model,pipeline,gemm")
+  ap.add_argument("--pipeline_batches", type=int, default=8)
+  ap.add_argument("--official_checkout", default="", help="checkout of greatlog/DAN")
+  ap.add_argument("--official_python", default=sys.executable,
+                  help="a Python with torch for the official side")
+  ap.add_argument("--json", default="", help="also write all figures to this file")
+  args = ap.parse_args()
+  skip = set(filter(None, args.skip.split(",")))
+
+  print(f"# dan_jax benchmarks, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, devices {[d.device_kind for d in jax.devices()]}, "
+        f"jax {jax.__version__}, dtype {args.dtype}")
+  results: dict = {"models": []}
+  if "gemm" not in skip:
+    results["gemm_gflops"] = gemm_gflops()
+    print(f"float32 GEMM (2048^3): {results['gemm_gflops']:.0f} GFLOP/s")
+  if "model" not in skip:
+    print("| model | params | train step (s) | samples/s | train GFLOP/s | train compile (s) "
+          "| 180x320 infer (s) | infer GFLOP/s | infer compile (s) | s/out-MPix by size |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.models.split(","):
+      r = bench_model(name, args)
+      if args.official_checkout:
+        r["official"] = official(args, name)
+      results["models"].append(r)
+      first = args.infer_sizes.split(",")[0]
+      per = ", ".join(f"{k}: {v['s_per_output_mpix']:.2f}" for k, v in r["infer"].items())
+      print(f"| {name} | {r['params']:,} | {r['train_step_s']:.2f} | "
+            f"{r['train_samples_per_s']:.2f} | {r['train_gflops']:.0f} | "
+            f"{r['train_compile_s']:.1f} | {r['infer'][first]['s']:.2f} | "
+            f"{r['infer'][first]['gflops']:.0f} | {r['infer'][first]['compile_s']:.1f} | "
+            f"{per} |")
+      if "official" in r:
+        o = r["official"]
+        print(f"| {name} official (torch {o['torch']}) | | {o['train_step_s']:.2f} | "
+              f"{o['train_samples_per_s']:.2f} | | | {o['infer_s'][first]:.2f} | | | |")
+        print(f"| ratio ours/official (speed) | | | "
+              f"{r['train_samples_per_s'] / o['train_samples_per_s']:.2f} | | | "
+              f"{o['infer_s'][first] / r['infer'][first]['s']:.2f} | | | |")
+  if "pipeline" not in skip:
+    print("| input pipeline (x4, 256 HR crops) | 1 thread | 2 threads |")
+    print("|---|---|---|")
+    for setting in (1, 2):
+      rates = [bench_pipeline(setting, t, args.pipeline_batches) for t in (1, 2)]
+      results[f"pipeline_setting{setting}"] = rates
+      print(f"| setting {setting} | {rates[0]:.0f} samples/s | {rates[1]:.0f} samples/s |")
+  if "gemm_gflops" in results:
+    for r in results["models"]:
+      first = args.infer_sizes.split(",")[0]
+      print(f"{r['model']}: inference at {r['infer'][first]['gflops'] / results['gemm_gflops']:.0%}"
+            f" of the GEMM rate, train step at "
+            f"{r['train_gflops'] / results['gemm_gflops']:.0%}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(results, f, indent=1, default=float)
+
+
+if __name__ == "__main__":
+  main()
