@@ -63,6 +63,10 @@ def create_manager(directory: str, *, max_to_keep: Optional[int] = 3,
       enable_async_checkpointing=async_save,
       create=not read_only,
       read_only=read_only,
+      # A run killed while saving leaves a `<step>.orbax-checkpoint-tmp-*` folder (orbax
+      # writes there and renames when complete); it is never read as a checkpoint, and
+      # the next writer removes it.
+      cleanup_tmp_directories=not read_only,
   )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_names=ITEMS)
@@ -137,8 +141,11 @@ def load_model(path: str, use_ema: bool = True
   elif step not in steps:
     raise CheckpointError(f"no checkpoint at step {step} under {directory}")
   try:
+    # A checkpoint written by a run on other devices (e.g. 8 GPUs or a TPU pod) names
+    # devices this process may not have: such arrays come back on the first local one.
+    fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(),
+        state=ocp.args.StandardRestore(fallback_sharding=fallback),
         model_config=ocp.args.JsonRestore()))
   except Exception as e:  # orbax raises many types for truncated or foreign files
     raise CheckpointError(f"checkpoint {directory}/{step} is unreadable: {e}") from e

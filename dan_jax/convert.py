@@ -4,7 +4,8 @@ Library use:
   model_config = model_config_from_official("DANv2", nf=64, nb=10, ng=5, upscale=4, loop=4)
   variables = params_from_torch(state_dict, model_config)   # state_dict: name -> np.ndarray
 
-Command line (needs `pip install torch`, only for reading the .pth pickle):
+Command line (needs `pip install torch`, only for reading the .pth pickle; `--official`
+may also be a .npz of the state_dict, which needs no PyTorch):
   python -m dan_jax.convert --official DANv2_x4.pth --out DIR [--config configs/x4.py:v2]
 writes an orbax checkpoint under DIR that `evaluate`, `infer` and training (as
 `init_checkpoint`) load. Without --config the architecture is read off the weights' shapes.
@@ -12,8 +13,10 @@ writes an orbax checkpoint under DIR that `evaluate`, `infer` and training (as
 
 from __future__ import annotations
 
+import os
 import re
 import sys
+import zipfile
 from typing import Any, Iterator, Mapping, Optional
 
 import jax
@@ -242,7 +245,21 @@ def infer_official_options(state_dict: Mapping[str, Any]) -> tuple[str, dict]:
 
 
 def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
-  """Reads an official .pth (a state_dict, or a dict holding one) into numpy arrays."""
+  """Reads an official .pth (a state_dict, or a dict holding one) into numpy arrays.
+
+  A `.npz` of the state_dict (`np.savez(f, **{name: array})`, e.g. exported once where
+  PyTorch is installed) is read with numpy, without PyTorch.
+  """
+  if path.endswith(".npz"):
+    if not os.path.isfile(path):
+      raise ConversionError(f"no such checkpoint file: {path}")
+    if not zipfile.is_zipfile(path):
+      raise ConversionError(f"{path} is not a readable .npz state_dict (not a zip archive)")
+    try:
+      with np.load(path, allow_pickle=False) as npz:
+        return _strip_prefix({k: npz[k] for k in npz.files})
+    except Exception as e:  # bad members, pickled objects, ...
+      raise ConversionError(f"{path} is not a readable .npz state_dict: {e}") from e
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -293,7 +310,8 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser = argparse.ArgumentParser(
       prog="python -m dan_jax.convert",
       description="Convert official PyTorch DAN weights into a dan_jax checkpoint.")
-  parser.add_argument("--official", required=True, help="official .pth file")
+  parser.add_argument("--official", required=True,
+                      help="official .pth file (or a .npz of its state_dict)")
   parser.add_argument("--out", required=True, help="output directory (like a workdir)")
   parser.add_argument("--config", default=None,
                       help="optional dan_jax config file (e.g. configs/x4.py:v2) whose "

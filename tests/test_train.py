@@ -1,0 +1,369 @@
+"""Tests of dan_jax.train: learning, sharding, resumption, logs, NaN handling, errors.
+
+Everything runs the tiny configs/test.py (a ~7k-parameter DANv2 on 16x16 crops of the demo
+photos); jitted steps are shared between runs of the same setup, so most runs here reuse
+one compilation.
+"""
+
+import glob
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from dan_jax import checkpoint
+from dan_jax import input_pipeline
+from dan_jax import models
+from dan_jax import train
+
+ROOT = pathlib.Path(__file__).parents[1]
+TEST_CONFIG = str(ROOT / "configs" / "test.py")
+
+
+def _config(**overrides):
+  """configs/test.py with dotted overrides, e.g. _config(**{"data.source": "tfds"})."""
+  c = checkpoint.load_config_file(TEST_CONFIG)
+  for key, value in overrides.items():
+    *path, name = key.split(".")
+    parent = c
+    for part in path:
+      parent = parent[part]
+    parent[name] = value
+  return c
+
+
+def _params(workdir, use_ema=False):
+  _, variables, step = checkpoint.load_model(str(workdir), use_ema=use_ema)
+  return variables["params"], step
+
+
+def _assert_trees_equal(a, b):
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def _events(workdir):
+  """{tag: (plugin, [(step, value or encoded image)])} from the TensorBoard event files."""
+  out = {}
+  for path in glob.glob(os.path.join(workdir, "events.out.tfevents.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for v in event.summary.value:
+        plugin = v.metadata.plugin_data.plugin_name
+        value = tf.make_ndarray(v.tensor)
+        if plugin == "scalars":
+          value = float(value)
+        out.setdefault(v.tag, (plugin, []))[1].append((event.step, value))
+  return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """30 steps of the tiny config, validating and logging (shared by several tests)."""
+  workdir = tmp_path_factory.mktemp("trained")
+  config = _config(num_train_steps=30, log_every_steps=5, eval_every_steps=15,
+                   image_every_steps=15, checkpoint_every_steps=10, keep_checkpoints=2)
+  result = train.train_and_evaluate(config, str(workdir))
+  return config, workdir, result
+
+
+# ----------------------------------------------------------------------------- learning
+
+
+def test_loss_decreases(trained):
+  _, _, result = trained
+  assert result["step"] == 30
+  # Mean loss of steps 26-30 against that of steps 1-5 (the untrained network's output
+  # is far from the image).
+  assert result["train_loss"] < 0.6 * result["first_train_loss"], result
+  for key in ("val_psnr_y", "val_ssim_y", "bicubic_psnr_y", "bicubic_ssim_y"):
+    assert np.isfinite(result[key])
+  assert result["steps_per_sec"] > 0
+
+
+def test_tensorboard_events_hold_scalars_and_images(trained):
+  config, workdir, _ = trained
+  events = _events(str(workdir))
+  for i in range(config.model.loops):
+    assert events[f"train/l_pix{i}"][0] == "scalars"
+    assert [s for s, _ in events[f"train/l_ker{i}"][1]] == [5, 10, 15, 20, 25, 30]
+  for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/steps_per_sec",
+              "train/samples_per_sec", "val/psnr_y", "val/ssim_y", "val/bicubic_psnr_y",
+              "val/bicubic_ssim_y"):
+    assert events[tag][0] == "scalars", tag
+  assert [s for s, _ in events["val/psnr_y"][1]] == [15, 30]
+  # MultiStep: lr 3e-3 for steps 1-3 (configs/test.py milestone 3), then halved.
+  assert events["train/learning_rate"][1][-1][1] == pytest.approx(1.5e-3)
+  triplet = events["val/lr_sr_hr/chelsea"]
+  kernels = events["val/kernel_est_true/chelsea"]
+  assert triplet[0] == kernels[0] == "images"
+  assert [s for s, _ in triplet[1]] == [15, 30]
+  # The image summary holds (width, height, PNG bytes...): LR | SR | HR side by side.
+  w, h = (int(x) for x in triplet[1][-1][1][:2])
+  assert (h, w) == (32, 96)
+  png = tf.io.decode_png(triplet[1][-1][1][2]).numpy()
+  assert png.shape == (32, 96, 3) and png.std() > 0
+
+
+def test_checkpoints_and_images_written(trained):
+  config, workdir, result = trained
+  steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+  assert steps == [20, 30]  # keep_checkpoints = 2
+  best = [int(d) for d in os.listdir(workdir / "checkpoints_best") if d.isdigit()]
+  assert len(best) == 1 and best[0] in (15, 30)
+  model_config, variables, step = checkpoint.load_model(str(workdir))
+  assert step == 30 and model_config.version == "DANv2" and model_config.scale == 2
+  checkpoint.check_variables(variables, config.model)
+  meta = json.loads((workdir / "checkpoints" / "30" / "meta" / "metadata").read_text())
+  assert meta["step"] == meta["data_position"] == 30
+  assert json.loads(meta["config"])["num_train_steps"] == 30
+  for suffix in ("sr", "bicubic", "lr", "hr"):
+    assert (workdir / "val" / f"chelsea_{suffix}.png").is_file()
+  # The saved SR image is the one the final validation scored.
+  from dan_jax import metrics  # pylint: disable=g-import-not-at-top
+  sr = tf.io.decode_png((workdir / "val" / "chelsea_sr.png").read_bytes()).numpy()
+  hr = tf.io.decode_png((workdir / "val" / "chelsea_hr.png").read_bytes()).numpy()
+  assert metrics.psnr_y(sr, hr, crop_border=2) == pytest.approx(result["val_psnr_y"])
+
+
+# ----------------------------------------------------------------------------- loss / step
+
+
+def _tiny(version="DANv2"):
+  config = _config()
+  if version == "DANv1":
+    config.model.update(version="DANv1", nf=16, estimator_nf=32)
+  spec = models.spec_from_config(config.model)
+  model = models.create_model(spec)
+  rng = np.random.default_rng(0)
+  k, b = spec.kernel_size, 2
+  pca = rng.normal(size=(k * k, spec.code_len)).astype(np.float32) * 0.2
+  variables = models.init_variables(model, 0, pca)
+  kernel = rng.dirichlet(np.ones(k * k), size=b).astype(np.float32)
+  batch = {"lr": rng.uniform(size=(b, 8, 8, 3)).astype(np.float32),
+           "hr": rng.uniform(size=(b, 16, 16, 3)).astype(np.float32),
+           "kernel": kernel.reshape(b, k, k), "code": kernel @ pca}
+  return model, variables, batch
+
+
+@pytest.mark.parametrize("version", ["DANv2", "DANv1"])
+def test_cheap_gradient_equals_full_gradient(version):
+  """Kernel term on the kernel (v2) or on the code (v1); same loss, same gradient."""
+  model, variables, batch = _tiny(version)
+
+  def value_and_grad(cheap, supervise_all=False):
+    fn = lambda p: train.compute_losses(model, p, variables["pca"], batch,
+                                        kernel_loss_weight=0.5, cheap_gradient=cheap,
+                                        supervise_all=supervise_all)
+    return jax.jit(jax.value_and_grad(fn, has_aux=True))(variables["params"])
+
+  (loss, aux), grads = value_and_grad(True)
+  (full_loss, full_aux), full_grads = value_and_grad(False)
+  np.testing.assert_allclose(loss, full_loss, rtol=1e-6)
+  np.testing.assert_allclose(aux["l_pix"], full_aux["l_pix"], rtol=1e-5)
+  np.testing.assert_allclose(aux["l_ker"], full_aux["l_ker"], rtol=1e-5)
+  np.testing.assert_allclose(loss, aux["l_pix"][-1] + 0.5 * aux["l_ker"][-1], rtol=1e-6)
+  for g, h in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(full_grads)):
+    np.testing.assert_allclose(g, h, rtol=1e-4, atol=1e-6)
+  assert sum(float(np.abs(g).sum()) for g in jax.tree_util.tree_leaves(grads)) > 0
+  if version == "DANv1":
+    return
+  # Every iteration supervised: the sum of the per-iteration losses.
+  (all_loss, all_aux), _ = value_and_grad(True, supervise_all=True)
+  np.testing.assert_allclose(all_loss, np.sum(all_aux["l_pix"] + 0.5 * all_aux["l_ker"]),
+                             rtol=1e-5)
+
+
+def test_learning_rate_schedule_is_multistep():
+  config = _config(learning_rate=4e-4, lr_milestones=(2, 5, 5), lr_gamma=0.5)
+  fn = train.create_learning_rate_fn(config)
+  assert [float(fn(s)) for s in (0, 1, 2, 4, 5, 9)] == pytest.approx(
+      [4e-4, 4e-4, 2e-4, 2e-4, 5e-5, 5e-5])
+
+
+def test_init_checkpoint_starts_from_its_weights(trained, tmp_path):
+  _, trained_dir, _ = trained
+  config = _config(num_train_steps=1, init_checkpoint=str(trained_dir),
+                   **{"data.val_source": "none"})
+  train.train_and_evaluate(config, str(tmp_path / "finetune"))
+  _, start, _ = checkpoint.load_model(str(trained_dir), use_ema=True)
+  _, after, step = checkpoint.load_model(str(tmp_path / "finetune"), use_ema=False)
+  assert step == 1
+  np.testing.assert_array_equal(after["pca"]["matrix"], start["pca"]["matrix"])
+  # One Adam step moves each weight by at most about the learning rate (3e-3).
+  for x, y in zip(jax.tree_util.tree_leaves(start["params"]),
+                  jax.tree_util.tree_leaves(after["params"])):
+    assert np.abs(x - y).max() <= 3.1e-3
+
+
+def test_bfloat16_compute_keeps_float32_params(tmp_path):
+  config = _config(num_train_steps=2, **{"model.dtype": "bfloat16",
+                                         "data.val_source": "none"})
+  result = train.train_and_evaluate(config, str(tmp_path / "bf16"))
+  assert np.isfinite(result["train_loss"])
+  params, _ = _params(tmp_path / "bf16")
+  assert {x.dtype for x in jax.tree_util.tree_leaves(params)} == {np.dtype(np.float32)}
+
+
+# ----------------------------------------------------------------------------- resume
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path):
+  # configs/test.py has EMA on, so its state must be resumed too. No validation (quick).
+  assert _config().ema_decay > 0
+  kw = {"data.val_source": "none", "checkpoint_every_steps": 0}
+  straight = train.train_and_evaluate(_config(num_train_steps=6, **kw),
+                                      str(tmp_path / "straight"))
+  first = train.train_and_evaluate(_config(num_train_steps=3, **kw), str(tmp_path / "resumed"))
+  assert first["step"] == 3
+  resumed = train.train_and_evaluate(_config(num_train_steps=6, **kw),
+                                     str(tmp_path / "resumed"))
+  assert straight["step"] == resumed["step"] == 6
+  assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-6)
+  for use_ema in (False, True):
+    a, step_a = _params(tmp_path / "straight", use_ema)
+    b, step_b = _params(tmp_path / "resumed", use_ema)
+    assert step_a == step_b == 6
+    _assert_trees_equal(a, b)
+  ema, _ = _params(tmp_path / "straight", use_ema=True)
+  raw, _ = _params(tmp_path / "straight")
+  assert not np.array_equal(ema["alternate"]["restorer"]["head_lr"]["kernel"],
+                            raw["alternate"]["restorer"]["head_lr"]["kernel"])
+  # A run that is already complete trains nothing and reports the same step.
+  again = train.train_and_evaluate(_config(num_train_steps=6, **kw),
+                                   str(tmp_path / "resumed"))
+  assert again["step"] == 6 and "train_loss" not in again
+
+
+def test_checkpoint_of_another_model_is_not_resumed(tmp_path):
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(_config(num_train_steps=1, **{"data.val_source": "none"}),
+                           str(workdir))
+  before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+  other = _config(num_train_steps=2, **{"model.scale": 4, "data.val_source": "none"})
+  with pytest.raises(train.TrainingError, match=r"DANv2 x2 .* DANv2 x4 .*refusing"):
+    train.train_and_evaluate(other, str(workdir))
+  assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+
+
+# ----------------------------------------------------------------------------- NaN
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+  real = input_pipeline.create_train_iterator
+
+  def poisoned(config, pca, *, start_step=0, **kw):
+    for i, batch in enumerate(real(config, pca, start_step=start_step, **kw), start_step):
+      if i == 4:  # the batch of step 5
+        batch = dict(batch, hr=np.full_like(batch["hr"], np.nan))
+      yield batch
+
+  monkeypatch.setattr(train.input_pipeline, "create_train_iterator", poisoned)
+  workdir = tmp_path / "run"
+  config = _config(num_train_steps=8, checkpoint_every_steps=2,
+                   **{"data.val_source": "none"})
+  with pytest.raises(train.NonFiniteLossError, match="step 5") as info:
+    train.train_and_evaluate(config, str(workdir))
+  assert isinstance(info.value, FloatingPointError)
+  assert "last good checkpoint is step 4" in str(info.value)
+  steps = sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit())
+  assert steps[-1] == 4
+  params, _ = _params(workdir)
+  assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+
+
+# ----------------------------------------------------------------------------- data sources
+
+
+def test_tfds_source_trains(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = _config(num_train_steps=2, **{"data.source": "tfds", "data.tfds_name": "div2k",
+                                         "data.val_source": "none"})
+  with tfds.testing.mock_data(num_examples=8):
+    result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result["step"] == 2 and np.isfinite(result["train_loss"])
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+_SHARDED_RUN = textwrap.dedent("""
+    import json, sys
+    import jax
+    import numpy as np
+    from dan_jax import checkpoint, train
+    assert jax.device_count() == 8, jax.devices()
+    config = checkpoint.load_config_file(sys.argv[1])
+    config.num_train_steps = 2
+    config.data.val_source = "none"
+    result = train.train_and_evaluate(config, sys.argv[2])
+    mesh = train.create_mesh()
+    errors = []
+    for batch_size in (12, 4):
+      try:
+        train.check_batch_size(batch_size, mesh)
+      except train.TrainingError as e:
+        errors.append(str(e))
+    print("RESULT " + json.dumps({"loss": result["train_loss"], "errors": errors}))
+""")
+
+
+def test_eight_devices_match_one_device(tmp_path):
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-c", _SHARDED_RUN, TEST_CONFIG,
+                         str(tmp_path / "eight")], env=env, capture_output=True, text=True,
+                        timeout=300, cwd=ROOT, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+  eight = json.loads(line[len("RESULT "):])
+  assert len(eight["errors"]) == 2
+  assert "config.batch_size = 12 does not divide over the 8 devices" in eight["errors"][0]
+
+  one = train.train_and_evaluate(_config(num_train_steps=2, **{"data.val_source": "none"}),
+                                 str(tmp_path / "one"))
+  assert one["train_loss"] == pytest.approx(eight["loss"], rel=1e-5)
+  a, _ = _params(tmp_path / "one")
+  b, _ = _params(tmp_path / "eight")
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("model.scale", 5, "config.model.scale must be one of"),
+    ("learning_rate", -1.0, "config.learning_rate must be a positive number"),
+    ("lr_milestones", (5, 2), "config.lr_milestones must be increasing"),
+    ("ema_decay", 1.0, r"config.ema_decay must be in \[0, 1\)"),
+    ("batch_size", 0, "config.batch_size must be a positive integer"),
+    ("degradation.kernel_size", 9, "config.degradation.kernel_size must be the model's"),
+])
+def test_bad_config_values_are_one_clear_error(tmp_path, field, value, message):
+  config = _config()
+  parent = config
+  *path, name = field.split(".")
+  for part in path:
+    parent = parent[part]
+  if name == "kernel_size":  # tied to model.kernel_size by a reference: untie it
+    del parent["kernel_size"]
+  parent[name] = value
+  with pytest.raises(train.TrainingError, match=message):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
+
+
+def test_unwritable_workdir_is_an_error(tmp_path):
+  blocker = tmp_path / "file"
+  blocker.write_text("not a folder")
+  with pytest.raises(train.TrainingError, match="cannot create workdir"):
+    train.train_and_evaluate(_config(), str(blocker / "run"))
+  with pytest.raises(train.TrainingError, match="is not a folder"):
+    train.train_and_evaluate(_config(), str(blocker))
