@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Optional
 
 import jax
@@ -67,6 +68,11 @@ def create_manager(directory: str, *, max_to_keep: Optional[int] = 3,
       # writes there and renames when complete); it is never read as a checkpoint, and
       # the next writer removes it.
       cleanup_tmp_directories=not read_only,
+      # Processes meet at barriers named after the step: the latest and the best
+      # checkpoint of one step, saved at once by two managers, need distinct names.
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=re.sub(r"\W", "_", os.path.basename(
+              os.path.normpath(directory)))),
   )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                item_names=ITEMS)

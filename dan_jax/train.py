@@ -800,11 +800,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       run_validation(int(to_host(state.step)))
   finally:
     preemption.close()
-    manager.wait_until_finished()
-    manager.close()
-    if best_manager is not None:
-      best_manager.wait_until_finished()
-      best_manager.close()
+    _close(manager)
+    _close(best_manager)
     if writer is not None:
       writer.flush()
 

@@ -335,6 +335,41 @@ def test_eight_devices_match_one_device(tmp_path):
     np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
 
 
+# ----------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("name,scale,kernel,sig_max", [
+    ("x2", 2, 21, 4.0), ("x3", 3, 21, 4.0), ("x4", 4, 21, 4.0),
+    ("x2_setting2", 2, 11, 5.0), ("x4_setting2", 4, 31, 5.0)])
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_config_variants_follow_the_official_recipes(name, scale, kernel, sig_max, version):
+  c = checkpoint.load_config_file(str(ROOT / "configs" / f"{name}.py:{version}"))
+  spec = train.validate_config(c)
+  assert spec.version == {"v1": "DANv1", "v2": "DANv2"}[version] and spec.scale == scale
+  assert (spec.nf, spec.loops, spec.code_len) == (64, 4, 10)
+  assert (spec.nb, spec.ng) == ((40, 5) if version == "v1" else (10, 5))
+  assert spec.kernel_size == c.degradation.kernel_size == kernel
+  assert c.degradation.sig_max == sig_max and c.degradation.random_disturb == (sig_max == 5)
+  assert c.batch_size == 64 and c.data.hr_crop == 64 * scale
+  assert c.data.use_flip and c.data.use_rot
+  assert (c.learning_rate, c.adam_b1, c.adam_b2, c.lr_gamma) == (4e-4, 0.9, 0.99, 0.5)
+  if version == "v2" and "setting2" not in name:
+    assert c.num_train_steps == 800_000
+    assert tuple(c.lr_milestones) == (200_000, 400_000, 600_000)
+  else:
+    assert (c.num_train_steps, tuple(c.lr_milestones)) == (400_000, (200_000,))
+  # The default version is v2.
+  default = checkpoint.load_config_file(str(ROOT / "configs" / f"{name}.py"))
+  assert default.model.version == "DANv2"
+
+
+def test_demo_and_test_configs_validate():
+  for name in ("demo", "test", "default"):
+    c = checkpoint.load_config_file(str(ROOT / "configs" / f"{name}.py"))
+    train.validate_config(c)
+    assert c.data.source == ("folder" if name == "default" else "demo")
+
+
 # ----------------------------------------------------------------------------- errors
 
 
