@@ -20,6 +20,10 @@ share. The loop, from top to bottom of this file:
   pipeline is a pure function of (config, i), a resumed run continues exactly as the
   uninterrupted one would. The best checkpoint by validation PSNR is kept apart in
   WORKDIR/checkpoints_best/ (config.keep_best).
+* kills and preemption: orbax writes a checkpoint into a tmp folder and renames it when
+  complete, so a run killed at any moment resumes from its last complete checkpoint
+  (tmp folders are removed). SIGTERM sets a flag (`PreemptionWatch`); the loop then saves
+  the current step, waits for the write and returns with 'preempted' in the result.
 * logs: clu metric writers (TensorBoard event files in the workdir), from process 0 only.
 """
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import os
 import pathlib
 import random
@@ -102,20 +101,20 @@ def _tmp_dirs(ckpt_dir) -> list[str]:
   return sorted(n for n in os.listdir(ckpt_dir) if TMP_MARK in n)
 
 
-def _wait_for(what: str, predicate: Callable[[], object], proc: subprocess.Popen,
+def _wait_for(what: str, predicate: Callable[[], object], *procs: subprocess.Popen,
               timeout: float = 180.0) -> object:
-  """Polls `predicate` every 2 ms until truthy; fails if the process ends first."""
+  """Polls `predicate` every 2 ms until truthy; fails if a process ends first."""
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     found = predicate()
     if found:
       return found
-    if proc.poll() is not None:
-      out, err = _logs(proc)
-      raise AssertionError(f"the run ended (status {proc.returncode}) before {what}:\n"
-                           f"{out[-2000:]}\n{err[-4000:]}")
+    for proc in procs:
+      if proc.poll() is not None:
+        out, err = _logs(proc)
+        raise AssertionError(f"a run ended (status {proc.returncode}) before {what}:\n"
+                             f"{out[-2000:]}\n{err[-4000:]}")
     time.sleep(0.002)
-  proc.kill()
   raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -136,7 +135,7 @@ def _start_step(stderr: str) -> Optional[int]:
 
 @dataclasses.dataclass
 class Reference:
-  """The uninterrupted run (started in the background, shared by several tests)."""
+  """The uninterrupted run (started in the background by the fixture; shared)."""
   proc: subprocess.Popen
   workdir: pathlib.Path
   _done: bool = False
@@ -286,7 +285,8 @@ def test_kill_while_saving_leaves_a_tmp_folder_that_is_never_restored(interrupte
   assert not written & set(saving.steps_after), (written, saving.steps_after)
   # The next launch that trained resumed from the last complete step, and the tmp
   # folder was removed by the next launch's checkpoint manager.
-  nxt = next(r for r in records[records.index(saving) + 1:] if _start_step(r.stderr))
+  nxt = next(r for r in records[records.index(saving) + 1:]
+             if _start_step(r.stderr) is not None)
   assert _start_step(nxt.stderr) == saving.steps_after[-1]
   assert not set(saving.tmp_at_signal) & set(nxt.tmp_after)
 
@@ -305,6 +305,33 @@ def test_sigterm_saves_the_current_step_and_exits_zero(interrupted):
   after = records[records.index(term) + 1]
   assert _start_step(after.stderr) == reached
   assert after.returncode == 0 and after.steps_after[-1] == STEPS
+
+
+def test_preemption_watch_flags_sigterm_and_restores_the_handler():
+  from dan_jax import train  # pylint: disable=g-import-not-at-top
+  calls = []
+  handler = lambda *a: calls.append(a)
+  previous = signal.signal(signal.SIGTERM, handler)
+  try:
+    watch = train.PreemptionWatch(every=10)
+    assert not watch.should_stop(1)
+    os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread before kill returns
+    assert watch.requested and watch.should_stop(7)  # one process: every step
+    assert calls == []  # the run's handler took it, not the previous one
+    watch.close()
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert len(calls) == 1 and signal.getsignal(signal.SIGTERM) is handler  # back
+    # Outside the main thread (e.g. a notebook's worker) nothing is installed.
+    import threading  # pylint: disable=g-import-not-at-top
+    other = []
+    thread = threading.Thread(target=lambda: other.append(train.PreemptionWatch()))
+    thread.start()
+    thread.join()
+    assert signal.getsignal(signal.SIGTERM) is handler
+    other[0].close()
+    assert signal.getsignal(signal.SIGTERM) is handler
+  finally:
+    signal.signal(signal.SIGTERM, previous)
 
 
 # ----------------------------------------------------------------------------- processes
@@ -329,7 +356,7 @@ def test_two_processes_train_like_one_and_stop_together(tmp_path, env, reference
           "--config.preemption_check_every_steps=2",
           f"--coordinator_address=localhost:{port}", "--num_processes=2",
           f"--process_id={i}"), env, tmp_path / f"process{i}"))
-    _wait_for("the checkpoint of step 4", lambda: 4 in _steps(ckpt), procs[0], 300)
+    _wait_for("the checkpoint of step 4", lambda: 4 in _steps(ckpt), *procs, timeout=300)
     procs[1].send_signal(signal.SIGTERM)  # only one host is told: both must stop
     for p in procs:
       p.wait(timeout=120)
@@ -460,7 +487,8 @@ def train_file_not_an_image(tmp, ref):
 def train_images_smaller_than_crop(tmp, ref):
   _png(tmp / "hr" / "tiny.png", 8)
   return Case(_train_argv(tmp / "w", "--config.data.source=folder",
-                          f"--config.data.train_dir={tmp / 'hr'}", *_FAST),
+                          f"--config.data.train_dir={tmp / 'hr'}", "--config.data.hr_crop=16",
+                          *_FAST),
               "config.data.hr_crop = 16: no image", [tmp / "hr"])
 
 
