@@ -74,7 +74,9 @@ def plan_commands(args, overrides: Sequence[str]) -> list[list[str]]:
   """One `python -m dan_jax.main` per train space, for a cluster's scheduler."""
   commands = []
   for space in args.train_spaces.split(","):
-    extra = [f"degradation.{k}={v}" for k, v in space_overrides(space, 21).items()
+    # The kernel space's ranges depend on the kernel size of the config being launched.
+    kernel_size = train_config(args.config, space, overrides).model.kernel_size
+    extra = [f"degradation.{k}={v}" for k, v in space_overrides(space, kernel_size).items()
              if k != "kernel_size"]
     commands.append(_common.train_command(
         args.config, os.path.join(args.workdir, f"train_{space}"), list(overrides) + extra))

@@ -52,6 +52,12 @@ def test_sweep_plan_prints_one_command_per_train_space(tmp_path):
   assert "--config.degradation.family=gaussian" in iso
   assert "--config.degradation.family=motion" in motion and "--config.batch_size=32" in motion
   assert not any(tmp_path.iterdir())
+  # The kernel space follows the launched config's kernel size (31x31 at x4 setting 2).
+  out = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"),
+                        "--config=configs/x4_setting2.py:v2", f"--workdir={tmp_path}",
+                        "--train_spaces=motion", "--mode=plan"],
+                       capture_output=True, text=True, check=True, timeout=120)
+  assert "--config.degradation.motion_len_max=24.0" in shlex.split(out.stdout)
 
 
 def test_sweep_rejects_unknown_space(tmp_path):
