@@ -74,8 +74,16 @@ def create_manager(directory: str, *, max_to_keep: Optional[int] = 3,
           barrier_sync_key_prefix=re.sub(r"\W", "_", os.path.basename(
               os.path.normpath(directory)))),
   )
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=ITEMS)
+  manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
+                                  item_names=ITEMS)
+  # orbax removes leftover temporary folders in a background thread started here; wait
+  # for it (a directory listing) so that nothing else runs beside it: a process exiting
+  # right away would print its traceback, and code that patches the file system meanwhile
+  # (tfds.testing.mock_data while a dataset is built) would redirect its listing.
+  cleanup = getattr(manager, "_cleanup_tmp_directory_future", None)
+  if cleanup is not None:
+    cleanup.result()
+  return manager
 
 
 def save_args(state: Any, model_config: Any, meta: Optional[dict] = None

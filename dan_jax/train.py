@@ -622,12 +622,6 @@ def _close(manager: Optional[ocp.CheckpointManager]) -> None:
   if manager is None:
     return
   manager.wait_until_finished()
-  # orbax's close() does not wait for the clean-up of temporary folders that a manager
-  # starts when created (cleanup_tmp_directories); a process that exits right after it
-  # (e.g. on a data error) would print that thread's traceback.
-  cleanup = getattr(manager, "_cleanup_tmp_directory_future", None)
-  if cleanup is not None:
-    cleanup.result()
   manager.close()
 
 
