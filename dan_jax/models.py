@@ -68,34 +68,41 @@ def _conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
                                       dimension_numbers=_DIMENSIONS)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def conv_gemm_grad(x: Array, kernel: Array, padding: int) -> Array:
-  """A stride-1 convolution whose kernel gradient runs as one GEMM-shaped convolution.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv_gemm_grad(x: Array, kernel: Array, padding: int, stride: int = 1) -> Array:
+  """A convolution whose kernel gradient runs as one GEMM-shaped convolution.
 
   XLA:CPU emits a convolution's kernel gradient (a "convolution" whose window is the
   whole activation map, dim_labels f01b_i01o->01bf) with a generic loop emitter that ran
-  at ~0.5 GFLOP/s inside DAN. The same sum, written as a convolution in the canonical
+  at 0.5-2 GFLOP/s inside DAN. The same sum, written as a convolution in the canonical
   NHWC/HWIO layout over transposed operands (channels as the batch, the batch as the
-  features), goes to Eigen's GEMM-based convolution at 60-100 GFLOP/s. Same values as
-  the plain convolution (up to float summation order).
+  features; the stride becomes a kernel dilation), goes to Eigen's GEMM-based
+  convolution at 60-100 GFLOP/s. Same values as the plain convolution (up to float
+  summation order).
   """
-  return _conv(x, kernel, 1, padding)
+  return _conv(x, kernel, stride, padding)
 
 
-def _conv_gemm_grad_fwd(x, kernel, padding):
-  return _conv(x, kernel, 1, padding), (x, kernel)
+def _conv_gemm_grad_fwd(x, kernel, padding, stride):
+  return _conv(x, kernel, stride, padding), (x, kernel)
 
 
-def _conv_gemm_grad_bwd(padding, residuals, g):
+def _conv_gemm_grad_bwd(padding, stride, residuals, g):
   x, kernel = residuals
   k = kernel.shape[0]
-  # Input gradient: correlate with the kernel rotated by 180 degrees, in/out swapped.
-  dx = _conv(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), 1, k - 1 - padding)
-  # Kernel gradient: dk[i, j, c, o] = sum_{b, y, x} x_pad[b, y + i, x + j, c] g[b, y, x, o],
-  # a convolution of x as [c, H, W, B] with g as a [H', W', B, o] "kernel".
+  if stride == 1:
+    # Input gradient: correlate with the kernel rotated by 180 degrees, in/out swapped.
+    dx = _conv(g, jnp.flip(kernel, (0, 1)).swapaxes(2, 3), 1, k - 1 - padding)
+  else:
+    dx = jax.vjp(lambda v: _conv(v, kernel, stride, padding), x)[1](g)[0]
+  # Kernel gradient: dk[i, j, c, o] = sum_{b,y,x} x_pad[b, s*y + i, s*x + j, c] g[b, y, x, o],
+  # a convolution of x as [c, H, W, B] with g as an s-dilated [H', W', B, o] "kernel".
   x_t = jnp.transpose(x, (3, 1, 2, 0))
   g_t = jnp.transpose(g.astype(x.dtype), (1, 2, 0, 3))
-  dk = jnp.transpose(_conv(x_t, g_t, 1, padding), (1, 2, 0, 3))  # [c, k, k, o] -> HWIO
+  dk = jax.lax.conv_general_dilated(x_t, g_t, (1, 1), ((padding, padding),) * 2,
+                                    rhs_dilation=(stride, stride),
+                                    dimension_numbers=_DIMENSIONS)
+  dk = jnp.transpose(dk[:, :k, :k], (1, 2, 0, 3))  # [c, k, k, o] -> HWIO
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
@@ -165,8 +172,8 @@ class Conv2d(nn.Module):
     if k == 1 and self.stride == 1 and p == 0:
       # A 1x1 convolution is a matmul; dot_general is cheaper than a conv on XLA:CPU.
       return jnp.einsum("...c,cd->...d", x, kernel[0, 0])
-    if self.gemm_grad and self.stride == 1:
-      return conv_gemm_grad(x, kernel, p)
+    if self.gemm_grad:
+      return conv_gemm_grad(x, kernel, p, self.stride)
     return _conv(x, kernel, self.stride, p)
 
 

@@ -201,19 +201,20 @@ def test_init_is_pytorch_default_and_seeded():
   assert not np.allclose(c["alternate"]["restorer"]["head_lr"]["kernel"], head["kernel"])
 
 
-@pytest.mark.parametrize("k,padding", [(3, 1), (5, 2), (3, 0)])
-def test_conv_gemm_grad_matches_xla_gradient(k, padding):
+@pytest.mark.parametrize("k,padding,stride", [(3, 1, 1), (5, 2, 1), (3, 0, 1), (9, 4, 4),
+                                             (17, 8, 4), (13, 6, 3), (5, 2, 2)])
+def test_conv_gemm_grad_matches_xla_gradient(k, padding, stride):
   rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.normal(size=(2, 9, 7, 5)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(2, 17, 14, 5)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(k, k, 5, 4)), jnp.float32)
-  g = jnp.asarray(rng.normal(size=(2, 9 + 2 * padding - k + 1, 7 + 2 * padding - k + 1, 4)),
-                  jnp.float32)
   plain = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (1, 1), ((padding, padding),) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      x, w, (stride, stride), ((padding, padding),) * 2,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  g = jnp.asarray(rng.normal(size=plain(x, kernel).shape), jnp.float32)
   want = jax.vjp(plain, x, kernel)[1](g)
-  got = jax.vjp(lambda x, w: models.conv_gemm_grad(x, w, padding), x, kernel)[1](g)
-  np.testing.assert_allclose(plain(x, kernel), models.conv_gemm_grad(x, kernel, padding),
-                             rtol=1e-6)
+  got = jax.vjp(lambda x, w: models.conv_gemm_grad(x, w, padding, stride), x, kernel)[1](g)
+  np.testing.assert_allclose(plain(x, kernel),
+                             models.conv_gemm_grad(x, kernel, padding, stride), rtol=1e-6)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
