@@ -77,6 +77,21 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
   }
   out: dict = {"model": name, "params": models.count_params(variables["params"])}
 
+  # Model FLOPs from XLA's cost analysis of ONE iteration (the cost analysis counts the
+  # body of the scan over iterations once): a forward pass is `loops` iterations; the train
+  # step runs loops-1 iterations forward and differentiates the last (backward = 2x its
+  # forward, the usual convention); inference scales with the pixel count.
+  lr_batch = jnp.asarray(batch["lr"])
+  one = jax.jit(lambda v, x: model.apply(v, x, iterations=1)).lower(variables, lr_batch)
+  iter_flops = _flops(one.compile())
+  loops = model.spec.loops
+  out["forward_flops"] = loops * iter_flops
+  out["train_flops"] = (loops + 2) * iter_flops
+  fwd = jax.jit(model.apply).lower(variables, lr_batch).compile()
+  jax.block_until_ready(fwd(variables, lr_batch))
+  out["forward_s"] = _median(lambda: fwd(variables, lr_batch), args.repeats)
+  out["forward_gflops"] = out["forward_flops"] / out["forward_s"] / 1e9
+
   step_fn, state, batch = train.benchmark_step(model, variables, batch)
   t = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
@@ -91,7 +106,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
   step_s = _median(one_step, args.repeats)
   out["train_step_s"] = step_s
   out["train_samples_per_s"] = b / step_s
-  out["train_gflops"] = _flops(compiled) / step_s / 1e9
+  out["train_gflops"] = out["train_flops"] / step_s / 1e9
 
   apply = jax.jit(model.apply)
   infer = {}
@@ -103,8 +118,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     compile_s = time.perf_counter() - t
     jax.block_until_ready(c(variables, lr))
     sec = _median(lambda: c(variables, lr), args.repeats)
+    flops = out["forward_flops"] * (h * w) / (b * s * s)
     infer[size] = {"s": sec, "s_per_output_mpix": sec / (h * w * 16 / 1e6),
-                   "compile_s": compile_s, "gflops": _flops(c) / sec / 1e9}
+                   "compile_s": compile_s, "gflops": flops / sec / 1e9}
   out["infer"] = infer
   return out
 
@@ -169,15 +185,16 @@ def main() -> None:
 
   print(f"# dan_jax benchmarks, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, devices {[d.device_kind for d in jax.devices()]}, "
-        f"jax {jax.__version__}, dtype {args.dtype}")
+        f"jax {jax.__version__}, dtype {args.dtype}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   results: dict = {"models": []}
   if "gemm" not in skip:
     results["gemm_gflops"] = gemm_gflops()
     print(f"float32 GEMM (2048^3): {results['gemm_gflops']:.0f} GFLOP/s")
   if "model" not in skip:
-    print("| model | params | train step (s) | samples/s | train GFLOP/s | train compile (s) "
-          "| 180x320 infer (s) | infer GFLOP/s | infer compile (s) | s/out-MPix by size |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| model | params | forward (s) | train step (s) | samples/s | train GFLOP/s "
+          "| train compile (s) | 180x320 infer (s) | infer GFLOP/s | infer compile (s) "
+          "| s/out-MPix by size |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
       r = bench_model(name, args)
       if args.official_checkout:
@@ -185,16 +202,17 @@ def main() -> None:
       results["models"].append(r)
       first = args.infer_sizes.split(",")[0]
       per = ", ".join(f"{k}: {v['s_per_output_mpix']:.2f}" for k, v in r["infer"].items())
-      print(f"| {name} | {r['params']:,} | {r['train_step_s']:.2f} | "
+      print(f"| {name} | {r['params']:,} | {r['forward_s']:.2f} | {r['train_step_s']:.2f} | "
             f"{r['train_samples_per_s']:.2f} | {r['train_gflops']:.0f} | "
             f"{r['train_compile_s']:.1f} | {r['infer'][first]['s']:.2f} | "
             f"{r['infer'][first]['gflops']:.0f} | {r['infer'][first]['compile_s']:.1f} | "
             f"{per} |")
       if "official" in r:
         o = r["official"]
-        print(f"| {name} official (torch {o['torch']}) | | {o['train_step_s']:.2f} | "
-              f"{o['train_samples_per_s']:.2f} | | | {o['infer_s'][first]:.2f} | | | |")
-        print(f"| ratio ours/official (speed) | | | "
+        print(f"| {name} official (torch {o['torch']}) | | {o['forward_s']:.2f} | "
+              f"{o['train_step_s']:.2f} | {o['train_samples_per_s']:.2f} | | | "
+              f"{o['infer_s'][first]:.2f} | | | |")
+        print(f"| ratio ours/official (speed) | | {o['forward_s'] / r['forward_s']:.2f} | | "
               f"{r['train_samples_per_s'] / o['train_samples_per_s']:.2f} | | | "
               f"{o['infer_s'][first] / r['infer'][first]['s']:.2f} | | | |")
   if "pipeline" not in skip:
@@ -207,8 +225,10 @@ def main() -> None:
   if "gemm_gflops" in results:
     for r in results["models"]:
       first = args.infer_sizes.split(",")[0]
-      print(f"{r['model']}: inference at {r['infer'][first]['gflops'] / results['gemm_gflops']:.0%}"
-            f" of the GEMM rate, train step at "
+      print(f"{r['model']}: forward pass ({r['forward_flops'] / 1e12:.2f} TFLOP) at "
+            f"{r['forward_gflops'] / results['gemm_gflops']:.0%} of the GEMM floor, inference "
+            f"at {r['infer'][first]['gflops'] / results['gemm_gflops']:.0%}, train step "
+            f"({r['train_flops'] / 1e12:.2f} TFLOP) at "
             f"{r['train_gflops'] / results['gemm_gflops']:.0%}")
   if args.json:
     with open(args.json, "w") as f:
