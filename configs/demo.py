@@ -17,10 +17,9 @@ sigma ~ U(0.8, 1.6) (the Gaussian8 x2 benchmark's range) instead of U(0.2, 4.0) 
 kernels, nf 32 with 2 groups of 2 blocks (163k parameters instead of 4.7M), an Estimator
 of width 32 and 2 blocks, batch 8 of 64x64 HR crops, 700 steps.
 
-Measured on this project's 2-core CPU while other jobs shared it (load average ~7, so
-about one core for us): 7 min 3 s in all (1.84 steps/s after a ~20 s compilation), and
-  validation Y-PSNR 31.60 dB (SSIM 0.8771) vs bicubic 29.68 dB (SSIM 0.8310): +1.92 dB
-The process used 474 s of CPU time, so expect 4-5 minutes on an idle 2-core machine.
+Measured on this project's 2-core CPU (with the test suite running beside it): 5 min 37 s
+in all (2.68 steps/s after compilation), and
+  validation Y-PSNR 31.57 dB (SSIM 0.8771) vs bicubic 29.68 dB (SSIM 0.8310): +1.89 dB
 An earlier run of the same model at a constant lr: +0.2 dB over bicubic after 200 steps,
 +1.2 dB after 400, +2.6 dB after 1,000. With the official blur range U(0.2, 4.0) and 21x21
 kernels it hovered around bicubic (+0.6 dB after 400 steps, -0.8 dB after 600).
