@@ -470,6 +470,12 @@ class DAN(nn.Module):
       initial_code = jnp.broadcast_to(delta_code(pca, s.kernel_size),
                                       (lr.shape[0], s.code_len))
     n = s.loops if iterations is None else iterations
+    if n == 1:
+      # One iteration (the differentiated last iteration of a train step): called directly,
+      # as flax's scan would trace its body twice. Same parameter tree ("alternate/...").
+      _, (sr, code, kernel) = AlternatingStep(s, name="alternate")(initial_code, lr, pca)
+      return DANOutput(sr=sr[None], code=code[None],
+                       kernel=None if kernel is None else kernel[None])
     scan = nn.scan(
         AlternatingStep,
         variable_broadcast="params",
