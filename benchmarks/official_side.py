@@ -98,11 +98,10 @@ def main() -> None:
   result["train_samples_per_s"] = args.batch / step_s
 
   net.eval()
+  infer = {}
   with torch.no_grad():
     net(lr)  # warm-up
     result["forward_s"] = _median_time(lambda: net(lr), args.repeats)
-  infer = {}
-  with torch.no_grad():
     for size in args.infer_sizes.split(","):
       h, w = (int(v) for v in size.split("x"))
       x = torch.rand(1, 3, h, w)

@@ -87,7 +87,8 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
   loops = model.spec.loops
   out["forward_flops"] = loops * iter_flops
   out["train_flops"] = (loops + 2) * iter_flops
-  fwd = jax.jit(model.apply).lower(variables, lr_batch).compile()
+  apply = jax.jit(model.apply)
+  fwd = apply.lower(variables, lr_batch).compile()
   jax.block_until_ready(fwd(variables, lr_batch))
   out["forward_s"] = _median(lambda: fwd(variables, lr_batch), args.repeats)
   out["forward_gflops"] = out["forward_flops"] / out["forward_s"] / 1e9
@@ -108,7 +109,6 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
   out["train_samples_per_s"] = b / step_s
   out["train_gflops"] = out["train_flops"] / step_s / 1e9
 
-  apply = jax.jit(model.apply)
   infer = {}
   for size in args.infer_sizes.split(","):
     h, w = (int(v) for v in size.split("x"))
