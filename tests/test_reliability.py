@@ -439,6 +439,14 @@ def _py(module: str, *args) -> list[str]:
 
 
 _FAST = ("--config.data.val_source=none",)
+
+
+def _train_on_folder_argv(workdir, train_dir, *flags: str) -> list[str]:
+  """A fast training run (workdir `workdir`) on the HR images of the folder `train_dir`."""
+  return _train_argv(workdir, "--config.data.source=folder",
+                     f"--config.data.train_dir={train_dir}", *flags, *_FAST)
+
+
 CASES: dict[str, Callable[[pathlib.Path, pathlib.Path], Case]] = {}
 
 
@@ -452,16 +460,14 @@ def _case(fn):
 
 @_case
 def train_dir_missing(tmp, ref):
-  return Case(_train_argv(tmp / "w", "--config.data.source=folder",
-                          f"--config.data.train_dir={tmp / 'nope'}", *_FAST),
+  return Case(_train_on_folder_argv(tmp / "w", tmp / "nope"),
               "does not exist", [])
 
 
 @_case
 def train_dir_empty(tmp, ref):
   (tmp / "empty").mkdir()
-  return Case(_train_argv(tmp / "w", "--config.data.source=folder",
-                          f"--config.data.train_dir={tmp / 'empty'}", *_FAST),
+  return Case(_train_on_folder_argv(tmp / "w", tmp / "empty"),
               "no .png", [tmp / "empty"])
 
 
@@ -469,8 +475,7 @@ def train_dir_empty(tmp, ref):
 def train_image_corrupt(tmp, ref):
   _png(tmp / "hr" / "good.png", 48)
   _corrupt_png(tmp / "hr" / "broken.png")
-  return Case(_train_argv(tmp / "w", "--config.data.source=folder",
-                          f"--config.data.train_dir={tmp / 'hr'}", *_FAST),
+  return Case(_train_on_folder_argv(tmp / "w", tmp / "hr"),
               "corrupt training image", [tmp / "hr"])
 
 
@@ -478,17 +483,14 @@ def train_image_corrupt(tmp, ref):
 def train_file_not_an_image(tmp, ref):
   (tmp / "hr").mkdir()
   (tmp / "hr" / "notes.png").write_text("these are not pixels")
-  return Case(_train_argv(tmp / "w", "--config.data.source=folder",
-                          f"--config.data.train_dir={tmp / 'hr'}", *_FAST),
+  return Case(_train_on_folder_argv(tmp / "w", tmp / "hr"),
               "readable PNG/JPEG/BMP", [tmp / "hr"])
 
 
 @_case
 def train_images_smaller_than_crop(tmp, ref):
   _png(tmp / "hr" / "tiny.png", 8)
-  return Case(_train_argv(tmp / "w", "--config.data.source=folder",
-                          f"--config.data.train_dir={tmp / 'hr'}", "--config.data.hr_crop=16",
-                          *_FAST),
+  return Case(_train_on_folder_argv(tmp / "w", tmp / "hr", "--config.data.hr_crop=16"),
               "config.data.hr_crop = 16: no image", [tmp / "hr"])
 
 
