@@ -11,12 +11,18 @@ from dan_jax import xla_cpu
 
 
 @pytest.fixture
-def fresh(monkeypatch):
-  """configure() as in a process whose JAX backend has not started."""
+def clean_env(monkeypatch):
+  """Neither XLA_FLAGS nor the opt-out variable set."""
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.delenv("DAN_JAX_XLA_CPU_DEFAULTS", raising=False)
+  return monkeypatch
+
+
+@pytest.fixture
+def fresh(clean_env):
+  """configure() as in a process whose JAX backend has not started."""
   with mock.patch("jax._src.xla_bridge.backends_are_initialized", return_value=False):
-    yield monkeypatch
+    yield clean_env
 
 
 def test_appends_to_existing_flags(fresh):
@@ -44,9 +50,7 @@ def test_old_jaxlib_is_left_alone(fresh):
   assert "XLA_FLAGS" not in os.environ
 
 
-def test_started_backend_is_left_alone(monkeypatch):
-  monkeypatch.delenv("XLA_FLAGS", raising=False)
-  monkeypatch.delenv("DAN_JAX_XLA_CPU_DEFAULTS", raising=False)
+def test_started_backend_is_left_alone(clean_env):
   with mock.patch("jax._src.xla_bridge.backends_are_initialized", return_value=True):
     assert not xla_cpu.configure()
   assert "XLA_FLAGS" not in os.environ
