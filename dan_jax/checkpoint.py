@@ -12,7 +12,6 @@ Layout (the same for training workdirs and converted official weights):
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from typing import Any, Optional
@@ -195,17 +194,15 @@ def check_variables(variables: dict, model_config: Any, where: str = "checkpoint
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:arg]` as ml_collections' config_flags does."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise CheckpointError(f"no such config file: {path}")
-  module_spec = importlib.util.spec_from_file_location("_dan_jax_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  """Loads `path/to/config.py[:arg]` (kept for callers of the old name: `config.load`)."""
+  from dan_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  try:
+    return config_lib.load(spec)
+  except config_lib.ConfigError as e:
+    raise CheckpointError(str(e)) from e
 
 
 def config_json(config: ml_collections.ConfigDict) -> str:
-  """The config as JSON text (for the `meta` item and logs)."""
-  return json.dumps(config.to_dict(), default=str, sort_keys=True)
+  """The config as JSON text (kept for callers of the old name: `config.to_json`)."""
+  from dan_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  return config_lib.to_json(config)

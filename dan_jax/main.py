@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import logging as py_logging
 import os
-import re
 import sys
-from typing import Optional, Sequence
+from typing import Sequence
 
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
-_DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                            "configs", "demo.py")
+from dan_jax import config as config_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and "
@@ -43,10 +40,15 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (with "
                      "--coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index in [0, num_processes) (with "
                      "--coordinator_address).")
-config_flags.DEFINE_config_file(
+# `--config.FIELD=VALUE` arguments are not absl flags: `_parse_flags` takes them off the
+# command line and applies them with dan_jax.config (the rule every entry point shares).
+flags.DEFINE_string(
     "config", None, "Training config file[:arg], e.g. configs/x4.py:v1 (default: the demo, "
-    f"{_DEMO_CONFIG}).", lock_config=True)
+    "configs/demo.py); `--config.FIELD=VALUE` overrides any of its fields.")
 flags.mark_flags_as_required(["workdir"])
+
+# The config built from --config and its overrides (set by `_parse_flags`).
+_CONFIG = None
 
 
 def _fail(message: str, status: int = 1) -> None:
@@ -54,45 +56,21 @@ def _fail(message: str, status: int = 1) -> None:
   sys.exit(status)
 
 
-def _config_argument(argv: Sequence[str]) -> Optional[str]:
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      return arg.split("=", 1)[1]
-    if arg == "--config" and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
-
-
-def _flag_error(error: Exception, argv: Sequence[str]) -> str:
-  """One line for config_flags' errors (which arrive as tracebacks in messages)."""
-  text = str(error)
-  if isinstance(error, (AttributeError, KeyError)):
-    names = re.findall(r"'(\w+)'", text.replace("\\'", "'"))
-    guess = re.search(r'Did you mean \\?"(\w+)\\?"', text)
-    bad = next((a.split("=", 1)[0] for a in argv if a.startswith("--config.") and names and
-                re.search(rf"\.{names[0]}(=|\.|$)", a.split("=", 1)[0])), None)
-    where = bad or (f"config field {names[0]!r}" if names else "a --config. override")
-    hint = f" (did you mean {guess.group(1)!r}?)" if guess else ""
-    return f"{where}: no such config field{hint}"
-  lines = [l.strip() for l in text.splitlines() if l.strip()]
-  # "Error whilst parsing config file" wraps the exception raised by get_config().
-  last = lines[-1] if lines else type(error).__name__
-  return last if len(lines) <= 1 else f"{lines[0]} {last}"
-
-
 def _parse_flags(argv: list[str]) -> list[str]:
-  if _config_argument(argv[1:]) is None:
-    argv = [argv[0], f"--config={_DEMO_CONFIG}"] + argv[1:]
-  path = _config_argument(argv[1:]).split(":", 1)[0]
-  if not os.path.isfile(path):
-    _fail(f"--config: no such config file: {path}", 2)
+  global _CONFIG
+  rest, overrides = config_lib.split_override_args(argv[1:])
   try:
-    return FLAGS(argv)
+    remaining = FLAGS([argv[0]] + rest)
   except flags.Error as e:
-    _fail(_flag_error(e, argv), 2)
-  except (AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    _fail(_flag_error(e, argv), 2)
-  return []
+    _fail(str(e), 2)
+  try:
+    config = config_lib.load(FLAGS.config or config_lib.default_spec())
+    config_lib.apply_overrides(config, overrides)
+  except config_lib.ConfigError as e:
+    _fail(str(e).removeprefix("error: "), 2)
+  config.lock()  # no new fields (a typo would otherwise be a new, unused one)
+  _CONFIG = config
+  return remaining
 
 
 class _QuietLibraries(py_logging.Filter):
@@ -130,12 +108,12 @@ def main(argv: Sequence[str]) -> None:
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   try:
-    result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = train.train_and_evaluate(_CONFIG, FLAGS.workdir)
   except (train.TrainingError, train.NonFiniteLossError, input_pipeline.DataError,
           checkpoint.CheckpointError) as e:
     _fail(str(e))
   if jax.process_index() == 0:
-    print(summary(result, FLAGS.workdir, FLAGS.config), flush=True)
+    print(summary(result, FLAGS.workdir, _CONFIG), flush=True)
 
 
 def summary(result: dict, workdir: str, config) -> str:

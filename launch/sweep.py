@@ -16,7 +16,6 @@ DANv2) and heatmap.png. Extra arguments are config overrides (`num_train_steps=2
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import os
 import sys
@@ -37,35 +36,10 @@ def space_overrides(space: str, kernel_size: int) -> dict:
   return degradation.kernel_space_overrides(space, kernel_size)
 
 
-def _parse_like(old, value: str, key: str):
-  """A command-line string as the type of the field's current value."""
-  try:
-    if isinstance(old, bool):
-      if value.lower() not in ("true", "false", "1", "0"):
-        raise ValueError(value)
-      return value.lower() in ("true", "1")
-    if isinstance(old, (tuple, list)):
-      return type(old)(ast.literal_eval(value))
-    return value if isinstance(old, str) else type(old)(value)
-  except (ValueError, SyntaxError) as e:
-    raise ValueError(f"bad value {value!r} for config field {key!r}") from e
-
-
 def train_config(config_spec: str, space: str, overrides: Sequence[str]):
   """The config of one training run: the base config, the overrides, the kernel space."""
-  from dan_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  config = checkpoint.load_config_file(config_spec)
-  for o in overrides:
-    key, _, value = o.lstrip("-").removeprefix("config.").partition("=")
-    *parents, leaf = key.split(".")
-    target = config
-    for name in parents:
-      if name not in target:
-        raise ValueError(f"unknown config field {key!r}")
-      target = target[name]
-    if leaf not in target:
-      raise ValueError(f"unknown config field {key!r}")
-    target[leaf] = _parse_like(target[leaf], value, key)
+  from dan_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_with_overrides(config_spec, overrides)
   config.degradation.update(space_overrides(space, config.model.kernel_size))
   return config
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from dan_jax import checkpoint
+from dan_jax import config as config_lib
 from dan_jax import degradation as deg
 from dan_jax import input_pipeline as ip
 
@@ -18,7 +18,7 @@ LOGGER = "dan_jax.input_pipeline"
 
 def _config(**data):
   """Tiny default config: demo source, x2, 32 px HR crops, 11x11 kernels, batch 4."""
-  c = checkpoint.load_config_file(str(CONFIG))
+  c = config_lib.load(str(CONFIG))
   c.model.scale = 2
   c.model.kernel_size = 11  # degradation.kernel_size is tied to it
   c.model.code_len = 5

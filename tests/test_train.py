@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 
 from dan_jax import checkpoint
+from dan_jax import config as config_lib
 from dan_jax import input_pipeline
 from dan_jax import models
 from dan_jax import train
@@ -29,14 +30,7 @@ TEST_CONFIG = str(ROOT / "configs" / "test.py")
 
 def _config(**overrides):
   """configs/test.py with dotted overrides, e.g. _config(**{"data.source": "tfds"})."""
-  c = checkpoint.load_config_file(TEST_CONFIG)
-  for key, value in overrides.items():
-    *path, name = key.split(".")
-    parent = c
-    for part in path:
-      parent = parent[part]
-    parent[name] = value
-  return c
+  return config_lib.load_with_overrides(TEST_CONFIG, overrides)
 
 
 def _params(workdir, use_ema=False):
@@ -297,9 +291,9 @@ _SHARDED_RUN = textwrap.dedent("""
     import json, sys
     import jax
     import numpy as np
-    from dan_jax import checkpoint, train
+    from dan_jax import config as config_lib, train
     assert jax.device_count() == 8, jax.devices()
-    config = checkpoint.load_config_file(sys.argv[1])
+    config = config_lib.load(sys.argv[1])
     config.num_train_steps = 2
     config.data.val_source = "none"
     result = train.train_and_evaluate(config, sys.argv[2])
@@ -343,7 +337,7 @@ def test_eight_devices_match_one_device(tmp_path):
     ("x2_setting2", 2, 11, 5.0), ("x4_setting2", 4, 31, 5.0)])
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_config_variants_follow_the_official_recipes(name, scale, kernel, sig_max, version):
-  c = checkpoint.load_config_file(str(ROOT / "configs" / f"{name}.py:{version}"))
+  c = config_lib.load(str(ROOT / "configs" / f"{name}.py:{version}"))
   spec = train.validate_config(c)
   assert spec.version == {"v1": "DANv1", "v2": "DANv2"}[version] and spec.scale == scale
   assert (spec.nf, spec.loops, spec.code_len) == (64, 4, 10)
@@ -359,13 +353,13 @@ def test_config_variants_follow_the_official_recipes(name, scale, kernel, sig_ma
   else:
     assert (c.num_train_steps, tuple(c.lr_milestones)) == (400_000, (200_000,))
   # The default version is v2.
-  default = checkpoint.load_config_file(str(ROOT / "configs" / f"{name}.py"))
+  default = config_lib.load(str(ROOT / "configs" / f"{name}.py"))
   assert default.model.version == "DANv2"
 
 
 def test_demo_and_test_configs_validate():
   for name in ("demo", "test", "default"):
-    c = checkpoint.load_config_file(str(ROOT / "configs" / f"{name}.py"))
+    c = config_lib.load(str(ROOT / "configs" / f"{name}.py"))
     train.validate_config(c)
     assert c.data.source == ("folder" if name == "default" else "demo")
 
