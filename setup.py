@@ -18,7 +18,11 @@ setuptools.setup(
     description="DAN (deep alternating network) blind super-resolution in JAX/Flax.",
     long_description=(_HERE / "README.md").read_text(),
     long_description_content_type="text/markdown",
-    packages=setuptools.find_packages(include=["dan_jax", "dan_jax.*"]),
+    # The top-level configs/ ships inside the package as dan_jax/configs, so an installed
+    # (non-editable) dan_jax runs `python -m dan_jax.main` and `--config=configs/x4.py`.
+    packages=setuptools.find_packages(include=["dan_jax", "dan_jax.*"]) + ["dan_jax.configs"],
+    package_dir={"dan_jax.configs": "configs"},
+    package_data={"dan_jax.configs": ["*.py"]},
     python_requires=">=3.10",
     install_requires=_requirements(),
     extras_require={
