@@ -80,8 +80,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   # ---- Data ----
   config.data = data = ml_collections.ConfigDict()
-  data.source = "folder"  # "folder" (train_dir of images), "tfds" or "demo" (skimage photos)
-  data.train_dir = ""  # folder of HR training images (DIV2K + Flickr2K), for "folder"
+  # "auto": "folder" when train_dir is set, else "tfds" (DIV2K via tensorflow_datasets,
+  # downloaded on first use); "folder" (train_dir of images), "tfds" or "demo" (skimage).
+  data.source = "auto"
+  data.train_dir = ""  # folder(s) of HR training images (DIV2K + Flickr2K), for "folder"
   data.tfds_name = "div2k"  # tfds dataset (HR images under the `hr` feature), for "tfds"
   data.tfds_split = "train"  # its split
   data.tfds_data_dir = ""  # tfds data_dir ("" = tfds default)

@@ -32,6 +32,9 @@ Sources (`config.data.source`):
   read once into host memory (DIV2K train HR: ~3.3 GB) because the stateless image choice
   needs random access, and decoded per example. `data.tfds_download` (default True) lets
   tfds download and prepare the dataset when it is missing.
+* "auto" (the official configs' default): "folder" when `data.train_dir` is set, else
+  "tfds" (DIV2K train HR, downloaded on first use; without internet the error says to give
+  `data.train_dir`).
 * "demo": the scikit-image sample photographs (`demo_images`), decoded once and cached in
   memory (~12 MB); `DEMO_VAL_NAMES` are held out for validation and never used for training.
 
@@ -79,7 +82,7 @@ from dan_jax import degradation
 _log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-SOURCES = ("folder", "tfds", "demo")
+SOURCES = ("auto", "folder", "tfds", "demo")
 VAL_SOURCES = ("folder", "demo", "none")
 
 # PIL format names that tf.io.decode_image reads (MPO: multi-picture JPEG from cameras).
@@ -311,6 +314,16 @@ def _tfds_store(data: ml_collections.ConfigDict) -> tuple[_Store, list[str]]:
   try:
     if data.get("tfds_download", True):
       builder.download_and_prepare()
+  except OSError as e:  # requests' ConnectionError (no internet) is an OSError
+    cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    raise DataError(f"cannot download tfds dataset {name!r} (no internet?): "
+                    f"{type(e).__name__}: {cause}; give a folder of HR training images "
+                    "instead: --config.data.train_dir=FOLDER (data.source 'auto' or "
+                    "'folder')") from e
+  except Exception as e:  # pylint: disable=broad-except
+    raise DataError(f"config.data.tfds_*: cannot read split {split!r} of tfds dataset "
+                    f"{name!r} (data_dir {data_dir or 'default'}): {e}") from e
+  try:
     ds = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
   except Exception as e:  # pylint: disable=broad-except
     raise DataError(f"config.data.tfds_*: cannot read split {split!r} of tfds dataset "
@@ -372,9 +385,16 @@ def _subset(store: _Store, keep: Sequence[int]) -> _Store:
       offsets=None if store.offsets is None else store.offsets[keep])
 
 
+def train_source(data: ml_collections.ConfigDict) -> str:
+  """`data.source` with "auto" resolved: "folder" if `data.train_dir` is set, else "tfds"."""
+  if data.source != "auto":
+    return data.source
+  return "folder" if str(data.train_dir or "").strip() else "tfds"
+
+
 def _train_store(config: ml_collections.ConfigDict, crop: int) -> _Store:
   data = config.data
-  source = data.source
+  source = train_source(data)
   if source == "folder":
     store, bad = _folder_store(_split_dirs(data.train_dir, "data.train_dir"), "data.train_dir")
     where = f"config.data.train_dir ({data.train_dir})"

@@ -284,6 +284,48 @@ def test_tfds_source_trains(tmp_path):
   assert result["step"] == 2 and np.isfinite(result["train_loss"])
 
 
+def _tiny_official(name="x4"):
+  """An official config (data.source "auto", no train_dir) shrunk to a few seconds."""
+  return config_lib.load_with_overrides(str(ROOT / "configs" / f"{name}.py"), {
+      "model.nf": 8, "model.nb": 1, "model.ng": 1, "model.estimator_nf": 8,
+      "model.estimator_nb": 1, "model.loops": 2, "model.kernel_size": 11,
+      "model.code_len": 5, "data.hr_crop": 16, "batch_size": 2,
+      "degradation.pca_samples": 500, "data.val_source": "none", "num_train_steps": 1,
+      "data.num_parallel_calls": 2})
+
+
+def test_official_config_without_folder_trains_on_tfds_div2k(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = _tiny_official()
+  assert config.data.source == "auto" and input_pipeline.train_source(config.data) == "tfds"
+  config.data.train_dir = "/data/DIV2K_train_HR"
+  assert input_pipeline.train_source(config.data) == "folder"
+  config.data.train_dir = ""
+  with tfds.testing.mock_data(num_examples=4):
+    result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert result["step"] == 1 and np.isfinite(result["train_loss"])
+
+
+def test_tfds_download_without_internet_names_cause_and_folder(tmp_path, monkeypatch):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  requests = pytest.importorskip("requests")
+
+  def offline(*args, **kwargs):
+    raise requests.exceptions.ConnectionError(
+        "HTTPSConnectionPool(host='data.vision.ee.ethz.ch', port=443): Max retries exceeded")
+  # What tfds' download manager raises on a machine without internet (after its retries).
+  monkeypatch.setattr(tfds.download.DownloadManager, "download", offline)
+  monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", offline)
+  config = _tiny_official()
+  config.data.tfds_data_dir = str(tmp_path / "tfds")
+  pca = np.eye(11 * 11, 5, dtype=np.float32)
+  with pytest.raises(input_pipeline.DataError) as e:
+    input_pipeline.create_train_iterator(config, pca, process_index=0, process_count=1)
+  message = str(e.value)
+  assert "\n" not in message and "no internet" in message and "ConnectionError" in message
+  assert "--config.data.train_dir=FOLDER" in message and "div2k" in message
+
+
 # ----------------------------------------------------------------------------- devices
 
 
@@ -361,7 +403,7 @@ def test_demo_and_test_configs_validate():
   for name in ("demo", "test", "default"):
     c = config_lib.load(str(ROOT / "configs" / f"{name}.py"))
     train.validate_config(c)
-    assert c.data.source == ("folder" if name == "default" else "demo")
+    assert c.data.source == ("auto" if name == "default" else "demo")
 
 
 # ----------------------------------------------------------------------------- errors
