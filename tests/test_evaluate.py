@@ -12,27 +12,13 @@ import scipy.io
 from PIL import Image
 from skimage import data
 
-from dan_jax import checkpoint
 from dan_jax import degradation
 from dan_jax import evaluate
 from dan_jax import infer
 from dan_jax import metrics
-from dan_jax import models
 
-V2 = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11, code_len=10,
-          estimator_nf=8, estimator_nb=1)
-
-
-def _variables(config):
-  pca = np.linalg.qr(np.random.default_rng(0).normal(size=(121, 10)))[0]
-  return models.init_variables(models.create_model(config), 0, pca)
-
-
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-  d = tmp_path_factory.mktemp("ckpt")
-  checkpoint.save_model(str(d), _variables(V2), V2)
-  return str(d)
+from conftest import TINY_V2 as V2  # pylint: disable=g-bad-import-order
+from conftest import tiny_variables as _variables
 
 
 def _make_hr(folder):
@@ -66,11 +52,11 @@ def _read_csv(path):
     return list(csv.DictReader(f))
 
 
-def test_evaluate_end_to_end(tmp_path, ckpt, capsys):
+def test_evaluate_end_to_end(tmp_path, ckpt_v2, capsys):
   _make_hr(tmp_path / "hr")
   kernels = _make_div2krk(tmp_path / "krk")
   work = tmp_path / "work"
-  rc = evaluate.main(["--checkpoint", ckpt, "--dataset", f"Tiny={tmp_path / 'hr'}",
+  rc = evaluate.main(["--checkpoint", ckpt_v2, "--dataset", f"Tiny={tmp_path / 'hr'}",
                       "--div2krk", str(tmp_path / "krk"), "--out", str(work),
                       "--save_images", "--batch_size", "4"])
   out, err = capsys.readouterr()
@@ -134,7 +120,7 @@ def test_evaluate_end_to_end(tmp_path, ckpt, capsys):
 
   # A second run reuses the cached Gaussian8 set and writes a new results folder.
   mtime = os.path.getmtime(g8 / "sig0.80" / "LR" / "a.png")
-  rc = evaluate.main(["--checkpoint", ckpt, "--hr_dirs", f"Tiny={tmp_path / 'hr'}",
+  rc = evaluate.main(["--checkpoint", ckpt_v2, "--hr_dirs", f"Tiny={tmp_path / 'hr'}",
                       "--out", str(work)])
   err = capsys.readouterr().err
   assert rc == 0 and "using cached Gaussian8" in err
@@ -142,7 +128,7 @@ def test_evaluate_end_to_end(tmp_path, ckpt, capsys):
   assert len([p for p in work.iterdir() if p.name.startswith("eval-")]) == 2
   # A cache made from other HR images is refused, and left as it was.
   Image.fromarray(data.astronaut()[:20, :20]).save(tmp_path / "hr" / "c.png")
-  rc = evaluate.main(["--checkpoint", ckpt, "--dataset", f"Tiny={tmp_path / 'hr'}",
+  rc = evaluate.main(["--checkpoint", ckpt_v2, "--dataset", f"Tiny={tmp_path / 'hr'}",
                       "--out", str(work)])
   err = capsys.readouterr().err
   assert rc == 2 and "other HR images" in err and "Traceback" not in err
@@ -198,9 +184,9 @@ def test_dataset_arguments_are_checked(tmp_path):
       evaluate.parse_datasets(bad)
 
 
-def test_cli_subprocess(tmp_path, ckpt):
+def test_cli_subprocess(tmp_path, ckpt_v2):
   _make_div2krk(tmp_path / "krk", numbers=(1,))
-  cmd = [sys.executable, "-m", "dan_jax.evaluate", "--checkpoint", ckpt, "--div2krk",
+  cmd = [sys.executable, "-m", "dan_jax.evaluate", "--checkpoint", ckpt_v2, "--div2krk",
          str(tmp_path / "krk"), "--out", str(tmp_path / "work")]
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr

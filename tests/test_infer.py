@@ -11,24 +11,10 @@ from skimage import data
 from dan_jax import checkpoint
 from dan_jax import image_io
 from dan_jax import infer
-from dan_jax import models
 
-V2 = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11, code_len=10,
-          estimator_nf=8, estimator_nb=1)
-V1 = dict(version="DANv1", scale=2, nf=16, nb=1, loops=2, kernel_size=11, code_len=10,
-          estimator_nf=32, estimator_nb=1)
-
-
-def _variables(config, seed=0):
-  pca = np.linalg.qr(np.random.default_rng(seed).normal(size=(121, 10)))[0]
-  return models.init_variables(models.create_model(config), seed, pca)
-
-
-@pytest.fixture(scope="module")
-def ckpt_v2(tmp_path_factory):
-  d = tmp_path_factory.mktemp("ckpt_v2")
-  checkpoint.save_model(str(d), _variables(V2), V2)
-  return str(d)
+from conftest import TINY_V1 as V1  # pylint: disable=g-bad-import-order
+from conftest import TINY_V2 as V2
+from conftest import tiny_variables as _variables
 
 
 def _photo(h, w, y=100, x=150):
