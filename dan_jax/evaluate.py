@@ -116,7 +116,7 @@ def parse_datasets(datasets: Sequence[str] = (), hr_dirs: str = "") -> dict[str,
 
 def _hr_listing(hr_dir: str) -> dict[str, int]:
   # The images write_gaussian8_set reads, with their sizes: what a cache was built from.
-  exts = (".png", ".jpg", ".jpeg", ".bmp")
+  exts = image_io.TF_IMAGE_EXTENSIONS
   return {n: os.path.getsize(os.path.join(hr_dir, n)) for n in sorted(os.listdir(hr_dir))
           if os.path.splitext(n)[1].lower() in exts}
 

@@ -25,6 +25,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# The subset tf.io.decode_image reads: training folders and Gaussian8 sets, which are
+# decoded by TensorFlow, take only these.
+TF_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
 _EXIF_ORIENTATION = 0x0112

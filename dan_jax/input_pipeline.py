@@ -78,10 +78,11 @@ import numpy as np
 import tensorflow as tf
 
 from dan_jax import degradation
+from dan_jax import image_io
 
 _log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_EXTENSIONS = image_io.TF_IMAGE_EXTENSIONS  # what the training folders may hold
 SOURCES = ("auto", "folder", "tfds", "demo")
 VAL_SOURCES = ("folder", "demo", "none")
 

@@ -39,6 +39,8 @@ from typing import Dict, Iterable
 
 import numpy as np
 
+from dan_jax import image_io
+
 __all__ = [
     'to_uint8',
     'rgb_to_y',
@@ -61,9 +63,9 @@ _C2 = (0.03 * 255.0) ** 2
 def to_uint8(img) -> np.ndarray:
   """Converts a [0, 1] float image to uint8 exactly like official tensor2img.
 
-  float32 cast, clip to [0, 1], ``* 255``, round half to even, cast to uint8.
-  Unlike tensor2img the layout and channel order are left unchanged (no
-  CHW -> HWC transpose, no RGB -> BGR flip).
+  float32 cast, clip to [0, 1], ``* 255``, round half to even, cast to uint8: the protocol's
+  name for `image_io.quantize(img, 8)` (one implementation). Unlike tensor2img the layout
+  and channel order are left unchanged (no CHW -> HWC transpose, no RGB -> BGR flip).
 
   Args:
     img: array-like (numpy or jax) of any shape with values nominally in
@@ -75,11 +77,7 @@ def to_uint8(img) -> np.ndarray:
   Raises:
     ValueError: if the image contains NaN.
   """
-  x = np.asarray(img).astype(np.float32)
-  if np.isnan(x).any():
-    raise ValueError('to_uint8: image contains NaN values.')
-  x = np.clip(x, np.float32(0.0), np.float32(1.0))
-  return np.round(x * np.float32(255.0)).astype(np.uint8)
+  return image_io.quantize(img, 8)
 
 
 def rgb_to_y(img, data_range: float = 255.0) -> np.ndarray:
