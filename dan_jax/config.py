@@ -67,10 +67,15 @@ def load(spec: str) -> ml_collections.ConfigDict:
   path = resolve_path(path)
   module_spec = importlib.util.spec_from_file_location("_dan_jax_config", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # a broken config file: one line naming it, not a traceback
+    raise ConfigError(f"{path}: {type(e).__name__}: {e}") from e
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"{path}: a config file must define get_config()")
   try:
     return module.get_config(arg) if arg else module.get_config()
-  except (ValueError, TypeError, KeyError) as e:  # e.g. a bad `:arg`
+  except (ValueError, TypeError, KeyError, AttributeError) as e:  # e.g. a bad `:arg`
     raise ConfigError(f"{spec}: {e}") from e
 
 

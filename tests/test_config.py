@@ -49,3 +49,14 @@ def test_split_override_args_accepts_absl_spellings():
        "--noconfig.d", "--distributed"])
   assert rest == ["--workdir=w", "--config=c.py", "--distributed"]
   assert overrides == ["--config.a=1", "--config.b=2", "--config.c=true", "--config.d=false"]
+
+
+def test_broken_config_files_are_one_config_error(tmp_path):
+  broken = tmp_path / "broken.py"
+  broken.write_text("import nonexistent_module_xyz\n")
+  with pytest.raises(config_lib.ConfigError, match="broken.py: ModuleNotFoundError"):
+    config_lib.load(str(broken))
+  empty = tmp_path / "empty.py"
+  empty.write_text("X = 1\n")
+  with pytest.raises(config_lib.ConfigError, match="must define get_config"):
+    config_lib.load(str(empty))

@@ -184,6 +184,7 @@ def test_dataset_arguments_are_checked(tmp_path):
       evaluate.parse_datasets(bad)
 
 
+@pytest.mark.slow
 def test_cli_subprocess(tmp_path, ckpt_v2):
   _make_div2krk(tmp_path / "krk", numbers=(1,))
   cmd = [sys.executable, "-m", "dan_jax.evaluate", "--checkpoint", ckpt_v2, "--div2krk",

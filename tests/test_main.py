@@ -31,6 +31,7 @@ def _one_error_line(proc):
   return lines[0]
 
 
+@pytest.mark.slow
 def test_trains_on_a_folder_of_images(tmp_path):
   folder = tmp_path / "hr"
   folder.mkdir()
@@ -51,6 +52,7 @@ def test_trains_on_a_folder_of_images(tmp_path):
     (lambda p: p.mkdir(), "no .png/.jpg/.jpeg/.bmp images in"),
     (lambda p: None, "does not exist"),
 ])
+@pytest.mark.slow
 def test_empty_or_missing_train_folder_is_one_error(tmp_path, make, message):
   folder = tmp_path / "hr"
   make(folder)

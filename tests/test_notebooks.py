@@ -107,6 +107,7 @@ def test_notebook_is_stored_clean_with_plain_parameters(name):
   assert ast.literal_eval(tree.body[names.index("CPU_TEST")].value) is False
 
 
+@pytest.mark.slow
 def test_inference_notebook_runs_on_cpu(tmp_path, kernel_env):
   nb = _execute("inference.ipynb", {"CPU_TEST": True, "WORKDIR": str(tmp_path),
                                      "REPO_DIR": str(REPO)})
@@ -133,6 +134,7 @@ def test_inference_notebook_runs_on_cpu(tmp_path, kernel_env):
   assert picture.width >= (loops + 1) * 192 and picture.height >= 2 * 192
 
 
+@pytest.mark.slow
 def test_training_notebook_runs_on_cpu(tmp_path, kernel_env):
   workdir = tmp_path / "workdir"
   nb = _execute("train_tpu.ipynb", {"CPU_TEST": True, "WORKDIR": str(workdir),

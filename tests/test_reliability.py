@@ -249,6 +249,7 @@ def _record(records, how) -> RunRecord:
   return [r for r in records if r.how == how][-1]
 
 
+@pytest.mark.slow
 def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(interrupted, reference):
   workdir, records = interrupted
   for r in records:
@@ -275,6 +276,7 @@ def test_sigkill_anywhere_then_resume_equals_uninterrupted_run(interrupted, refe
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_kill_while_saving_leaves_a_tmp_folder_that_is_never_restored(interrupted):
   _, records = interrupted
   saving = _record(records, "kill-saving")
@@ -291,6 +293,7 @@ def test_kill_while_saving_leaves_a_tmp_folder_that_is_never_restored(interrupte
   assert not set(saving.tmp_at_signal) & set(nxt.tmp_after)
 
 
+@pytest.mark.slow
 def test_sigterm_saves_the_current_step_and_exits_zero(interrupted):
   _, records = interrupted
   term = _record(records, "sigterm")
@@ -343,6 +346,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_stop_together(tmp_path, env, reference):
   """Two processes (as on two TPU hosts) against one, then SIGTERM to one of them."""
   workdir, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoints"
@@ -704,6 +708,7 @@ def bad_input(tmp_path_factory, env, reference):
     return dict(pool.map(run, cases))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_bad_input_is_one_clear_error_and_nothing_is_lost(bad_input, name):
   o = bad_input[name]
@@ -724,6 +729,7 @@ def test_bad_input_is_one_clear_error_and_nothing_is_lost(bad_input, name):
     o.case.check()
 
 
+@pytest.mark.slow
 def test_bad_input_table_covers_every_command_line(bad_input):
   assert len(bad_input) >= 15
   modules = sorted({o.case.argv[2] for o in bad_input.values()})

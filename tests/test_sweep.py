@@ -7,12 +7,14 @@ import subprocess
 import sys
 
 from PIL import Image
+import pytest
 
 ROOT = pathlib.Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "launch"))
 import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
+@pytest.mark.slow
 def test_tiny_sweep_table_and_heatmap(tmp_path):
   status = sweep.main([f"--config={ROOT}/configs/test.py", f"--workdir={tmp_path}",
                       "--train_spaces=iso,motion", "--test_spaces=iso,aniso,motion",
@@ -40,6 +42,7 @@ def test_tiny_sweep_table_and_heatmap(tmp_path):
   assert (tmp_path / "results.md").read_text() == md
 
 
+@pytest.mark.slow
 def test_sweep_plan_prints_one_command_per_train_space(tmp_path):
   out = subprocess.run([sys.executable, str(ROOT / "launch" / "sweep.py"),
                         "--config=configs/x4.py:v2", f"--workdir={tmp_path}",

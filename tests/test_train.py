@@ -146,6 +146,7 @@ def _tiny(version="DANv2"):
   return model, variables, batch
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", ["DANv2", "DANv1"])
 def test_cheap_gradient_equals_full_gradient(version):
   """Kernel term on the kernel (v2) or on the code (v1); same loss, same gradient."""
@@ -196,6 +197,7 @@ def test_init_checkpoint_starts_from_its_weights(trained, tmp_path):
     assert np.abs(x - y).max() <= 3.1e-3
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params(tmp_path):
   config = _config(num_train_steps=2, **{"model.dtype": "bfloat16",
                                          "data.val_source": "none"})
@@ -294,6 +296,7 @@ def _tiny_official(name="x4"):
       "data.num_parallel_calls": 2})
 
 
+@pytest.mark.slow
 def test_official_config_without_folder_trains_on_tfds_div2k(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   config = _tiny_official()
@@ -350,6 +353,7 @@ _SHARDED_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(tmp_path):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
              JAX_PLATFORMS="cpu")
