@@ -158,7 +158,8 @@ def summary(result: dict, workdir: str, config) -> str:
     if config.write_sr_images:
       lines.append(f"SR images: {os.path.join(workdir, 'val')}")
   lines.append(f"checkpoints: {os.path.join(workdir, 'checkpoints')}; "
-               f"TensorBoard: tensorboard --logdir {workdir}")
+               f"TensorBoard: tensorboard --logdir "
+               f"{config.get('tensorboard_dir') or workdir}")
   return "\n".join(lines)
 
 
