@@ -134,7 +134,9 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
   """Builds (or reuses) the cached Gaussian8 set of one HR folder; {sigma: folder}.
 
   The set is written to a temporary folder and renamed into place with its manifest, so an
-  interrupted build is never mistaken for a cache. Every folder may be a URL (gs://...).
+  interrupted build is never mistaken for a cache. Every folder may be a URL (gs://...):
+  object stores have no rename (it copies every object), so there the set is written in
+  place and its manifest, written last, marks it complete.
   """
   from dan_jax import degradation  # pylint: disable=g-import-not-at-top
   root = storage.path(storage.join(workdir, "gaussian8", name))
@@ -144,7 +146,10 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
   if not listing:
     raise EvaluationError(f"dataset {name}: no .png/.jpg/.bmp images in {hr_dir}")
   sigmas = [float(f"{s:.2f}") for s in degradation.gaussian8_sigmas(scale)]
-  if final.exists():
+  in_place = storage.is_url(root)
+  if final.exists() and in_place and not manifest_path.exists():
+    log(f"{name}: {final} has no manifest.json (an interrupted build); rebuilding it")
+  elif final.exists():
     try:
       manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as e:
@@ -170,19 +175,18 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
   stems = [os.path.splitext(n)[0] for n in listing]
   if len(set(stems)) != len(stems):
     raise EvaluationError(f"dataset {name}: two HR images share a file stem in {hr_dir}")
-  if not storage.is_url(root):  # object stores have no folders to create
+  tmp = root if in_place else root / f".tmp-x{scale}-{os.getpid()}"
+  if not in_place:
     root.mkdir(parents=True, exist_ok=True)
-  tmp = root / f".tmp-x{scale}-{os.getpid()}"
-  if tmp.exists():
-    tmp.rmtree()
+    if tmp.exists():
+      tmp.rmtree()
   log(f"{name}: building the Gaussian8 x{scale} set of {len(listing)} image(s) in {final}")
   degradation.write_gaussian8_set(hr_dir, str(tmp), scale, kernel_size=GAUSSIAN8_KERNEL_SIZE)
   (tmp / f"x{scale}" / "manifest.json").write_text(json.dumps(
       {"source": str(storage.path(hr_dir)), "scale": scale, "sigmas": sigmas,
        "kernel_size": GAUSSIAN8_KERNEL_SIZE, "files": listing}, indent=1))
-  # One rename locally; on object stores a copy (never read before its manifest is there).
-  (tmp / f"x{scale}").rename(final)
-  if tmp.exists():
+  if not in_place:
+    (tmp / f"x{scale}").rename(final)
     tmp.rmtree()
   return sigma_dirs(str(root), scale)
 

@@ -96,10 +96,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Drops the INFO chatter of orbax (dozens of lines per checkpoint)."""
+  """Drops the INFO chatter of orbax (dozens of lines per checkpoint) and fsspec (gs://)."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+    return record.levelno >= py_logging.WARNING or not any(
+        lib in record.pathname for lib in ("/orbax/", "/fsspec/"))
 
 
 def main(argv: Sequence[str]) -> None:
