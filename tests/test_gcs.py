@@ -1,9 +1,10 @@
 """gs:// workdirs end to end, against a GCS emulator on localhost (fake-gcs-server).
 
 A tiny training run with `--workdir=gs://bucket/run` is SIGKILLed after its second
-checkpoint and resumed; then `evaluate` and `infer` read its checkpoint from the bucket and
-write their outputs there. Every process runs from an empty working directory that must
-stay empty: nothing may turn a URL into a local path.
+checkpoint and resumed; then `evaluate` (twice: the second reuses the Gaussian8 cache in the
+bucket) and `infer` read its checkpoint from the bucket and write their outputs there.
+Every process runs from an empty working directory that must stay empty: nothing may turn
+a URL into a local path.
 
 How each layer is pointed at the emulator (the README's "Object stores" says the same):
   * orbax arrays: tensorstore, `TENSORSTORE_GCS_HTTP_URL`;
@@ -82,7 +83,11 @@ def _server_binary() -> pathlib.Path:
 def gcs(tmp_path_factory):
   """(nsenter prefix, environment, temp dir): a running emulator with an empty bucket."""
   for module in ("gcsfs", "google.cloud.storage"):
-    if importlib.util.find_spec(module.split(".")[0]) is None:
+    try:
+      found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a parent package is missing
+      found = False
+    if not found:
       pytest.skip(f"{module} is not installed (pip install -e '.[test]')")
   for tool in ("unshare", "nsenter", "ip"):
     if shutil.which(tool) is None:
@@ -210,6 +215,12 @@ def test_gs_workdir_train_kill_resume_evaluate_infer(gcs, tmp_path):
     assert any(re.match(rf"eval/eval-[^/]+-x2/{name}$", o) for o in objects), name
   assert any(re.match(r"eval/eval-[^/]+-x2/images/Tiny/sig\d\.\d\d/img0_x2\.png$", o)
              for o in objects)
+  # Again: the cached set in the bucket is found by its manifest and reused.
+  log = _finish(gcs, _start(gcs, cwd, "evaluate2", "-m", "dan_jax.evaluate",
+                            f"--checkpoint={run}/checkpoints/{STEPS}",
+                            f"--dataset=Tiny={hr_dir}", f"--out=gs://{BUCKET}/eval"),
+                "evaluate2")
+  assert "using cached Gaussian8 x2 set gs://bucket/eval/gaussian8/Tiny/x2" in log, log
 
   # 4. Infer with the checkpoints folder in the bucket; SR images into the bucket.
   lr_dir = tmp_path / "lr"
