@@ -62,8 +62,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from dan_jax import image_io
-from dan_jax import storage
 from dan_jax import models
+from dan_jax import storage
 
 
 class InferenceError(ValueError):
