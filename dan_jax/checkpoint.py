@@ -22,6 +22,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from dan_jax import models
+from dan_jax import storage
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 ITEMS = ("state", "model_config", "meta")
@@ -43,18 +44,19 @@ def model_config_to_dict(model_config: Any) -> dict:
   return out
 
 
-def create_manager(directory: str, *, max_to_keep: Optional[int] = 3,
+def create_manager(directory: storage.PathLike, *, max_to_keep: Optional[int] = 3,
                    best_metric: Optional[str] = None, async_save: bool = True,
                    read_only: bool = False) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` (a `checkpoints/` dir) with our items.
 
   Args:
-    directory: where the step directories live.
+    directory: where the step directories live (local or a URL such as gs://...).
     max_to_keep: number of checkpoints kept (the best one too, with `best_metric`).
     best_metric: keep checkpoints by this metric (higher is better) instead of recency.
     async_save: write in a background thread (training); call `wait_until_finished`.
     read_only: never create or delete anything (evaluation, inference).
   """
+  directory = storage.path(directory)
   options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
       best_fn=(lambda m: m[best_metric]) if best_metric else None,
@@ -70,11 +72,9 @@ def create_manager(directory: str, *, max_to_keep: Optional[int] = 3,
       # Processes meet at barriers named after the step: the latest and the best
       # checkpoint of one step, saved at once by two managers, need distinct names.
       multiprocessing_options=ocp.options.MultiprocessingOptions(
-          barrier_sync_key_prefix=re.sub(r"\W", "_", os.path.basename(
-              os.path.normpath(directory)))),
+          barrier_sync_key_prefix=re.sub(r"\W", "_", directory.name)),
   )
-  manager = ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                                  item_names=ITEMS)
+  manager = ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
   # orbax removes leftover temporary folders in a background thread started here; wait
   # for it (a directory listing) so that nothing else runs beside it: a process exiting
   # right away would print its traceback, and code that patches the file system meanwhile
@@ -100,9 +100,10 @@ def save_model(out_dir: str, variables: dict, model_config: Any, step: int = 0) 
 
   Refuses to overwrite: a step that already exists there is an error.
   """
-  directory = os.path.join(out_dir, CHECKPOINTS_SUBDIR)
+  directory = storage.join(out_dir, CHECKPOINTS_SUBDIR)
   try:
-    os.makedirs(directory, exist_ok=True)
+    if not storage.is_url(directory):  # object stores have no folders to create
+      storage.path(directory).mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise CheckpointError(f"cannot create checkpoint directory {directory}: {e}") from e
   manager = create_manager(directory, max_to_keep=None, async_save=False)
@@ -113,22 +114,21 @@ def save_model(out_dir: str, variables: dict, model_config: Any, step: int = 0) 
   manager.save(step, args=save_args(state, model_config, {"source": "dan_jax.convert"}))
   manager.wait_until_finished()
   manager.close()
-  return os.path.join(directory, str(step))
+  return storage.join(directory, str(step))
 
 
-def resolve(path: str) -> tuple[str, Optional[int]]:
-  """(checkpoints directory, step or None for the latest) for a user-given path."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if not os.path.isdir(path):
+def resolve(path: storage.PathLike) -> tuple[str, Optional[int]]:
+  """(checkpoints directory, step or None for the latest) for a user-given path or URL."""
+  path = storage.path(path)
+  if not path.is_dir():
     raise CheckpointError(f"no checkpoint at {path}: not a directory")
-  sub = os.path.join(path, CHECKPOINTS_SUBDIR)
-  if os.path.isdir(sub):
-    return sub, None
-  name = os.path.basename(path)
-  if name.isdigit() and os.path.isdir(os.path.join(path, "state")):
-    return os.path.dirname(path), int(name)
-  if any(d.isdigit() for d in os.listdir(path)):
-    return path, None
+  sub = path / CHECKPOINTS_SUBDIR
+  if sub.is_dir():
+    return str(sub), None
+  if path.name.isdigit() and (path / "state").is_dir():
+    return str(path.parent), int(path.name)
+  if any(d.name.isdigit() for d in path.iterdir()):
+    return str(path), None
   raise CheckpointError(f"no checkpoint at {path}: expected a workdir with "
                         f"{CHECKPOINTS_SUBDIR}/, a {CHECKPOINTS_SUBDIR}/ directory or one "
                         "step's directory")

@@ -48,8 +48,8 @@ import functools
 import json
 import math
 import os
+import io
 import re
-import shutil
 import sys
 import time
 from typing import Any, Optional, Sequence
@@ -59,6 +59,7 @@ import numpy as np
 
 from dan_jax import image_io
 from dan_jax import metrics
+from dan_jax import storage
 
 GAUSSIAN8_KERNEL_SIZE = 21  # official generate_mod_blur_LR_bic.py
 DIV2KRK_NAME = "DIV2KRK"
@@ -108,7 +109,7 @@ def parse_datasets(datasets: Sequence[str] = (), hr_dirs: str = "") -> dict[str,
                             "'.', '-'")
     if name in out or name == DIV2KRK_NAME:
       raise EvaluationError(f"dataset name {name} is given twice (or is reserved)")
-    if not os.path.isdir(path):
+    if not storage.path(path).is_dir():
       raise EvaluationError(f"dataset {name}: {path} is not a folder")
     out[name] = path
   return out
@@ -117,14 +118,14 @@ def parse_datasets(datasets: Sequence[str] = (), hr_dirs: str = "") -> dict[str,
 def _hr_listing(hr_dir: str) -> dict[str, int]:
   # The images write_gaussian8_set reads, with their sizes: what a cache was built from.
   exts = image_io.TF_IMAGE_EXTENSIONS
-  return {n: os.path.getsize(os.path.join(hr_dir, n)) for n in sorted(os.listdir(hr_dir))
-          if os.path.splitext(n)[1].lower() in exts}
+  files = sorted(storage.path(hr_dir).iterdir(), key=lambda f: f.name)
+  return {f.name: f.stat().length for f in files if f.suffix.lower() in exts}
 
 
 def sigma_dirs(cache_root: str, scale: int) -> dict[str, str]:
   """{"%.2f" sigma: folder} of a Gaussian8 set laid out by write_gaussian8_set."""
   from dan_jax import degradation  # pylint: disable=g-import-not-at-top
-  return {f"{s:.2f}": os.path.join(cache_root, f"x{scale}", f"sig{s:.2f}")
+  return {f"{s:.2f}": storage.join(cache_root, f"x{scale}", f"sig{s:.2f}")
           for s in degradation.gaussian8_sigmas(scale)}
 
 
@@ -133,20 +134,24 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
   """Builds (or reuses) the cached Gaussian8 set of one HR folder; {sigma: folder}.
 
   The set is written to a temporary folder and renamed into place with its manifest, so an
-  interrupted build is never mistaken for a cache.
+  interrupted build is never mistaken for a cache. Every folder may be a URL (gs://...):
+  object stores have no rename (it copies every object), so there the set is written in
+  place and its manifest, written last, marks it complete.
   """
   from dan_jax import degradation  # pylint: disable=g-import-not-at-top
-  root = os.path.join(workdir, "gaussian8", name)
-  final = os.path.join(root, f"x{scale}")
-  manifest_path = os.path.join(final, "manifest.json")
+  root = storage.path(storage.join(workdir, "gaussian8", name))
+  final = root / f"x{scale}"
+  manifest_path = final / "manifest.json"
   listing = _hr_listing(hr_dir)
   if not listing:
     raise EvaluationError(f"dataset {name}: no .png/.jpg/.bmp images in {hr_dir}")
   sigmas = [float(f"{s:.2f}") for s in degradation.gaussian8_sigmas(scale)]
-  if os.path.exists(final):
+  in_place = storage.is_url(root)
+  if final.exists() and in_place and not manifest_path.exists():
+    log(f"{name}: {final} has no manifest.json (an interrupted build); rebuilding it")
+  elif final.exists():
     try:
-      with open(manifest_path) as f:
-        manifest = json.load(f)
+      manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as e:
       raise EvaluationError(f"dataset {name}: {final} exists but has no readable "
                             f"manifest.json; delete it to rebuild ({e})") from e
@@ -160,8 +165,8 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
     stems = {os.path.splitext(n)[0] + ".png" for n in listing}
     for d in dirs.values():
       for sub in ("HR", "LR"):
-        have = set(os.listdir(os.path.join(d, sub))) if os.path.isdir(
-            os.path.join(d, sub)) else set()
+        folder = storage.path(storage.join(d, sub))
+        have = {f.name for f in folder.iterdir()} if folder.is_dir() else set()
         if not stems <= have:
           raise EvaluationError(f"dataset {name}: cached set {d}/{sub} lacks "
                                 f"{sorted(stems - have)[:3]}; delete {final} to rebuild")
@@ -170,18 +175,20 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
   stems = [os.path.splitext(n)[0] for n in listing]
   if len(set(stems)) != len(stems):
     raise EvaluationError(f"dataset {name}: two HR images share a file stem in {hr_dir}")
-  os.makedirs(root, exist_ok=True)
-  tmp = os.path.join(root, f".tmp-x{scale}-{os.getpid()}")
-  if os.path.exists(tmp):
-    shutil.rmtree(tmp)
+  tmp = root if in_place else root / f".tmp-x{scale}-{os.getpid()}"
+  if not in_place:
+    root.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():
+      tmp.rmtree()
   log(f"{name}: building the Gaussian8 x{scale} set of {len(listing)} image(s) in {final}")
-  degradation.write_gaussian8_set(hr_dir, tmp, scale, kernel_size=GAUSSIAN8_KERNEL_SIZE)
-  with open(os.path.join(tmp, f"x{scale}", "manifest.json"), "w") as f:
-    json.dump({"source": os.path.abspath(hr_dir), "scale": scale, "sigmas": sigmas,
-               "kernel_size": GAUSSIAN8_KERNEL_SIZE, "files": listing}, f, indent=1)
-  os.rename(os.path.join(tmp, f"x{scale}"), final)
-  shutil.rmtree(tmp)
-  return sigma_dirs(root, scale)
+  degradation.write_gaussian8_set(hr_dir, str(tmp), scale, kernel_size=GAUSSIAN8_KERNEL_SIZE)
+  (tmp / f"x{scale}" / "manifest.json").write_text(json.dumps(
+      {"source": str(storage.path(hr_dir)), "scale": scale, "sigmas": sigmas,
+       "kernel_size": GAUSSIAN8_KERNEL_SIZE, "files": listing}, indent=1))
+  if not in_place:
+    (tmp / f"x{scale}").rename(final)
+    tmp.rmtree()
+  return sigma_dirs(str(root), scale)
 
 
 def gaussian8_jobs(name: str, dirs: dict[str, str], scale: int) -> list[Job]:
@@ -190,15 +197,15 @@ def gaussian8_jobs(name: str, dirs: dict[str, str], scale: int) -> list[Job]:
   exact = {f"{s:.2f}": float(s) for s in degradation.gaussian8_sigmas(scale)}
   jobs = []
   for sigma, d in dirs.items():
-    for fn in sorted(os.listdir(os.path.join(d, "LR"))):
-      jobs.append(Job(name, sigma, os.path.splitext(fn)[0], os.path.join(d, "LR", fn),
-                      os.path.join(d, "HR", fn), kernel_sigma=exact[sigma]))
+    for fn in sorted(f.name for f in storage.path(storage.join(d, "LR")).iterdir()):
+      jobs.append(Job(name, sigma, os.path.splitext(fn)[0], storage.join(d, "LR", fn),
+                      storage.join(d, "HR", fn), kernel_sigma=exact[sigma]))
   return jobs
 
 
 def _by_number(folder: str, exts: Sequence[str]) -> dict[int, str]:
   out: dict[int, str] = {}
-  for fn in sorted(os.listdir(folder)):
+  for fn in sorted(f.name for f in storage.path(folder).iterdir()):
     if fn.startswith(".") or os.path.splitext(fn)[1].lower() not in exts:
       continue
     m = re.search(r"\d+", fn)
@@ -208,22 +215,23 @@ def _by_number(folder: str, exts: Sequence[str]) -> dict[int, str]:
     if n in out:
       raise EvaluationError(f"{folder}: {os.path.basename(out[n])} and {fn} have the same "
                             f"number {n}; files are matched by the number in their names")
-    out[n] = os.path.join(folder, fn)
+    out[n] = storage.join(folder, fn)
   return out
 
 
 def div2krk_jobs(root: str, scale: int, log=print) -> list[Job]:
   """Jobs of a DIV2KRK folder (gt/, lr_x{scale}/, optional gt_k_x{scale}/)."""
-  gt_dir, lr_dir = os.path.join(root, "gt"), os.path.join(root, f"lr_x{scale}")
-  k_dir = os.path.join(root, f"gt_k_x{scale}")
+  gt_dir, lr_dir = storage.join(root, "gt"), storage.join(root, f"lr_x{scale}")
+  k_dir = storage.join(root, f"gt_k_x{scale}")
   for d in (gt_dir, lr_dir):
-    if not os.path.isdir(d):
-      have = sorted(os.listdir(root)) if os.path.isdir(root) else []
+    if not storage.path(d).is_dir():
+      have = (sorted(f.name for f in storage.path(root).iterdir())
+              if storage.path(root).is_dir() else [])
       raise EvaluationError(f"DIV2KRK: no folder {d} (DIV2KRK has gt/, lr_x2/, lr_x4/; "
                             f"found {have})")
   gts = _by_number(gt_dir, image_io.IMAGE_EXTENSIONS)
   lrs = _by_number(lr_dir, image_io.IMAGE_EXTENSIONS)
-  kernels = _by_number(k_dir, (".mat", ".npy")) if os.path.isdir(k_dir) else {}
+  kernels = _by_number(k_dir, (".mat", ".npy")) if storage.path(k_dir).is_dir() else {}
   if not lrs:
     raise EvaluationError(f"DIV2KRK: no images in {lr_dir}")
   missing = sorted(set(lrs) - set(gts))
@@ -238,11 +246,12 @@ def div2krk_jobs(root: str, scale: int, log=print) -> list[Job]:
 def load_kernel(path: str) -> np.ndarray:
   """A true kernel from .mat (variable 'Kernel', else the only 2-D array) or .npy."""
   try:
+    data = io.BytesIO(storage.read_bytes(path))
     if path.endswith(".npy"):
-      k = np.load(path)
+      k = np.load(data)
     else:
       import scipy.io  # pylint: disable=g-import-not-at-top
-      mat = scipy.io.loadmat(path)
+      mat = scipy.io.loadmat(data)
       if "Kernel" in mat:
         k = mat["Kernel"]
       else:
@@ -276,7 +285,7 @@ def _gaussian8_kernel(sigma: float) -> np.ndarray:
 def _image_size(path: str) -> tuple[int, int]:
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
-    with Image.open(path) as im:
+    with storage.path(path).open("rb") as f, Image.open(f) as im:
       return im.size[1], im.size[0]
   except Exception:  # pylint: disable=broad-except  (reported when read for real)
     return (0, 0)
@@ -424,8 +433,9 @@ def run_jobs(predictor, jobs: list[Job], crop_border: int, image_dir: Optional[s
           try:
             rows[batch[k]] = score(job, pred.sr, pred.kernel, predictor.scale, crop_border)
             if image_dir:
-              sub = os.path.join(image_dir, job.dataset, job.subset and f"sig{job.subset}")
-              os.makedirs(sub, exist_ok=True)
+              sub = storage.join(image_dir, job.dataset, job.subset and f"sig{job.subset}")
+              if not storage.is_url(sub):  # object stores have no folders to create
+                storage.path(sub).mkdir(parents=True, exist_ok=True)
               paths = infer.output_paths(job.lr_path, sub, predictor.scale,
                                          predictor.has_kernel)
               infer.save_prediction(pred, paths, None, predictor.scale)
@@ -438,11 +448,12 @@ def run_jobs(predictor, jobs: list[Job], crop_border: int, image_dir: Optional[s
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:
-  with open(path, "x", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-    w.writeheader()
-    for r in rows:
-      w.writerow({k: ("" if r.get(k) is None else r[k]) for k in CSV_FIELDS})
+  f = io.StringIO(newline="")
+  w = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+  w.writeheader()
+  for r in rows:
+    w.writerow({k: ("" if r.get(k) is None else r[k]) for k in CSV_FIELDS})
+  storage.write_bytes(path, f.getvalue().encode())
 
 
 def _json_safe(x):
@@ -457,11 +468,15 @@ def _json_safe(x):
 
 def _new_run_dir(workdir: str, scale: int, ensemble: bool) -> str:
   stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-  base = os.path.join(workdir, f"eval-{stamp}-x{scale}{'-x8' if ensemble else ''}")
+  base = storage.join(workdir, f"eval-{stamp}-x{scale}{'-x8' if ensemble else ''}")
   path, n = base, 1
   while True:
     try:
-      os.makedirs(path)
+      if storage.is_url(path):  # no folders on object stores: a free name is enough
+        if storage.path(path).exists():
+          raise FileExistsError(path)
+      else:
+        storage.path(path).mkdir(parents=True)
       return path
     except FileExistsError:
       path, n = f"{base}-{n}", n + 1
@@ -532,7 +547,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     jobs = []
     if args.div2krk:
       jobs += div2krk_jobs(args.div2krk, scale, log)
-    os.makedirs(args.out, exist_ok=True)
+    if not storage.is_url(args.out):  # object stores have no folders to create
+      storage.path(args.out).mkdir(parents=True, exist_ok=True)
     for name, hr_dir in hr_sets.items():
       jobs += gaussian8_jobs(name, prepare_gaussian8(name, hr_dir, args.out, scale, log),
                              scale)
@@ -549,7 +565,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         "the kernel estimate)")
   if args.tile and not predictor.tiled_is_exact:
     log("note: tiled results are approximate (see python -m dan_jax.infer --help)")
-  image_dir = os.path.join(run_dir, "images") if args.save_images else None
+  image_dir = storage.join(run_dir, "images") if args.save_images else None
   try:
     rows, failures = run_jobs(predictor, jobs, crop, image_dir, log)
   except EvaluationError as e:
@@ -560,11 +576,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   rows.sort(key=lambda r: (rank[r["dataset"]], r["subset"], r["image"]))
   summary = summarize(rows)
   table = format_tables(summary, scale, title, crop)
-  _write_csv(os.path.join(run_dir, "metrics.csv"), rows)
-  with open(os.path.join(run_dir, "table.txt"), "x") as f:
-    f.write(table + "\n")
+  _write_csv(storage.join(run_dir, "metrics.csv"), rows)
+  storage.write_bytes(storage.join(run_dir, "table.txt"), (table + "\n").encode())
   info = {
-      "checkpoint": os.path.abspath(args.checkpoint), "step": step,
+      "checkpoint": str(storage.path(args.checkpoint)), "step": step,
       "model": checkpoint_lib.model_config_to_dict(model_config), "scale": scale,
       "crop_border": crop, "self_ensemble": args.self_ensemble, "use_ema": args.use_ema,
       "pad_to_multiple": args.pad_to_multiple, "tile": args.tile,
@@ -574,8 +589,8 @@ def main(argv: Optional[list[str]] = None) -> int:
       "datasets": summary, "failures": failures,
       "seconds": round(time.perf_counter() - start, 3),
   }
-  with open(os.path.join(run_dir, "summary.json"), "x") as f:
-    json.dump(_json_safe(info), f, indent=1)
+  storage.write_bytes(storage.join(run_dir, "summary.json"),
+                      json.dumps(_json_safe(info), indent=1).encode())
   print(table)
   log(f"wrote {run_dir}/metrics.csv, summary.json, table.txt")
   if failures:

@@ -24,6 +24,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dan_jax import storage
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # The subset tf.io.decode_image reads: training folders and Gaussian8 sets, which are
 # decoded by TensorFlow, take only these.
@@ -191,8 +193,7 @@ def read_image(path: str) -> LoadedImage:
   """
   name = path
   try:
-    with open(path, "rb") as f:
-      data = f.read()
+    data = storage.read_bytes(path)
   except OSError as e:
     raise ImageError(f"{path}: cannot read ({e.strerror or e})") from e
   return decode_image(data, name)
@@ -243,26 +244,14 @@ def encode_png(img: np.ndarray) -> bytes:
 def write_bytes(path: str, data: bytes, overwrite: bool = False) -> None:
   """Writes a file; without `overwrite` an existing file is an error (and is left alone).
 
-  With `overwrite`, the new content goes to a temporary file first and replaces the old one
-  in one rename, so an interrupted write never leaves a half-written file behind.
+  With `overwrite`, a local file is replaced in one rename, so an interrupted write never
+  leaves a half-written file behind (`storage.write_bytes`; URLs work too).
   """
-  if not overwrite:
-    try:
-      with open(path, "xb") as f:
-        f.write(data)
-    except FileExistsError as e:
-      raise ImageError(f"{path} exists (pass --overwrite to replace it)") from e
-    except OSError as e:
-      raise ImageError(f"cannot write {path}: {e.strerror or e}") from e
-    return
-  tmp = f"{path}.tmp-{os.getpid()}"
   try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
+    storage.write_bytes(path, data, overwrite)
+  except FileExistsError as e:
+    raise ImageError(f"{path} exists (pass --overwrite to replace it)") from e
   except OSError as e:
-    if os.path.exists(tmp):
-      os.remove(tmp)
     raise ImageError(f"cannot write {path}: {e.strerror or e}") from e
 
 

@@ -63,6 +63,7 @@ import numpy as np
 
 from dan_jax import image_io
 from dan_jax import models
+from dan_jax import storage
 
 
 class InferenceError(ValueError):
@@ -435,7 +436,8 @@ def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
 
 def output_paths(input_path: str, out_dir: str, scale: int, has_kernel: bool) -> dict:
   """{'sr', 'kernel_png', 'kernel_npy'} or {'sr', 'code_npy'} paths for one input."""
-  stem = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(input_path))[0]}_x{scale}")
+  name = storage.path(input_path).name
+  stem = storage.join(out_dir, f"{os.path.splitext(name)[0]}_x{scale}")
   if has_kernel:
     return {"sr": stem + ".png", "kernel_png": stem + "_kernel.png",
             "kernel_npy": stem + "_kernel.npy"}
@@ -470,13 +472,13 @@ def list_inputs(input_path: str) -> tuple[list[str], list[str]]:
   Raises:
     InferenceError: the path does not exist, or a folder holds no image files.
   """
-  if os.path.isfile(input_path):
+  folder = storage.path(input_path)
+  if folder.is_file():
     return [input_path], []
-  if not os.path.isdir(input_path):
+  if not folder.is_dir():
     raise InferenceError(f"input {input_path} does not exist")
-  names = sorted(n for n in os.listdir(input_path) if not n.startswith("."))
-  files = [os.path.join(input_path, n) for n in names
-           if os.path.isfile(os.path.join(input_path, n))]
+  files = sorted(storage.join(input_path, f.name) for f in folder.iterdir()
+                 if not f.name.startswith(".") and f.is_file())
   images = [f for f in files if image_io.is_image_name(f)]
   skipped = [f for f in files if not image_io.is_image_name(f)]
   if not images:
@@ -488,7 +490,7 @@ def list_inputs(input_path: str) -> tuple[list[str], list[str]]:
 
 
 def _same_path(a: str, b: str) -> bool:
-  return os.path.realpath(a) == os.path.realpath(b)
+  return storage.canonical(a) == storage.canonical(b)
 
 
 def _build_parser():
@@ -526,18 +528,20 @@ def main(argv: Optional[list[str]] = None) -> int:
   from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   try:
     inputs, skipped = list_inputs(args.input)
-    if os.path.isdir(args.input) and os.path.exists(args.output) and _same_path(
+    output = storage.path(args.output)
+    if storage.path(args.input).is_dir() and output.exists() and _same_path(
         args.input, args.output):
       raise InferenceError(f"--output {args.output} is the input folder; choose another "
                            "folder (inputs are never overwritten)")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
+    if output.exists() and not output.is_dir():
       raise InferenceError(f"--output {args.output} exists and is not a folder")
     model_config, variables, step = checkpoint_lib.load_model(args.checkpoint,
                                                               use_ema=args.use_ema)
     predictor = Predictor(model_config, variables, self_ensemble=args.self_ensemble,
                           tile=args.tile, tile_overlap=args.tile_overlap,
                           batch_size=args.batch_size, pad_to_multiple=args.pad_to_multiple)
-    os.makedirs(args.output, exist_ok=True)
+    if not storage.is_url(output):  # object stores have no folders to create
+      output.mkdir(parents=True, exist_ok=True)
   except (ValueError, OSError) as e:  # CheckpointError, InferenceError, ImageError
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -557,7 +561,7 @@ def main(argv: Optional[list[str]] = None) -> int:
           "the kernel estimate)", file=sys.stderr)
 
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  input_set = {os.path.realpath(f) for f in inputs}
+  input_set = {storage.canonical(f) for f in inputs}
   claimed: dict[str, str] = {}
   failed, done, times, megapixels = 0, 0, [], []
   for path in tqdm(inputs, unit="img", file=sys.stderr, disable=None):
@@ -565,18 +569,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
       paths = output_paths(path, args.output, spec.scale, predictor.has_kernel)
       for p in paths.values():
-        if os.path.realpath(p) in input_set:
+        if storage.canonical(p) in input_set:
           raise InferenceError(f"{path}: output {p} would replace an input file")
-        if os.path.realpath(p) in claimed:
+        if storage.canonical(p) in claimed:
           raise InferenceError(f"{path}: output {p} is already written for "
-                               f"{claimed[os.path.realpath(p)]} (same file stem)")
-        if not args.overwrite and os.path.exists(p):
+                               f"{claimed[storage.canonical(p)]} (same file stem)")
+        if not args.overwrite and storage.path(p).exists():
           raise InferenceError(f"{path}: output {p} exists (pass --overwrite to replace)")
       image = image_io.read_image(path)
       pred = predictor.predict(image.rgb)
       save_prediction(pred, paths, image, spec.scale, args.overwrite)
       for p in paths.values():
-        claimed[os.path.realpath(p)] = path
+        claimed[storage.canonical(p)] = path
     except (image_io.ImageError, InferenceError) as e:
       tqdm.write(f"error: {e}", file=sys.stderr)
       failed += 1

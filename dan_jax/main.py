@@ -74,10 +74,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 class _QuietLibraries(py_logging.Filter):
-  """Drops the INFO chatter of orbax (dozens of lines per checkpoint)."""
+  """Drops the INFO chatter of orbax (dozens of lines per checkpoint) and fsspec (gs://)."""
 
   def filter(self, record: py_logging.LogRecord) -> bool:
-    return record.levelno >= py_logging.WARNING or "/orbax/" not in record.pathname
+    return record.levelno >= py_logging.WARNING or not any(
+        lib in record.pathname for lib in ("/orbax/", "/fsspec/"))
 
 
 def main(argv: Sequence[str]) -> None:
@@ -136,7 +137,8 @@ def summary(result: dict, workdir: str, config) -> str:
     if config.write_sr_images:
       lines.append(f"SR images: {os.path.join(workdir, 'val')}")
   lines.append(f"checkpoints: {os.path.join(workdir, 'checkpoints')}; "
-               f"TensorBoard: tensorboard --logdir {workdir}")
+               f"TensorBoard: tensorboard --logdir "
+               f"{config.get('tensorboard_dir') or workdir}")
   return "\n".join(lines)
 
 

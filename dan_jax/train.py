@@ -56,6 +56,7 @@ from dan_jax import image_io
 from dan_jax import input_pipeline
 from dan_jax import metrics
 from dan_jax import models
+from dan_jax import storage
 
 BEST_SUBDIR = "checkpoints_best"
 VAL_SUBDIR = "val"
@@ -384,11 +385,12 @@ def _prepare_workdir(workdir: str) -> str:
     raise TrainingError("no workdir given (--workdir)")
   if "://" in workdir:  # gs:// etc.: orbax and the writers create what they need
     return workdir
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  path = storage.path(workdir)
+  workdir = str(path)
+  if path.exists() and not path.is_dir():
     raise TrainingError(f"workdir {workdir} exists and is not a folder")
   try:
-    os.makedirs(workdir, exist_ok=True)
+    path.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise TrainingError(f"cannot create workdir {workdir}: {e.strerror or e}") from e
   if not os.access(workdir, os.W_OK | os.X_OK):
@@ -545,12 +547,13 @@ def summary_images(val: dict, outputs: list, pca: np.ndarray, scale: int,
 
 def write_sr_images(directory: str, val: dict, outputs: list, scale: int) -> None:
   """NAME_sr.png, NAME_bicubic.png, NAME_lr.png and NAME_hr.png for every image."""
-  os.makedirs(directory, exist_ok=True)
+  if not storage.is_url(directory):  # object stores have no folders to create
+    storage.path(directory).mkdir(parents=True, exist_ok=True)
   for name, lr, hr, (sr, _, _) in zip(val["names"], val["lr"], val["hr"], outputs):
     bicubic = metrics.to_uint8(degradation.imresize(lr, scale).numpy())
     for suffix, img in (("sr", sr), ("bicubic", bicubic), ("lr", metrics.to_uint8(lr)),
                         ("hr", metrics.to_uint8(hr))):
-      image_io.write_png(os.path.join(directory, f"{name}_{suffix}.png"), img,
+      image_io.write_png(storage.join(directory, f"{name}_{suffix}.png"), img,
                          overwrite=True)
 
 
@@ -677,7 +680,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   use_ema = config.ema_decay > 0
   meta = {"config": checkpoint.config_json(config)}
   manager = checkpoint.create_manager(
-      os.path.join(workdir, checkpoint.CHECKPOINTS_SUBDIR),
+      storage.join(workdir, checkpoint.CHECKPOINTS_SUBDIR),
       max_to_keep=int(config.keep_checkpoints), async_save=True)
   best_manager = best_value = writer = None
   preemption, preempted_at = PreemptionWatch(preemption_every), None
@@ -685,7 +688,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state = _initial_state(config, spec, model, tx, manager, replicated)
     if config.keep_best:  # "last N plus best": the best lives in its own manager
       best_manager = checkpoint.create_manager(
-          os.path.join(workdir, BEST_SUBDIR), max_to_keep=1, async_save=True)
+          storage.join(workdir, BEST_SUBDIR), max_to_keep=1, async_save=True)
       if best_manager.latest_step() is not None:  # the bar a new best must pass
         best_value = _read_info(best_manager, best_manager.latest_step(),
                                 spec).get(BEST_METRIC)
@@ -696,7 +699,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_iter: Optional[Iterator[dict]] = None
     if start_step < total:
       train_iter = input_pipeline.create_train_iterator(config, pca, start_step=start_step)
-    writer = metric_writers.create_default_writer(workdir, just_logging=not is_chief)
+    # TensorBoard files are written by TensorFlow's own file system (see README).
+    writer = metric_writers.create_default_writer(
+        config.get("tensorboard_dir") or workdir, just_logging=not is_chief)
     if is_chief:
       logging.info("%s x%d: %s parameters, %d device(s) on %d host(s), global batch %d, "
                    "steps %d..%d", spec.version, spec.scale,
@@ -804,7 +809,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.flush()
 
   if val is not None and config.write_sr_images and is_chief and preempted_at is None:
-    write_sr_images(os.path.join(workdir, VAL_SUBDIR), val, outputs, spec.scale)
+    write_sr_images(storage.join(workdir, VAL_SUBDIR), val, outputs, spec.scale)
   train_seconds = loop_end - timed_since - paused if timed_since else 0.0
   result.update(step=int(to_host(state.step)), train_seconds=train_seconds,
                 wall_seconds=time.perf_counter() - start_time)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import sys
 from typing import Sequence
@@ -53,7 +54,7 @@ def plan_commands(args, overrides: Sequence[str]) -> list[list[str]]:
     extra = [f"degradation.{k}={v}" for k, v in space_overrides(space, kernel_size).items()
              if k != "kernel_size"]
     commands.append(_common.train_command(
-        args.config, os.path.join(args.workdir, f"train_{space}"), list(overrides) + extra))
+        args.config, _join(args.workdir, f"train_{space}"), list(overrides) + extra))
   return commands
 
 
@@ -103,16 +104,28 @@ def evaluate_run(workdir: str, tests: dict) -> dict:
   return out
 
 
+def _join(workdir: str, name: str) -> str:
+  from dan_jax import storage  # pylint: disable=g-import-not-at-top
+  return storage.join(workdir, name)
+
+
+def _write(path: str, data: bytes) -> None:
+  """Writes (replaces) a result file, local or in an object store (gs://...)."""
+  from dan_jax import storage  # pylint: disable=g-import-not-at-top
+  storage.write_bytes(path, data, overwrite=True)
+
+
 def write_results(workdir: str, results: dict, train_spaces, test_spaces) -> str:
   """results.csv, results.md and heatmap.png; returns the Markdown."""
-  with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-    w = csv.writer(f)
-    w.writerow(["train_space", "test_space", "psnr_y", "kernel_mse"])
-    for tr in train_spaces:
-      for te in test_spaces:
-        r = results[tr][te]
-        w.writerow([tr, te, f"{r['psnr_y']:.4f}",
-                    f"{r['kernel_mse']:.6g}" if "kernel_mse" in r else ""])
+  f = io.StringIO(newline="")
+  w = csv.writer(f)
+  w.writerow(["train_space", "test_space", "psnr_y", "kernel_mse"])
+  for tr in train_spaces:
+    for te in test_spaces:
+      r = results[tr][te]
+      w.writerow([tr, te, f"{r['psnr_y']:.4f}",
+                  f"{r['kernel_mse']:.6g}" if "kernel_mse" in r else ""])
+  _write(_join(workdir, "results.csv"), f.getvalue().encode())
   lines = ["Y-PSNR (dB), rows: train kernel space, columns: test kernel space", "",
            "| train \\ test | " + " | ".join(test_spaces) + " |",
            "|---" * (len(test_spaces) + 1) + "|"]
@@ -126,9 +139,8 @@ def write_results(workdir: str, results: dict, train_spaces, test_spaces) -> str
       lines.append(f"| {tr} | " + " | ".join(f"{1e4 * results[tr][te]['kernel_mse']:.2f}"
                                               for te in test_spaces) + " |")
   markdown = "\n".join(lines) + "\n"
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(markdown)
-  heatmap(results, train_spaces, test_spaces, os.path.join(workdir, "heatmap.png"))
+  _write(_join(workdir, "results.md"), markdown.encode())
+  heatmap(results, train_spaces, test_spaces, _join(workdir, "heatmap.png"))
   return markdown
 
 
@@ -156,7 +168,9 @@ def heatmap(results: dict, train_spaces, test_spaces, path: str) -> None:
       draw.text((box[0] + 20, box[1] + cell // 2 - 6), f"{values[i, j]:.2f}", fill="white",
                 font=font)
   draw.text((8, 8), "Y-PSNR: rows train space, columns test space", fill="black", font=font)
-  img.save(path)
+  buf = io.BytesIO()
+  img.save(buf, format="PNG")
+  _write(path, buf.getvalue())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,10 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     from dan_jax import train  # pylint: disable=g-import-not-at-top
     base = train_config(args.config, train_spaces[0], overrides)
     tests = {s: make_test_set(s, base, args.test_images, args.test_crop) for s in test_spaces}
-    os.makedirs(args.workdir, exist_ok=True)
+    from dan_jax import storage  # pylint: disable=g-import-not-at-top
+    if not storage.is_url(args.workdir):  # object stores have no folders to create
+      storage.path(args.workdir).mkdir(parents=True, exist_ok=True)
     results = {}
     for space in train_spaces:
-      run_dir = os.path.join(args.workdir, f"train_{space}")
+      run_dir = _join(args.workdir, f"train_{space}")
       if args.mode == "local":
         print(f"== training on kernel space {space!r} -> {run_dir}", flush=True)
         train.train_and_evaluate(train_config(args.config, space, overrides), run_dir)

@@ -8,7 +8,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from dan_jax import image_io
+from dan_jax import image_io, storage
 from dan_jax.degradation._common import _check_odd_size, _check_scale
 from dan_jax.degradation.kernels import isotropic_gaussian_kernel
 from dan_jax.degradation.synthesis import degrade
@@ -81,23 +81,26 @@ def write_gaussian8_set(hr_dir: str, out_dir: str, scale: int, kernel_size: int 
   """
   scale = _check_scale(scale)
   sigmas = gaussian8_sigmas(scale) if sigmas is None else np.asarray(sigmas, np.float64)
-  names = sorted(f for f in tf.io.gfile.listdir(hr_dir)
-                 if os.path.splitext(f)[1].lower() in _IMAGE_EXTENSIONS)
+  # Files through epath (local or gs://...), as every workdir path (dan_jax.storage).
+  names = sorted(f.name for f in storage.path(hr_dir).iterdir()
+                 if os.path.splitext(f.name)[1].lower() in _IMAGE_EXTENSIONS)
   if not names:
     raise ValueError(f"no .png/.jpg/.bmp images in {hr_dir}")
-  dirs = {float(s): os.path.join(out_dir, f"x{scale}", f"sig{s:.2f}") for s in sigmas}
+  dirs = {float(s): storage.join(out_dir, f"x{scale}", f"sig{s:.2f}") for s in sigmas}
   for d in dirs.values():
     for sub in ("HR", "LR"):
-      tf.io.gfile.makedirs(os.path.join(d, sub))
+      if not storage.is_url(d):  # object stores have no folders to create
+        storage.path(storage.join(d, sub)).mkdir(parents=True, exist_ok=True)
   for name in names:
-    data = tf.io.read_file(os.path.join(hr_dir, name))
+    data = storage.read_bytes(storage.join(hr_dir, name))
     # 3 channels like cv2.imread in the official script (grayscale is replicated).
     hr = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False).numpy()
     hr = modcrop(hr, scale)
     lrs = make_gaussian8_lr(hr, scale, kernel_size, sigmas)
     stem = os.path.splitext(name)[0] + ".png"
-    hr_png = tf.io.encode_png(hr)
+    hr_png = tf.io.encode_png(hr).numpy()
     for d, lr in zip(dirs.values(), lrs):
-      tf.io.write_file(os.path.join(d, "HR", stem), hr_png)
-      tf.io.write_file(os.path.join(d, "LR", stem), tf.io.encode_png(lr))
+      storage.write_bytes(storage.join(d, "HR", stem), hr_png, overwrite=True)
+      storage.write_bytes(storage.join(d, "LR", stem), tf.io.encode_png(lr).numpy(),
+                          overwrite=True)
   return dirs
