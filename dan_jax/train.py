@@ -985,6 +985,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise _diverged(kind, step, what, rec, max_rollbacks, target,
                         os.path.join(workdir, checkpoint.CHECKPOINTS_SUBDIR))
       source, to_step = target
+      skipped = to_host(state.skipped)  # kept across rollbacks: the run's total
       manager.wait_until_finished()
       for s in manager.all_steps():  # newer ones hold the collapse: never resume them
         if s > to_step:
@@ -997,7 +998,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       rec.good_step = to_step
       restored = restored.replace(
           data_offset=to_global(np.asarray(rec.data_offset, np.int32), replicated),
-          nonfinite_run=to_global(np.zeros((), np.int32), replicated))
+          nonfinite_run=to_global(np.zeros((), np.int32), replicated),
+          skipped=to_global(np.asarray(skipped, np.int32), replicated))
       if is_chief:
         logging.warning(
             "step %d: %s; rollback %d (%d in a row, config.max_rollbacks = %d): restored "
