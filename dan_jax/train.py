@@ -22,8 +22,17 @@ share. The loop, from top to bottom of this file:
   WORKDIR/checkpoints_best/ (config.keep_best).
 * kills and preemption: orbax writes a checkpoint into a tmp folder and renames it when
   complete, so a run killed at any moment resumes from its last complete checkpoint
-  (tmp folders are removed). SIGTERM sets a flag (`PreemptionWatch`); the loop then saves
-  the current step, waits for the write and returns with 'preempted' in the result.
+  (tmp folders are removed). A preemption (`PreemptionWatch`: JAX's preemption sync point
+  with jax.distributed, else a SIGTERM flag) makes the loop save the current step, wait
+  for the write and return with 'preempted' in the result.
+* recovery: a step with a non-finite loss or gradient is skipped inside the jitted step
+  (no update; counters in the state, read once per logging window, so the host never
+  waits on the device between logs). A stretch of config.max_consecutive_nonfinite
+  skipped steps, or a validation Y-PSNR config.collapse_psnr_drop dB below the best,
+  rolls back to the last good checkpoint and moves the data stream past the failed
+  batches (`state.data_offset`; the `recovery` record in each checkpoint's meta makes a
+  resumed run repeat it). The latest checkpoint of a step is complete before its best
+  checkpoint is written.
 * logs: clu metric writers (TensorBoard event files in the workdir), from process 0 only.
 """
 
@@ -980,13 +989,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def rollback(step: int, kind: str, what: str, limit: int) -> tuple[TrainState, int]:
       """Restores the newest checkpoint at or before `limit`; returns (state, its step)."""
       rec.streak += 1
+      for m in (manager, best_manager):  # every save complete: all_steps() is the truth
+        if m is not None:
+          m.wait_until_finished()
       target = _rollback_target((manager, best_manager), limit)
       if target is None or rec.streak > max_rollbacks:
         raise _diverged(kind, step, what, rec, max_rollbacks, target,
                         os.path.join(workdir, checkpoint.CHECKPOINTS_SUBDIR))
       source, to_step = target
       skipped = to_host(state.skipped)  # kept across rollbacks: the run's total
-      manager.wait_until_finished()
       for s in manager.all_steps():  # newer ones hold the collapse: never resume them
         if s > to_step:
           manager.delete(s)
@@ -1107,9 +1118,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         manager.wait_until_finished()  # complete on disk before the process may go
         preempted_at = step
         if is_chief:
-          logging.warning("preempted at step %d (%s); checkpoint saved (%s/%d): run the "
-                          "same command to resume", step, preemption.source,
-                          manager.directory, step)
+          logging.warning("preempted at step %d; checkpoint saved (%s/%d): run the same "
+                          "command to resume (stopped by %s)", step, manager.directory,
+                          step, preemption.source)
         break
     loop_end = time.perf_counter()
     if val is not None and outputs is None and preempted_at is None:  # nothing to train

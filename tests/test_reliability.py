@@ -417,10 +417,14 @@ def test_two_processes_train_like_one_and_stop_together(tmp_path, env, reference
         p.wait()
   (out0, err0), (out1, err1) = _logs(procs[0]), _logs(procs[1])
   assert [p.returncode for p in procs] == [0, 0], f"{err0[-3000:]}\n{err1[-3000:]}"
-  # Both stopped at the same step, a multiple of the check interval, with its checkpoint.
+  # Both stopped at the same step, with its checkpoint. With jax.distributed the SIGTERM
+  # reaches JAX's preemption service (its own handler, which the run leaves in place),
+  # which picks the step for all processes.
   reached = _steps(ckpt)[-1]
-  assert 4 <= reached < 200 and reached % 2 == 0
-  assert f"preempted (SIGTERM) at step {reached}" in out0
+  assert 4 <= reached < 200
+  assert f"preempted (JAX preemption notice) at step {reached}" in out0
+  assert f"preempted at step {reached}; checkpoint saved" in err0
+  assert "(stopped by JAX preemption notice)" in err0
   assert _tmp_dirs(ckpt) == []
   # Process 0 logs the run; process 1 logs no training line and prints no summary
   # (gloo may print its connection notice on stdout).
@@ -430,7 +434,7 @@ def test_two_processes_train_like_one_and_stop_together(tmp_path, env, reference
            if re.search(r"train\.py|step \d+|train/|trained|preempted", l)]
   assert noise == [], noise[:5]
   # One set of checkpoints and one TensorBoard log, written together by both processes.
-  assert _steps(ckpt) == list(range(2, reached + 1, 2))
+  assert _steps(ckpt) == sorted(set(range(2, reached + 1, 2)) | {reached})
   events = [n for n in os.listdir(workdir) if n.startswith("events.out.tfevents")]
   assert len(events) == 1, events
   # Each process fed its half of every global batch: step 4 is the one-process step 4.
