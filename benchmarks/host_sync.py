@@ -38,11 +38,12 @@ from dan_jax import train
 
 def _loop(step_fn, state, batches, data_sharding, steps: int, window: int,
           per_step: bool):
-  """Runs `steps` steps; returns (state, seconds)."""
+  """Runs `steps` steps; returns (state, seconds, seconds the host waited in reads)."""
   start = time.perf_counter()
-  pending, kept = None, []
+  pending, kept, waited = None, [], 0.0
   for i in range(1, steps + 1):
     state, metrics = step_fn(state, train.to_global(next(batches), data_sharding))
+    t = time.perf_counter()
     if per_step:
       if pending is not None:
         bool(train.to_host(pending["finite"]))  # the one-step-late read
@@ -51,8 +52,9 @@ def _loop(step_fn, state, batches, data_sharding, steps: int, window: int,
     if i % window == 0 or i == steps:
       [{k: float(train.to_host(v)) for k, v in m.items()} for m in kept]
       kept = []
+    waited += time.perf_counter() - t
   jax.block_until_ready(state)
-  return state, time.perf_counter() - start
+  return state, time.perf_counter() - start, waited
 
 
 def main() -> None:
@@ -80,24 +82,27 @@ def main() -> None:
   state = train.to_global(train.create_train_state(
       models.init_variables(model, 0, pca), tx, config.ema_decay > 0), replicated)
   batches = input_pipeline.create_train_iterator(config, pca)
-  state, _ = _loop(step_fn, state, batches, data, 20, args.window, True)  # compile, warm
+  state, *_ = _loop(step_fn, state, batches, data, 20, args.window, True)  # compile, warm
 
   times = {"per-step": [], "per-window": []}
+  waits = {name: [] for name in times}
   for _ in range(args.repeats):  # alternate, so drifts hit both alike
     for name in times:
-      state, seconds = _loop(step_fn, state, batches, data, args.steps, args.window,
-                             name == "per-step")
+      state, seconds, waited = _loop(step_fn, state, batches, data, args.steps,
+                                     args.window, name == "per-step")
       times[name].append(args.steps / seconds)
+      waits[name].append(1e3 * waited / args.steps)
   print(f"# host reads, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
         f"{os.cpu_count()} cores, devices {[d.platform for d in jax.devices()]}, "
         f"jax {jax.__version__}, config {os.path.basename(args.config)} "
         f"(batch {config.batch_size}), {args.steps} steps x {args.repeats}, window "
         f"{args.window}")
-  print("| loop | steps/s (median) | all runs |")
-  print("|---|---|---|")
+  print("| loop | steps/s (median) | all runs | host blocked in reads, ms/step (median) |")
+  print("|---|---|---|---|")
   for name, values in times.items():
     print(f"| read {name} | {statistics.median(values):.1f} | "
-          f"{', '.join(f'{v:.1f}' for v in values)} |")
+          f"{', '.join(f'{v:.1f}' for v in values)} | "
+          f"{statistics.median(waits[name]):.2f} |")
   ratio = statistics.median(times["per-window"]) / statistics.median(times["per-step"])
   print(f"per-window / per-step: {ratio:.2f}x")
 
