@@ -561,19 +561,17 @@ def _restore(manager: ocp.CheckpointManager, step: int, template: TrainState,
              sharding: NamedSharding) -> TrainState:
   """Restores the training state at `step` (checked with `_read_info` first)."""
   target = template.to_dict()
+  restore = lambda t: manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_abstract(t, sharding))))
   try:
-    stored = manager.item_metadata(step)["state"]
-    if stored is not None and "data_offset" not in stored:  # saved before the counters
-      target = {k: v for k, v in target.items() if k not in _COUNTERS}
-  except Exception:  # pylint: disable=broad-except
-    pass  # the restore below says what is wrong
-  try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(target, sharding))))
+    restored = restore(target)
   except Exception as e:  # pylint: disable=broad-except
-    raise TrainingError(
-        f"cannot resume from {manager.directory}/{step}: its training state does not fit "
-        f"this config (e.g. ema_decay or weight_decay switched on or off): {e}") from e
+    try:  # a checkpoint saved before the recovery counters existed
+      restored = restore({k: v for k, v in target.items() if k not in _COUNTERS})
+    except Exception:  # pylint: disable=broad-except
+      raise TrainingError(
+          f"cannot resume from {manager.directory}/{step}: its training state does not fit "
+          f"this config (e.g. ema_decay or weight_decay switched on or off): {e}") from e
   state = dict(restored["state"])
   for k in _COUNTERS:
     if k not in state:
@@ -728,14 +726,14 @@ class PreemptionWatch:
     """Whether every process stops after `step` (a collective call with several)."""
     del step  # the agreement is on calls, the same on every process
     self.calls += 1
+    if not self.jax_sync and jax.process_count() == 1:
+      return self.requested
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     if self.jax_sync:
       if multihost_utils.reached_preemption_sync_point(self.calls):
         self.source = "JAX preemption notice"
         return True
       return False
-    if jax.process_count() == 1:
-      return self.requested
     if self.calls % self.every:
       return False
     flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))

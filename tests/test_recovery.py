@@ -223,3 +223,28 @@ def test_best_checkpoint_of_a_step_rerun_with_another_score_is_replaced(tmp_path
   assert _meta(best_dir, 4)["val_psnr_y"] == want
   # The latest checkpoint of step 4 exists again, with the bar it was validated against.
   assert _meta(workdir / "checkpoints", 4)["recovery"]["best_step"] in (2, 4)
+
+
+def test_checkpoint_from_before_the_counters_resumes(tmp_path):
+  # Write what older versions saved (no skipped / nonfinite_run / data_offset, no
+  # 'recovery' meta) and resume from it.
+  kw = {"data.val_source": "none", "checkpoint_every_steps": 2}
+  train.train_and_evaluate(_config(num_train_steps=2, **kw), str(tmp_path / "new"))
+  config = _config(num_train_steps=3, **kw)
+  spec = models.spec_from_config(config.model)
+  new = checkpoint.create_manager(str(tmp_path / "new" / "checkpoints"), async_save=False)
+  mesh = train.create_mesh(jax.devices()[:1])
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
+  template = train._state_template(spec, models.create_model(spec), tx, True)  # pylint: disable=protected-access
+  state = train._restore(new, 2, template, sharding)  # pylint: disable=protected-access
+  new.close()
+  old = checkpoint.create_manager(str(tmp_path / "old" / "checkpoints"), async_save=False)
+  old_state = {k: v for k, v in state.to_dict().items() if k not in train._COUNTERS}  # pylint: disable=protected-access
+  old.save(2, args=checkpoint.save_args(old_state, spec, {"step": 2, "data_position": 2}))
+  old.wait_until_finished()
+  old.close()
+  result = train.train_and_evaluate(config, str(tmp_path / "old"))
+  assert result["step"] == 3 and result["skipped_steps"] == 0 and result["rollbacks"] == 0
+  meta = _meta(tmp_path / "old" / "checkpoints", 3)
+  assert meta["recovery"]["data_offset"] == 0 and meta["data_position"] == 3
