@@ -181,6 +181,7 @@ def test_two_runs_with_the_same_injections_end_bit_identical(injected):
       np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_rollbacks_that_do_not_help_stop_with_advice(tmp_path):
   config = _config(num_train_steps=30, checkpoint_every_steps=2,
                    max_consecutive_nonfinite=2, max_rollbacks=1,

@@ -383,6 +383,9 @@ def test_demo_and_test_configs_validate():
     ("ema_decay", 1.0, r"config.ema_decay must be in \[0, 1\)"),
     ("batch_size", 0, "config.batch_size must be a positive integer"),
     ("degradation.kernel_size", 9, "config.degradation.kernel_size must be the model's"),
+    ("max_rollbacks", -1, "config.max_rollbacks must be a non-negative integer"),
+    ("collapse_psnr_drop", float("nan"), "config.collapse_psnr_drop must be a non-negative"),
+    ("debug.nan_at_steps", (0, 3), "config.debug.nan_at_steps must be positive step"),
 ])
 def test_bad_config_values_are_one_clear_error(tmp_path, field, value, message):
   config = _config()
