@@ -132,6 +132,25 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # SIGTERM (preemption) saves a checkpoint and exits 0. With several processes they agree
   # on the step every this many steps (one cross-process all-gather); one process: every step.
   config.preemption_check_every_steps = 10
+
+  # ---- Recovery (unattended runs; README "Reliability") ----
+  # A step whose loss or gradient is NaN/inf is skipped on the device (no update, counted
+  # in train/skipped_steps). These many skipped steps in a row (checked once per logging
+  # window) roll back to the last checkpoint and move the data stream past the failed
+  # batches (0: never roll back for this).
+  config.max_consecutive_nonfinite = 20
+  # Validation Y-PSNR this many dB below the best so far rolls back to the last checkpoint
+  # whose validation passed (or the best one) (0: off). DCLS-SR reloads below 20 dB.
+  config.collapse_psnr_drop = 3.0
+  # Rollbacks in a row (none of them followed by a checkpoint past the failure) before
+  # the run stops with an error naming the step, the last good checkpoint and what to do.
+  config.max_rollbacks = 3
+  config.clip_grad_norm = 0.0  # clip the gradient to this global norm (0: off, as official)
+  # Fault injection, for tests of the above only (off by default). Steps are numbered as
+  # in an uninterrupted run (they hit batch step-1): after a rollback they do not recur.
+  config.debug = debug = ml_collections.ConfigDict()
+  debug.nan_at_steps = ()  # the loss and gradient of these steps are NaN
+  debug.collapse_at_step = 0  # this step's update is multiplied by 1000 (0: off)
   return config
 
 

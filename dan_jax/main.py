@@ -110,7 +110,7 @@ def main(argv: Sequence[str]) -> None:
                jax.devices())
   try:
     result = train.train_and_evaluate(_CONFIG, FLAGS.workdir)
-  except (train.TrainingError, train.NonFiniteLossError, input_pipeline.DataError,
+  except (train.TrainingError, train.DivergedError, input_pipeline.DataError,
           checkpoint.CheckpointError) as e:
     _fail(str(e))
   if jax.process_index() == 0:
@@ -120,13 +120,17 @@ def main(argv: Sequence[str]) -> None:
 def summary(result: dict, workdir: str, config) -> str:
   """The lines printed at the end of training."""
   if result.get("preempted"):
-    return (f"preempted (SIGTERM) at step {result['step']}: checkpoint saved in "
+    return (f"preempted ({result.get('preempted_by', 'SIGTERM')}) at step "
+            f"{result['step']}: checkpoint saved in "
             f"{os.path.join(workdir, 'checkpoints')}; run the same command to resume")
   lines = [f"trained to step {result['step']} in {result['wall_seconds']:.0f} s"
            + (f" ({result['steps_per_sec']:.2f} steps/s after compilation)"
               if "steps_per_sec" in result else "")
            + (f"; final train loss {result['train_loss']:.4f}" if "train_loss" in result
-              else "")]
+              else "")
+           + (f"; {result['skipped_steps']} non-finite step(s) skipped, "
+              f"{result['rollbacks']} rollback(s)"
+              if result.get("skipped_steps") or result.get("rollbacks") else "")]
   if "val_psnr_y" in result:
     gain = result["val_psnr_y"] - result["bicubic_psnr_y"]
     lines.append(

@@ -22,14 +22,24 @@ share. The loop, from top to bottom of this file:
   WORKDIR/checkpoints_best/ (config.keep_best).
 * kills and preemption: orbax writes a checkpoint into a tmp folder and renames it when
   complete, so a run killed at any moment resumes from its last complete checkpoint
-  (tmp folders are removed). SIGTERM sets a flag (`PreemptionWatch`); the loop then saves
-  the current step, waits for the write and returns with 'preempted' in the result.
+  (tmp folders are removed). A preemption (`PreemptionWatch`: JAX's preemption sync point
+  with jax.distributed, else a SIGTERM flag) makes the loop save the current step, wait
+  for the write and return with 'preempted' in the result.
+* recovery: a step with a non-finite loss or gradient is skipped inside the jitted step
+  (no update; counters in the state, read once per logging window, so the host never
+  waits on the device between logs). A stretch of config.max_consecutive_nonfinite
+  skipped steps, or a validation Y-PSNR config.collapse_psnr_drop dB below the best,
+  rolls back to the last good checkpoint and moves the data stream past the failed
+  batches (`state.data_offset`; the `recovery` record in each checkpoint's meta makes a
+  resumed run repeat it). The latest checkpoint of a step is complete before its best
+  checkpoint is written.
 * logs: clu metric writers (TensorBoard event files in the workdir), from process 0 only.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import math
 import os
@@ -70,8 +80,16 @@ class TrainingError(ValueError):
   """A bad config value, an unusable workdir or a checkpoint that cannot be resumed."""
 
 
-class NonFiniteLossError(FloatingPointError):
-  """The loss or the gradient became NaN or infinite; training stopped."""
+class DivergedError(FloatingPointError):
+  """Training failed in a way the automatic rollbacks did not cure; training stopped."""
+
+
+class NonFiniteLossError(DivergedError):
+  """The loss or the gradient stayed NaN or infinite through config.max_rollbacks rollbacks."""
+
+
+class CollapseError(DivergedError):
+  """Validation PSNR kept collapsing through config.max_rollbacks rollbacks."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -88,6 +106,13 @@ class TrainState:
   pca: Any  # the model's `pca` collection: {'matrix': [k*k, code_len]}
   opt_state: Any
   ema_params: Any = None  # EMA of params, or None when config.ema_decay == 0
+  # Recovery counters (int32 scalars), updated inside the jitted step, read by the host
+  # only once per logging window.
+  skipped: Any = 0  # steps whose loss/gradient was not finite (update not applied)
+  nonfinite_run: Any = 0  # consecutive skipped steps ending at `step`
+  # Batches passed over by rollbacks: step s trains on batch s - 1 + data_offset of the
+  # (stateless) input pipeline, so a rollback moves the data stream past failed batches.
+  data_offset: Any = 0
 
   def variables(self, use_ema: bool = True) -> dict:
     """Model variables for `model.apply` (the EMA weights when there are any)."""
@@ -97,7 +122,9 @@ class TrainState:
   def to_dict(self) -> dict:
     """The checkpoint's `state` item."""
     return {"step": self.step, "params": self.params, "pca": self.pca,
-            "opt_state": self.opt_state, "ema_params": self.ema_params}
+            "opt_state": self.opt_state, "ema_params": self.ema_params,
+            "skipped": self.skipped, "nonfinite_run": self.nonfinite_run,
+            "data_offset": self.data_offset}
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -110,8 +137,14 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
-  """Adam(b1, b2, eps=1e-8) with torch-style L2 weight decay and the given schedule."""
+  """Adam(b1, b2, eps=1e-8) with torch-style L2 weight decay and the given schedule.
+
+  config.clip_grad_norm > 0 first clips the gradient to that global norm (off by default,
+  as the official recipe).
+  """
   parts = []
+  if config.get("clip_grad_norm", 0.0):
+    parts.append(optax.clip_by_global_norm(float(config.clip_grad_norm)))
   if config.weight_decay:
     # torch.optim.Adam adds weight_decay * param to the gradient before the moments
     # (not decoupled AdamW); the official weight_decay_G means this.
@@ -131,7 +164,9 @@ def create_train_state(variables: dict, tx: optax.GradientTransformation,
       params=params,
       pca=jax.tree_util.tree_map(np.asarray, variables["pca"]),
       opt_state=jax.tree_util.tree_map(np.asarray, tx.init(params)),
-      ema_params=jax.tree_util.tree_map(np.copy, params) if ema else None)
+      ema_params=jax.tree_util.tree_map(np.copy, params) if ema else None,
+      skipped=np.zeros((), np.int32), nonfinite_run=np.zeros((), np.int32),
+      data_offset=np.zeros((), np.int32))
 
 
 # ---------------------------------------------------------------------------------------
@@ -191,29 +226,71 @@ def compute_losses(model: models.DAN, params: Any, pca: Any, batch: dict, *,
                 "l_ker": jnp.concatenate([jax.lax.stop_gradient(prev_ker), ker])}
 
 
+@dataclasses.dataclass(frozen=True)
+class Faults:
+  """Faults injected inside the jitted step (config.debug; tests of the recovery only).
+
+  Steps are numbered as in an uninterrupted run: the fault hits the batch step s trains
+  on when data_offset is 0 (batch s - 1), so once a rollback has moved the data stream
+  past it, it does not come back, as a bad batch or an unlucky stretch would not.
+  """
+  nan_at_steps: tuple = ()  # the loss and gradient of these steps become NaN
+  collapse_at_step: int = 0  # this step's update is multiplied by COLLAPSE_SCALE (0: off)
+
+
+# A finite but destructive update (what an exploding, not yet NaN, step looks like).
+COLLAPSE_SCALE = 1000.0
+
+
+def _select(pred: jax.Array, new: Any, old: Any) -> Any:
+  return jax.tree_util.tree_map(lambda n, o: jnp.where(pred, n, o), new, old)
+
+
 def train_step(state: TrainState, batch: dict, *, model: models.DAN,
                tx: optax.GradientTransformation, kernel_loss_weight: float = 1.0,
-               supervise_all: bool = False, ema_decay: float = 0.0
-               ) -> tuple[TrainState, dict]:
-  """One optimizer update. Returns the new state and scalar metrics (incl. 'finite')."""
+               supervise_all: bool = False, ema_decay: float = 0.0,
+               faults: Faults = Faults()) -> tuple[TrainState, dict]:
+  """One optimizer update. Returns the new state and scalar metrics (incl. 'finite').
+
+  A step whose loss, gradient or new parameters are not finite is skipped on the device:
+  params, optimizer state and EMA stay as they were, `state.skipped` and
+  `state.nonfinite_run` count it (the host reads them once per logging window).
+  """
   loss_fn = functools.partial(compute_losses, model, pca=state.pca, batch=batch,
                               kernel_loss_weight=kernel_loss_weight,
                               supervise_all=supervise_all)
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  position = state.step + state.data_offset + 1  # the uninterrupted run's step of this batch
+  if faults.nan_at_steps:
+    hit = jnp.any(position == jnp.asarray(faults.nan_at_steps, jnp.int32))
+    loss = jnp.where(hit, jnp.nan, loss)
+    grads = jax.tree_util.tree_map(lambda g: jnp.where(hit, jnp.nan, g), grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  if faults.collapse_at_step:
+    blow = position == faults.collapse_at_step
+    updates = jax.tree_util.tree_map(lambda u: jnp.where(blow, u * COLLAPSE_SCALE, u),
+                                     updates)
   params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  for p in jax.tree_util.tree_leaves(params):  # e.g. finite updates overflowing float32
+    finite &= jnp.all(jnp.isfinite(p))
   ema = state.ema_params
   if ema is not None:
-    ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p,
-                                 ema, params)
-  grad_norm = optax.global_norm(grads)
-  out = {"loss": loss, "grad_norm": grad_norm,
-         "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+    ema = _select(finite, jax.tree_util.tree_map(
+        lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params), ema)
+  skip = 1 - finite.astype(jnp.int32)
+  out = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
   for i in range(model.spec.loops):
     out[f"l_pix{i}"] = aux["l_pix"][i]
     out[f"l_ker{i}"] = aux["l_ker"][i]
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            ema_params=ema)
+  new_state = state.replace(
+      step=state.step + 1, params=_select(finite, params, state.params),
+      opt_state=_select(finite, opt_state, state.opt_state), ema_params=ema,
+      skipped=state.skipped + skip,
+      nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1).astype(jnp.int32))
+  out["skipped"] = new_state.skipped
+  out["nonfinite_run"] = new_state.nonfinite_run
   return new_state, out
 
 
@@ -257,12 +334,13 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 def make_train_step(model: models.DAN, tx: optax.GradientTransformation, mesh: Mesh, *,
                     kernel_loss_weight: float = 1.0, supervise_all: bool = False,
-                    ema_decay: float = 0.0) -> Callable:
+                    ema_decay: float = 0.0, faults: Faults = Faults()) -> Callable:
   """`train_step` jitted over the mesh: state replicated (and donated), batch sharded."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   fn = functools.partial(train_step, model=model, tx=tx,
                          kernel_loss_weight=float(kernel_loss_weight),
-                         supervise_all=bool(supervise_all), ema_decay=float(ema_decay))
+                         supervise_all=bool(supervise_all), ema_decay=float(ema_decay),
+                         faults=faults)
   return jax.jit(fn, in_shardings=(replicated, data), out_shardings=(replicated, replicated),
                  donate_argnums=0)
 
@@ -275,12 +353,20 @@ def make_eval_step(model: models.DAN, mesh: Mesh) -> Callable:
 
 
 _OPTIMIZER_FIELDS = ("learning_rate", "lr_milestones", "lr_gamma", "adam_b1", "adam_b2",
-                     "weight_decay")
+                     "weight_decay", "clip_grad_norm")
+
+
+def faults_from_config(config: ml_collections.ConfigDict) -> Faults:
+  """config.debug's injected faults (none when the config has no `debug` block)."""
+  debug = config.get("debug") or {}
+  return Faults(nan_at_steps=tuple(int(s) for s in (debug.get("nan_at_steps") or ())),
+                collapse_at_step=int(debug.get("collapse_at_step") or 0))
 
 
 @functools.lru_cache(maxsize=8)
 def _step_functions(spec: models.ModelSpec, optimizer: tuple, mesh: Mesh,
-                    kernel_loss_weight: float, supervise_all: bool, ema_decay: float):
+                    kernel_loss_weight: float, supervise_all: bool, ema_decay: float,
+                    faults: Faults = Faults()):
   """(model, lr schedule, tx, jitted train step, jitted eval step), built once per setup.
 
   Reusing the jitted functions lets repeated `train_and_evaluate` calls in one process
@@ -291,7 +377,8 @@ def _step_functions(spec: models.ModelSpec, optimizer: tuple, mesh: Mesh,
   tx = create_optimizer(fields, learning_rate_fn)
   model = models.create_model(spec)
   p_train_step = make_train_step(model, tx, mesh, kernel_loss_weight=kernel_loss_weight,
-                                 supervise_all=supervise_all, ema_decay=ema_decay)
+                                 supervise_all=supervise_all, ema_decay=ema_decay,
+                                 faults=faults)
   return model, learning_rate_fn, tx, p_train_step, make_eval_step(model, mesh)
 
 
@@ -364,6 +451,21 @@ def validate_config(config: ml_collections.ConfigDict) -> models.ModelSpec:
     need(_is_int(config[f]) and config[f] >= 0, f, "a non-negative integer (0: off)")
   need(_is_int(config.keep_checkpoints) and config.keep_checkpoints > 0,
        "keep_checkpoints", "a positive integer")
+  # Recovery fields (configs written before they existed get the defaults' behaviour).
+  recovery = _recovery_fields(config)
+  need(finite(recovery["clip_grad_norm"]) and recovery["clip_grad_norm"] >= 0,
+       "clip_grad_norm", "a non-negative number (0: off)")
+  need(finite(recovery["collapse_psnr_drop"]) and recovery["collapse_psnr_drop"] >= 0,
+       "collapse_psnr_drop", "a non-negative number of dB (0: off)")
+  for f in ("max_consecutive_nonfinite", "max_rollbacks"):
+    need(_is_int(recovery[f]) and recovery[f] >= 0, f, "a non-negative integer")
+  try:
+    faults = faults_from_config(config)
+  except (TypeError, ValueError) as e:
+    raise TrainingError(f"config.debug: {e}") from e
+  need(all(s > 0 for s in faults.nan_at_steps), "debug.nan_at_steps",
+       "positive step numbers")
+  need(faults.collapse_at_step >= 0, "debug.collapse_at_step", "a step number (0: off)")
   need(config.degradation.kernel_size == spec.kernel_size, "degradation.kernel_size",
        f"the model's kernel size {spec.kernel_size}")
   need(_is_int(config.degradation.pca_samples) and
@@ -372,6 +474,16 @@ def validate_config(config: ml_collections.ConfigDict) -> models.ModelSpec:
   need(spec.code_len <= spec.kernel_size**2, "model.code_len",
        f"at most kernel_size^2 = {spec.kernel_size**2}")
   return spec
+
+
+# Defaults of the recovery fields for configs that predate them (configs/default.py
+# states the same values).
+_RECOVERY_DEFAULTS = {"clip_grad_norm": 0.0, "max_consecutive_nonfinite": 20,
+                      "collapse_psnr_drop": 3.0, "max_rollbacks": 3}
+
+
+def _recovery_fields(config: ml_collections.ConfigDict) -> dict:
+  return {k: config.get(k, v) for k, v in _RECOVERY_DEFAULTS.items()}
 
 
 def _get(config: ml_collections.ConfigDict, path: str) -> Any:
@@ -450,14 +562,26 @@ def _read_info(manager: ocp.CheckpointManager, step: int, spec: models.ModelSpec
 def _restore(manager: ocp.CheckpointManager, step: int, template: TrainState,
              sharding: NamedSharding) -> TrainState:
   """Restores the training state at `step` (checked with `_read_info` first)."""
+  target = template.to_dict()
+  restore = lambda t: manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_abstract(t, sharding))))
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(template.to_dict(), sharding))))
+    restored = restore(target)
   except Exception as e:  # pylint: disable=broad-except
-    raise TrainingError(
-        f"cannot resume from {manager.directory}/{step}: its training state does not fit "
-        f"this config (e.g. ema_decay or weight_decay switched on or off): {e}") from e
-  return TrainState(**restored["state"])
+    try:  # a checkpoint saved before the recovery counters existed
+      restored = restore({k: v for k, v in target.items() if k not in _COUNTERS})
+    except Exception:  # pylint: disable=broad-except
+      raise TrainingError(
+          f"cannot resume from {manager.directory}/{step}: its training state does not fit "
+          f"this config (e.g. ema_decay or weight_decay switched on or off): {e}") from e
+  state = dict(restored["state"])
+  for k in _COUNTERS:
+    if k not in state:
+      state[k] = to_global(np.zeros((), np.int32), sharding)
+  return TrainState(**state)
+
+
+_COUNTERS = ("skipped", "nonfinite_run", "data_offset")
 
 
 def _initial_variables(config: ml_collections.ConfigDict, model: models.DAN,
@@ -566,36 +690,34 @@ def _every(step: int, n: int) -> bool:
   return n > 0 and step % n == 0
 
 
-def _raise_if_not_finite(step: int, m: dict, manager: ocp.CheckpointManager) -> None:
-  """Raises NonFiniteLossError unless step's loss and gradient norm are finite."""
-  if bool(to_host(m["finite"])):
-    return
-  manager.wait_until_finished()
-  latest = manager.latest_step()
-  kept = (f"the last good checkpoint is step {latest} in {manager.directory}" if latest
-          is not None else "no checkpoint was saved")
-  raise NonFiniteLossError(
-      f"training stopped at step {step}: the loss ({float(to_host(m['loss']))}) or the "
-      f"gradient norm ({float(to_host(m['grad_norm']))}) is not finite; {kept} (not "
-      "overwritten). Lower config.learning_rate or check the data, then resume.")
-
-
 class PreemptionWatch:
-  """SIGTERM (what Cloud TPU, GKE and SLURM send before taking a machine) -> a clean stop.
+  """A coming preemption -> a clean stop: every process saves the same step and exits.
 
-  The handler only sets a flag; the loop asks `should_stop(step)` after every step and,
-  when it says so, saves a checkpoint of that step and returns. One process looks at its
-  own flag every step; several processes all-gather their flags every `every` steps
-  (all at the same steps), so that they all stop, and save, at the same step even when
-  only some of them got the signal. The handler is installed only from the main thread
-  (Python delivers signals there) and `close()` puts the previous one back.
+  Two sources, so that JAX's own handler is never replaced:
+  * with `jax.distributed` initialised (TPU pods, SLURM or GPU clusters launched with
+    --distributed), JAX's preemption service owns SIGTERM (and, on Cloud TPU, maintenance
+    events) and agrees on a step for all processes: `should_stop` asks
+    `multihost_utils.reached_preemption_sync_point` (what orbax's
+    `CheckpointManager.reached_preemption` asks) with a counter of its own calls, which
+    grows by one per loop iteration on every process even when rollbacks move the step
+    back;
+  * otherwise (one process, or the preemption service off) a Python SIGTERM handler sets
+    a flag. One process looks at it every step; several processes all-gather their flags
+    every `every` calls (all at the same calls), so that they all stop at the same step
+    even when only some of them got the signal. The handler is installed only from the
+    main thread (Python delivers signals there) and `close()` puts the previous one back.
   """
 
   def __init__(self, every: int = 10):
     self.requested = False
     self.every = max(int(every), 1)
+    self.calls = 0
+    self.source = "SIGTERM"
     self._previous = None
-    self._installed = threading.current_thread() is threading.main_thread()
+    self.jax_sync = bool(jax.distributed.is_initialized() and
+                         jax.config.jax_enable_preemption_service)
+    self._installed = (not self.jax_sync and
+                       threading.current_thread() is threading.main_thread())
     if self._installed:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
@@ -605,11 +727,18 @@ class PreemptionWatch:
 
   def should_stop(self, step: int) -> bool:
     """Whether every process stops after `step` (a collective call with several)."""
-    if jax.process_count() == 1:
+    del step  # the agreement is on calls, the same on every process
+    self.calls += 1
+    if not self.jax_sync and jax.process_count() == 1:
       return self.requested
-    if step % self.every:
-      return False
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    if self.jax_sync:
+      if multihost_utils.reached_preemption_sync_point(self.calls):
+        self.source = "JAX preemption notice"
+        return True
+      return False
+    if self.calls % self.every:
+      return False
     flags = multihost_utils.process_allgather(np.asarray(self.requested, np.int32))
     return bool(np.any(flags))
 
@@ -628,38 +757,155 @@ def _close(manager: Optional[ocp.CheckpointManager]) -> None:
   manager.close()
 
 
+def _state_template(spec: models.ModelSpec, model: models.DAN,
+                    tx: optax.GradientTransformation, use_ema: bool) -> TrainState:
+  """A state of the right shapes for restoring (values come from the checkpoint)."""
+  pca_shape = np.zeros((spec.kernel_size**2, spec.code_len), np.float32)
+  return create_train_state(models.init_variables(model, 0, pca_shape), tx, use_ema)
+
+
 def _initial_state(config: ml_collections.ConfigDict, spec: models.ModelSpec,
                    model: models.DAN, tx: optax.GradientTransformation,
-                   manager: ocp.CheckpointManager, sharding: NamedSharding) -> TrainState:
-  """The latest checkpoint's state, else a fresh one (new PCA or config.init_checkpoint)."""
-  use_ema = config.ema_decay > 0
+                   manager: ocp.CheckpointManager, sharding: NamedSharding
+                   ) -> tuple[TrainState, dict]:
+  """(state, meta) of the latest checkpoint, else a fresh state (new PCA or
+  config.init_checkpoint) and {}."""
   latest = manager.latest_step()
   if latest is not None:
-    _read_info(manager, latest, spec)
-    # Shapes only: the PCA and all values come from the checkpoint.
-    pca_shape = np.zeros((spec.kernel_size**2, spec.code_len), np.float32)
-    template = create_train_state(models.init_variables(model, 0, pca_shape), tx, use_ema)
+    meta = _read_info(manager, latest, spec)
     logging.info("resuming from %s/%d", manager.directory, latest)
-    return _restore(manager, latest, template, sharding)
+    template = _state_template(spec, model, tx, config.ema_decay > 0)
+    return _restore(manager, latest, template, sharding), meta
   variables = _initial_variables(config, model, spec)
-  return to_global(create_train_state(variables, tx, use_ema), sharding)
+  return to_global(create_train_state(variables, tx, config.ema_decay > 0), sharding), {}
+
+
+# ---------------------------------------------------------------------------------------
+# Recovery: rollbacks after non-finite stretches and collapses
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Recovery:
+  """What the run has done to recover; every checkpoint's meta holds it ('recovery').
+
+  A resumed run restores it with the state, so it repeats the same rollbacks bit for bit.
+  """
+  data_offset: int = 0  # = state.data_offset: batches passed over by rollbacks
+  rollbacks: int = 0  # rollbacks in all
+  streak: int = 0  # rollbacks since a checkpoint was saved past the last failure
+  failed_at: int = 0  # the furthest step at which a failure caused a rollback
+  best_psnr: Optional[float] = None  # best validation Y-PSNR so far (the collapse bar)
+  best_step: int = 0  # its step
+  good_step: int = 0  # the last step whose validation did not collapse
+
+  @classmethod
+  def from_meta(cls, meta: dict, step: int) -> "Recovery":
+    d = meta.get("recovery") or {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**dict({"good_step": step}, **{k: v for k, v in d.items() if k in names}))
+
+  def to_meta(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+def _rollback_target(managers: tuple, limit: int
+                     ) -> Optional[tuple[ocp.CheckpointManager, int]]:
+  """The newest checkpoint at or before `limit` in the managers (the first wins a tie)."""
+  found = None
+  for m in managers:
+    steps = [s for s in (m.all_steps() if m is not None else ()) if s <= limit]
+    if steps and (found is None or max(steps) > found[1]):
+      found = (m, max(steps))
+  return found
+
+
+def _diverged(kind: str, step: int, what: str, rec: Recovery, max_rollbacks: int,
+              target: Optional[tuple], directory: str) -> DivergedError:
+  """The error that ends a run whose rollbacks did not help: what happened, what to do."""
+  kept = (f"the last good checkpoint is step {target[1]} in {target[0].directory} (not "
+          "overwritten)" if target else f"no checkpoint to roll back to in {directory}")
+  tried = (f"after {rec.streak - 1} rollback(s) in a row (config.max_rollbacks = "
+           f"{max_rollbacks})" if target else "and there is nothing to roll back to")
+  if kind == "nonfinite":
+    advice = ("Lower config.learning_rate, set config.clip_grad_norm (e.g. 0.5) or check "
+              "the data")
+    cls = NonFiniteLossError
+  else:
+    advice = ("Lower config.learning_rate (or add config.lr_milestones earlier), set "
+              "config.clip_grad_norm (e.g. 0.5), or raise config.collapse_psnr_drop if "
+              "such drops are normal for this data")
+    cls = CollapseError
+  return cls(f"training stopped at step {step}: {what}, {tried}; {kept}. {advice}, then "
+             "run the same command (or raise config.max_rollbacks).")
+
+
+def _save(manager: ocp.CheckpointManager, step: int, state: TrainState,
+          spec: models.ModelSpec, meta: dict) -> None:
+  """Saves `step`; a checkpoint of that step already there (a rerun) is replaced."""
+  if step in manager.all_steps():
+    manager.wait_until_finished()
+    manager.delete(step)
+  manager.save(step, args=checkpoint.save_args(state.to_dict(), spec, meta), force=True)
+
+
+def _save_best(best_manager: ocp.CheckpointManager, manager: ocp.CheckpointManager,
+               step: int, state: TrainState, spec: models.ModelSpec, meta: dict) -> None:
+  """Saves the best checkpoint of `step`, after the latest checkpoint is complete on disk.
+
+  So a best checkpoint never exists without the latest checkpoint of its step: a run
+  killed in between resumes after that step. A best checkpoint of this or a later step
+  is from a rerun or an abandoned (rolled back) stretch and scored no better than this
+  one: it is replaced.
+  """
+  manager.wait_until_finished()
+  best_manager.wait_until_finished()
+  for s in best_manager.all_steps():
+    if s >= step:
+      best_manager.delete(s)
+  best_manager.save(step, args=checkpoint.save_args(state.to_dict(), spec, meta),
+                    force=True)
+
+
+# ---------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------
+
+
+def _window_scalars(host: list) -> dict:
+  """Means of a logging window's metrics over its finite steps, and the skip counters."""
+  good = [h for _, h in host if h["finite"]]
+  counters = ("finite", "skipped", "nonfinite_run")
+  out = {f"train/{k}": float(np.mean([h[k] for h in good]))
+         for k in host[0][1] if k not in counters} if good else {}
+  out["train/skipped_steps"] = host[-1][1]["skipped"]
+  out["train/skipped_in_window"] = float(sum(not h["finite"] for _, h in host))
+  return out
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains (resuming from WORKDIR/checkpoints if there are any), validates, logs.
 
+  Steps with a non-finite loss or gradient are skipped on the device. After
+  config.max_consecutive_nonfinite of them in a row, or when validation Y-PSNR falls
+  config.collapse_psnr_drop dB below the best so far, the run rolls back to the last good
+  checkpoint and moves the data stream past the failed batches (at most
+  config.max_rollbacks times in a row).
+
   Returns:
     Final figures: 'step', 'train_loss' (mean over the last logging window),
     'first_train_loss' (over the first window of this run), 'steps_per_sec' and
     'train_seconds' (this run's training steps, without the first step's compilation,
-    validation and checkpointing), 'wall_seconds', and with validation 'val_psnr_y',
+    validation and checkpointing), 'wall_seconds', 'skipped_steps' and 'rollbacks'
+    (of the whole run, resumes included), and with validation 'val_psnr_y',
     'val_ssim_y', 'bicubic_psnr_y', 'bicubic_ssim_y' (Y channel, uint8, crop_border =
     scale, on the final weights: the EMA ones when config.ema_decay > 0), and
-    'preempted': True when a SIGTERM stopped the run before num_train_steps (a
-    checkpoint of 'step' is then saved, and no final validation is run).
+    'preempted': True when a preemption stopped the run before num_train_steps (a
+    checkpoint of 'step' is then saved, and no final validation is run), with
+    'preempted_by' ('SIGTERM' or 'JAX preemption notice').
   Raises:
     TrainingError, input_pipeline.DataError, checkpoint.CheckpointError: user errors.
-    NonFiniteLossError: the loss or gradient became NaN/inf (the state is not saved).
+    DivergedError (NonFiniteLossError, CollapseError): rollbacks did not help.
   """
   start_time = time.perf_counter()
   spec = validate_config(config)
@@ -667,54 +913,71 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if not _is_int(preemption_every) or preemption_every <= 0:
     raise TrainingError("config.preemption_check_every_steps must be a positive integer, "
                         f"got {preemption_every!r}")
+  recovery_config = _recovery_fields(config)
+  max_nonfinite = int(recovery_config["max_consecutive_nonfinite"])
+  psnr_drop = float(recovery_config["collapse_psnr_drop"])
+  max_rollbacks = int(recovery_config["max_rollbacks"])
   workdir = _prepare_workdir(workdir)
   mesh = create_mesh()
   check_batch_size(config.batch_size, mesh)
   replicated, data_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   is_chief = jax.process_index() == 0
   model, learning_rate_fn, tx, p_train_step, p_eval_step = _step_functions(
-      spec, tuple(tuple(config[f]) if f == "lr_milestones" else config[f]
+      spec, tuple(tuple(config[f]) if f == "lr_milestones" else config.get(f, 0.0)
                   for f in _OPTIMIZER_FIELDS),
       mesh, float(config.kernel_loss_weight), bool(config.supervise_all_iterations),
-      float(config.ema_decay))
+      float(config.ema_decay), faults_from_config(config))
   use_ema = config.ema_decay > 0
   meta = {"config": checkpoint.config_json(config)}
   manager = checkpoint.create_manager(
       storage.join(workdir, checkpoint.CHECKPOINTS_SUBDIR),
       max_to_keep=int(config.keep_checkpoints), async_save=True)
-  best_manager = best_value = writer = None
+  best_manager = writer = None
   preemption, preempted_at = PreemptionWatch(preemption_every), None
   try:
-    state = _initial_state(config, spec, model, tx, manager, replicated)
+    state, resumed_meta = _initial_state(config, spec, model, tx, manager, replicated)
+    start_step, total = int(to_host(state.step)), int(config.num_train_steps)
+    rec = Recovery.from_meta(resumed_meta, start_step)
+    rec.data_offset = int(to_host(state.data_offset))
     if config.keep_best:  # "last N plus best": the best lives in its own manager
       best_manager = checkpoint.create_manager(
           storage.join(workdir, BEST_SUBDIR), max_to_keep=1, async_save=True)
-      if best_manager.latest_step() is not None:  # the bar a new best must pass
-        best_value = _read_info(best_manager, best_manager.latest_step(),
-                                spec).get(BEST_METRIC)
+      if rec.best_psnr is None and best_manager.latest_step() is not None:
+        # A checkpoint from before the 'recovery' meta: the bar is the best checkpoint's.
+        rec.best_psnr = _read_info(best_manager, best_manager.latest_step(),
+                                   spec).get(BEST_METRIC)
+        rec.best_step = best_manager.latest_step()
     pca = to_host(state.pca["matrix"])
-    start_step, total = int(to_host(state.step)), int(config.num_train_steps)
     # Data problems surface here, before any log is written.
     val = input_pipeline.create_validation_set(config, pca)
+
+    def train_batches(step: int) -> Iterator[dict]:
+      """The batches of steps step + 1, ... (the data stream moved by rollbacks)."""
+      return input_pipeline.create_train_iterator(config, pca,
+                                                  start_step=step + rec.data_offset)
+
     train_iter: Optional[Iterator[dict]] = None
     if start_step < total:
-      train_iter = input_pipeline.create_train_iterator(config, pca, start_step=start_step)
+      train_iter = train_batches(start_step)
     # TensorBoard files are written by TensorFlow's own file system (see README).
     writer = metric_writers.create_default_writer(
         config.get("tensorboard_dir") or workdir, just_logging=not is_chief)
     if is_chief:
       logging.info("%s x%d: %s parameters, %d device(s) on %d host(s), global batch %d, "
-                   "steps %d..%d", spec.version, spec.scale,
+                   "steps %d..%d%s", spec.version, spec.scale,
                    f"{models.count_params(state.params):,}", mesh.devices.size,
-                   jax.process_count(), config.batch_size, start_step, total)
+                   jax.process_count(), config.batch_size, start_step, total,
+                   f" (data offset {rec.data_offset}, {rec.rollbacks} rollback(s) so far)"
+                   if rec.rollbacks else "")
     result: dict = {} if val is None else bicubic_baseline(val, spec.scale)
-    report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer,
-                                             every_steps=config.log_every_steps,
-                                             every_secs=None)
+    new_report = lambda: periodic_actions.ReportProgress(
+        num_train_steps=total, writer=writer, every_steps=config.log_every_steps,
+        every_secs=None)
+    report = new_report()
     outputs = None
 
-    def run_validation(step: int) -> None:
-      nonlocal outputs, best_value
+    def run_validation(step: int) -> dict:
+      nonlocal outputs
       scores, outputs = evaluate(p_eval_step, state.variables(use_ema), val, spec.scale,
                                  replicated)
       result.update(scores)
@@ -724,24 +987,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.info("step %d: validation Y-PSNR %.2f dB, SSIM %.4f (bicubic %.2f dB, "
                      "%.4f)", step, scores["val_psnr_y"], scores["val_ssim_y"],
                      result["bicubic_psnr_y"], result["bicubic_ssim_y"])
-      if best_manager is not None and (best_value is None or
-                                       scores[BEST_METRIC] > best_value):
-        best_value = scores[BEST_METRIC]
-        best_manager.save(step, args=checkpoint.save_args(
-            state.to_dict(), spec, dict(meta, step=step, **scores)), force=True)
+      return scores
+
+    def rollback(step: int, kind: str, what: str, limit: int) -> tuple[TrainState, int]:
+      """Restores the newest checkpoint at or before `limit`; returns (state, its step)."""
+      rec.streak += 1
+      for m in (manager, best_manager):  # every save complete: all_steps() is the truth
+        if m is not None:
+          m.wait_until_finished()
+      target = _rollback_target((manager, best_manager), limit)
+      if target is None or rec.streak > max_rollbacks:
+        raise _diverged(kind, step, what, rec, max_rollbacks, target,
+                        storage.join(workdir, checkpoint.CHECKPOINTS_SUBDIR))
+      source, to_step = target
+      skipped = to_host(state.skipped)  # kept across rollbacks: the run's total
+      for s in manager.all_steps():  # newer ones hold the collapse: never resume them
+        if s > to_step:
+          manager.delete(s)
+      restored = _restore(source, to_step, _state_template(spec, model, tx, use_ema),
+                          replicated)
+      rec.rollbacks += 1
+      rec.failed_at = max(rec.failed_at, step)
+      rec.data_offset += step - to_step
+      rec.good_step = to_step
+      restored = restored.replace(
+          data_offset=to_global(np.asarray(rec.data_offset, np.int32), replicated),
+          nonfinite_run=to_global(np.zeros((), np.int32), replicated),
+          skipped=to_global(np.asarray(skipped, np.int32), replicated))
+      if is_chief:
+        logging.warning(
+            "step %d: %s; rollback %d (%d in a row, config.max_rollbacks = %d): restored "
+            "%s/%d and moved the data stream past %d batches (data offset now %d)", step,
+            what, rec.rollbacks, rec.streak, max_rollbacks, source.directory, to_step,
+            step - to_step, rec.data_offset)
+      writer.write_scalars(step, {"recovery/rollbacks": rec.rollbacks,
+                                  f"recovery/{kind}_rollback_to_step": to_step})
+      return restored, to_step
 
     window: list = []  # (step, device metrics) since the last log
-    pending = None  # (step, device metrics) whose finiteness is checked one step late
     first_loss = last_loss = None
+    skipped_total = int(to_host(state.skipped))
     timed_steps, timed_since, paused = 0, None, 0.0  # throughput, compilation excluded
     window_timed, window_start, window_paused = 0, time.perf_counter(), 0.0
-    for step in range(start_step + 1, total + 1):
+    step = start_step
+    while step < total:
+      step += 1
       batch = to_global(next(train_iter), data_sharding)
       state, step_metrics = p_train_step(state, batch)
-      if pending is not None:  # the device runs this step while we check the last one
-        _raise_if_not_finite(*pending, manager)
-      pending = (step, step_metrics)
-      window.append(pending)
+      window.append((step, step_metrics))  # read once per window: no sync per step
       report(step)
       if timed_since is None:  # the first step compiles: time from its end
         jax.block_until_ready(step_metrics)
@@ -750,55 +1043,89 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         timed_steps += 1
         window_timed += 1
       pause_start = time.perf_counter()
+      failure = None  # (kind, what, newest step a rollback may go to)
       if _every(step, config.log_every_steps) or step == total:
         host = [(s, {k: float(to_host(v)) for k, v in m.items()}) for s, m in window]
-        for (s, h), (_, m) in zip(host, window):
-          if not h["finite"]:
-            _raise_if_not_finite(s, m, manager)
-        scalars = {f"train/{k}": float(np.mean([h[k] for _, h in host]))
-                   for k in host[0][1] if k != "finite"}
+        scalars = _window_scalars(host)
         elapsed = time.perf_counter() - window_start - window_paused
         if window_timed and elapsed > 0:
           scalars["train/steps_per_sec"] = window_timed / elapsed
           scalars["train/samples_per_sec"] = window_timed * config.batch_size / elapsed
         scalars["train/learning_rate"] = float(learning_rate_fn(step - 1))
         writer.write_scalars(step, scalars)
-        last_loss = scalars["train/loss"]
-        first_loss = last_loss if first_loss is None else first_loss
+        skipped_total = int(scalars["train/skipped_steps"])
+        run = int(host[-1][1]["nonfinite_run"])
+        if "train/loss" in scalars:
+          last_loss = scalars["train/loss"]
+          first_loss = last_loss if first_loss is None else first_loss
         if is_chief:
-          logging.info("step %d/%d: loss %.4f (l_pix%d %.4f), lr %.2e%s", step, total,
-                       last_loss, spec.loops - 1, scalars[f"train/l_pix{spec.loops - 1}"],
-                       scalars["train/learning_rate"],
-                       f", {scalars['train/steps_per_sec']:.2f} steps/s"
-                       if "train/steps_per_sec" in scalars else "")
+          skipped = int(scalars["train/skipped_in_window"])
+          logging.info(
+              "step %d/%d: %s, lr %.2e%s%s", step, total,
+              f"loss {last_loss:.4f} (l_pix{spec.loops - 1} "
+              f"{scalars[f'train/l_pix{spec.loops - 1}']:.4f})" if "train/loss" in scalars
+              else "no finite loss", scalars["train/learning_rate"],
+              f", {scalars['train/steps_per_sec']:.2f} steps/s"
+              if "train/steps_per_sec" in scalars else "",
+              f", {skipped} step(s) skipped (non-finite loss or gradient; {skipped_total} "
+              "in all)" if skipped else "")
         window, window_timed, window_paused = [], 0, 0.0
         window_start = pause_start = time.perf_counter()
-      if val is not None and (_every(step, config.eval_every_steps) or step == total):
-        run_validation(step)
-        if _every(step, config.image_every_steps) or step == total:
-          writer.write_images(step, summary_images(val, outputs, pca, spec.scale))
+        # Stuck: no update applies any more (or the run ends in a skipped stretch).
+        if max_nonfinite and (run >= max_nonfinite or (step == total and run > 0)):
+          failure = ("nonfinite", f"the loss or gradient is not finite for {run} "
+                     "consecutive steps (skipped)", step)
+      new_best = None
+      if failure is None and val is not None and (_every(step, config.eval_every_steps)
+                                                  or step == total):
+        scores = run_validation(step)
+        value = scores[BEST_METRIC]
+        if psnr_drop and rec.best_psnr is not None and value < rec.best_psnr - psnr_drop:
+          failure = ("collapse", f"validation Y-PSNR collapsed to {value:.2f} dB, "
+                     f"{rec.best_psnr - value:.2f} dB below the best ({rec.best_psnr:.2f} dB "
+                     f"at step {rec.best_step}; config.collapse_psnr_drop = {psnr_drop})",
+                     rec.good_step)
+        else:
+          rec.good_step = step
+          if rec.best_psnr is None or value > rec.best_psnr:
+            rec.best_psnr, rec.best_step = value, step
+            new_best = scores
+          if _every(step, config.image_every_steps) or step == total:
+            writer.write_images(step, summary_images(val, outputs, pca, spec.scale))
+      if failure is not None:
+        state, step = rollback(step, *failure)
+        train_iter = train_batches(step)
+        report = new_report()
+        window, window_timed = [], 0
+        window_start = time.perf_counter()
+        paused += window_start - pause_start
+        window_paused = 0.0
+        continue
       if _every(step, config.checkpoint_every_steps) or step == total:
-        _raise_if_not_finite(*pending, manager)  # never save a NaN state
-        # The input pipeline is stateless: its position is the step.
-        manager.save(step, args=checkpoint.save_args(
-            state.to_dict(), spec, dict(meta, step=step, data_position=step)), force=True)
+        if step > rec.failed_at:  # a checkpoint past the last failure: progress
+          rec.streak = 0
+        _save(manager, step, state, spec, dict(meta, step=step,
+                                               data_position=step + rec.data_offset,
+                                               recovery=rec.to_meta()))
+      if new_best is not None and best_manager is not None:
+        _save_best(best_manager, manager, step, state, spec,
+                   dict(meta, step=step, recovery=rec.to_meta(), **new_best))
       pause = time.perf_counter() - pause_start
       paused += pause
       window_paused += pause
       if step < total and preemption.should_stop(step):
-        _raise_if_not_finite(*pending, manager)
         if not _every(step, config.checkpoint_every_steps):
-          manager.save(step, args=checkpoint.save_args(
-              state.to_dict(), spec, dict(meta, step=step, data_position=step)), force=True)
+          _save(manager, step, state, spec, dict(meta, step=step,
+                                                 data_position=step + rec.data_offset,
+                                                 recovery=rec.to_meta()))
         manager.wait_until_finished()  # complete on disk before the process may go
         preempted_at = step
         if is_chief:
           logging.warning("preempted at step %d; checkpoint saved (%s/%d): run the same "
-                          "command to resume", step, manager.directory, step)
+                          "command to resume (stopped by %s)", step, manager.directory,
+                          step, preemption.source)
         break
     loop_end = time.perf_counter()
-    if pending is not None:
-      _raise_if_not_finite(*pending, manager)
     if val is not None and outputs is None and preempted_at is None:  # nothing to train
       run_validation(int(to_host(state.step)))
   finally:
@@ -812,12 +1139,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     write_sr_images(storage.join(workdir, VAL_SUBDIR), val, outputs, spec.scale)
   train_seconds = loop_end - timed_since - paused if timed_since else 0.0
   result.update(step=int(to_host(state.step)), train_seconds=train_seconds,
-                wall_seconds=time.perf_counter() - start_time)
+                wall_seconds=time.perf_counter() - start_time,
+                skipped_steps=skipped_total, rollbacks=rec.rollbacks)
   if timed_steps and train_seconds > 0:
     result["steps_per_sec"] = timed_steps / train_seconds
   if last_loss is not None:
     result.update(train_loss=last_loss, first_train_loss=first_loss)
   if preempted_at is not None:
-    result["preempted"] = True
+    result.update(preempted=True, preempted_by=preemption.source)
   writer.close()
   return result
