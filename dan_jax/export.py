@@ -240,7 +240,7 @@ class _Spec:
   scale: int
 
 
-def _runner(fmt: str, path: epath.Path) -> Callable[[np.ndarray], dict]:
+def load_runner(fmt: str, path: epath.Path) -> Callable[[np.ndarray], dict]:
   """Loads an artifact back with its own runtime; returns lr -> {name: np.ndarray}."""
   if fmt == "stablehlo":
     exported = jax.export.deserialize(bytearray(path.read_bytes()))
@@ -444,7 +444,7 @@ def export(checkpoint: str, out: str, formats: Sequence[str], *,
       else:
         path.write_bytes(onnx_bytes(fn, spec.in_nc, input_dtype, names))
       seconds = time.perf_counter() - start
-      run = _runner(fmt, path)
+      run = load_runner(fmt, path)
       diffs = {k: 0.0 for k in names}
       for x in images:
         want = jax.device_get(reference(x))
