@@ -64,7 +64,7 @@ TOLERANCE = {"float32": 1e-3, "bfloat16": 3e-2, "float16": 1e-2}
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
 EXTRA_HINT = ('pip install "dan_jax[export]" && pip install --no-deps '
               '"jax2onnx>=0.17.1,<0.18"')
-# Original jnp.shape, taken before jax2onnx patches it (see _onnx_bytes).
+# Original jnp.shape, taken before jax2onnx patches it (see onnx_bytes).
 _JNP_SHAPE = jnp.shape
 
 
@@ -212,13 +212,17 @@ class ExportedPredictor:
     try:
       self.manifest = json.loads((d / MANIFEST).read_text())
       blob = (d / self.manifest["artifacts"]["stablehlo"]["file"]).read_bytes()
-    except (OSError, KeyError, ValueError) as e:
-      raise ExportError(f"{directory} holds no StableHLO export (write one with "
-                        f"`python -m dan_jax.export --format stablehlo`): {e}") from e
-    self.exported = jax.export.deserialize(bytearray(blob))
-    if jax.default_backend() not in self.exported.platforms:
+      self.exported = jax.export.deserialize(bytearray(blob))
+    except Exception as e:  # a missing or foreign manifest, a truncated artifact
+      raise ExportError(f"{directory} holds no readable StableHLO export (write one "
+                        "with `python -m dan_jax.export --format stablehlo`): "
+                        f"{type(e).__name__}: {e}") from e
+    here = jax.default_backend()
+    if not ({here} | ({"cuda", "rocm"} if here == "gpu" else set())) & set(
+        self.exported.platforms):
       raise ExportError(f"{directory}: the StableHLO artifact was exported for "
-                        f"{list(self.exported.platforms)}, not {jax.default_backend()}")
+                        f"{list(self.exported.platforms)}, not {here} (export again "
+                        f"with --platforms {here})")
     config = self.manifest["model_config"]
     self.spec = _Spec(config["version"], int(config["scale"]))
     self.step = self.manifest.get("step", 0)

@@ -1,9 +1,12 @@
 """Super-resolve images with a trained or converted DAN checkpoint.
 
   python -m dan_jax.infer --checkpoint DIR --input PATH_OR_FOLDER --output FOLDER
+  python -m dan_jax.infer --exported DIR --input ... --output ...   # a dan_jax.export dir
 
 `--checkpoint` is a training workdir (its latest checkpoint), one step's directory, or a
 converted official checkpoint; the model config is stored with every checkpoint.
+`--exported` runs the StableHLO artifact of `python -m dan_jax.export` instead (whole
+images; no model code, same results).
 
 Whole-image inference (default) runs the model's full alternating loop on each image, as
 the official `inference.py` does: the SR image is the last iteration's, the kernel (DANv2)

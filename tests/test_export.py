@@ -150,6 +150,14 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
                       "--format", "tflite", "--size", "12by5"]) == 2
   assert "--size must be HxW" in _one_error_line(capsys.readouterr().err)
   assert not out.exists()
+  src = tmp_path / "a.png"
+  Image.fromarray(data.chelsea()[:8, :8]).save(src)
+  args = ["--input", str(src), "--output", str(tmp_path / "sr")]
+  assert infer.main(["--exported", str(tmp_path)] + args) == 2
+  assert "holds no readable StableHLO export" in _one_error_line(capsys.readouterr().err)
+  assert infer.main(["--exported", str(tmp_path), "--checkpoint", str(tmp_path)] + args) == 2
+  assert "exactly one of" in _one_error_line(capsys.readouterr().err)
+  assert not (tmp_path / "sr").exists()
 
 
 def test_missing_package_names_the_extra(monkeypatch):
