@@ -474,10 +474,11 @@ def export(checkpoint: str, out: str, formats: Sequence[str], *,
                         "earlier artifacts are kept") from e
     checked = [list(x.shape) for x in images]
     line = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
-    log(f"{fmt}: max |difference| from model.apply on {len(images)} photographs "
-        f"{checked}: {line} (tolerance {tol:g})")
     relative = {k: diffs[k] / scales[k] for k in names}
     worst = max(relative.values())
+    log(f"{fmt}: max |difference| from model.apply on {len(images)} photographs "
+        f"{checked}: {line}; relative to max(1, max |output|): {worst:.2e} (tolerance "
+        f"{tol:g})")
     if not np.isfinite(worst) or worst > tol:
       _remove(path)
       raise ExportError(f"{fmt}: the artifact differs from model.apply by {worst:.3g} "
