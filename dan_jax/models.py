@@ -123,8 +123,10 @@ def constant_channels_conv(const: Array, kernel: Array, height: int, width: int,
   k = kernel.shape[0]
 
   def inside(n):  # [n, k]: does tap i of output position y read a real pixel?
-    pos = np.arange(n)[:, None] + np.arange(k)[None, :] - padding
-    return jnp.asarray((pos >= 0) & (pos < n), const.dtype)
+    # iota rather than np.arange: n may be a symbolic dimension (jax.export, dan_jax.export).
+    pos = (jax.lax.broadcasted_iota(jnp.int32, (n, k), 0) +
+           jax.lax.broadcasted_iota(jnp.int32, (n, k), 1) - padding)
+    return ((pos >= 0) & (pos < n)).astype(const.dtype)
 
   per_tap = jnp.einsum("bc,ijco->bijo", const, kernel.astype(const.dtype))
   rows = jnp.einsum("wj,bijo->biwo", inside(width), per_tap)
