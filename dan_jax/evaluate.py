@@ -508,6 +508,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   """The command line; returns the exit status (0 ok, 1 some images failed, 2 fatal)."""
   args = _build_parser().parse_args(argv)
   log = lambda msg: print(msg, file=sys.stderr)
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  # Before JAX starts: XLA:CPU flag on CPU-only hosts; TensorFlow (Gaussian8 synthesis)
+  # kept off the accelerators.
+  runtime.setup_entry_point()
   from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from dan_jax import infer  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()

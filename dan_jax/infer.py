@@ -429,6 +429,8 @@ class Predictor:
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
   """Alpha channel [H, W] -> [sH, sW] with MATLAB bicubic, clipped to [0, 1]."""
   from dan_jax import degradation  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.hide_accelerators_from_tensorflow()  # before TensorFlow's first op
   up = degradation.imresize(np.asarray(alpha, np.float32)[..., None], scale).numpy()[..., 0]
   return np.clip(up, 0.0, 1.0)
 
@@ -523,6 +525,10 @@ def _build_parser():
 def main(argv: Optional[list[str]] = None) -> int:
   """The command line; returns the exit status (0 ok, 1 some images failed, 2 fatal)."""
   args = _build_parser().parse_args(argv)
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  # Before JAX starts. TensorFlow is imported only for alpha channels (upscale_alpha,
+  # which hides the accelerators from it first), so it is not imported here.
+  runtime.setup_entry_point(tensorflow=False)
   from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   try:
     inputs, skipped = list_inputs(args.input)
