@@ -56,6 +56,7 @@ from dan_jax import image_io
 from dan_jax import input_pipeline
 from dan_jax import metrics
 from dan_jax import models
+from dan_jax import parallel
 
 BEST_SUBDIR = "checkpoints_best"
 VAL_SUBDIR = "val"
@@ -229,29 +230,18 @@ def eval_step(variables: dict, lr: jax.Array, *, model: models.DAN
 # ---------------------------------------------------------------------------------------
 
 
-def create_mesh(devices: Optional[list] = None) -> Mesh:
-  """A 1-D mesh with axis 'data' over `devices` (default: every device of every host)."""
-  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+# These live in dan_jax.parallel; the names stay importable from train.
+create_mesh = parallel.create_mesh
+to_global = parallel.to_global
+to_host = parallel.to_host
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-  """Fails fast when the global batch cannot be split evenly over devices and hosts."""
-  n = mesh.devices.size
-  hosts = len({d.process_index for d in mesh.devices.flat})
-  if batch_size % n or batch_size % hosts:
-    raise TrainingError(f"config.batch_size = {batch_size} does not divide over the {n} "
-                        f"devices (of {hosts} host(s)): use a multiple of {n}")
-
-
-def to_global(tree: Any, sharding: NamedSharding) -> Any:
-  """Host-local numpy arrays -> global jax.Arrays (sharded or replicated)."""
-  return jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
-
-
-def to_host(x: jax.Array) -> np.ndarray:
-  """A fully replicated global array as numpy (works on every host)."""
-  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+  """Fails fast (TrainingError) when the global batch cannot be split over the mesh."""
+  try:
+    parallel.check_batch_size(batch_size, mesh)
+  except parallel.ShardingError as e:
+    raise TrainingError(str(e)) from e
 
 
 def make_train_step(model: models.DAN, tx: optax.GradientTransformation, mesh: Mesh, *,
@@ -267,9 +257,11 @@ def make_train_step(model: models.DAN, tx: optax.GradientTransformation, mesh: M
 
 
 def make_eval_step(model: models.DAN, mesh: Mesh) -> Callable:
-  """`eval_step` jitted over the mesh; single images run replicated (one compile per size)."""
+  """`eval_step` jitted over the mesh: variables replicated, images sharded over 'data'
+  (one compile per image size); outputs gathered (replicated) for the host."""
   replicated = NamedSharding(mesh, P())
-  return jax.jit(functools.partial(eval_step, model=model), in_shardings=replicated,
+  return jax.jit(functools.partial(eval_step, model=model),
+                 in_shardings=(replicated, NamedSharding(mesh, P("data"))),
                  out_shardings=replicated)
 
 
@@ -502,17 +494,31 @@ def evaluate(eval_fn: Callable, variables: dict, val: dict, scale: int,
              sharding: NamedSharding) -> tuple[dict, list]:
   """Validation Y-PSNR/SSIM (uint8, crop_border=scale); returns (metrics, outputs).
 
+  Same-sized images go through `eval_fn` together, as many per call as `sharding`'s mesh
+  has devices (one image per device; the last call padded by repetition, the padding
+  dropped): every host holds all validation images, so this is exact.
   outputs[i] = (sr uint8 [H,W,3], code [L], kernel [k,k] or None) of image i.
   """
-  psnr, ssim, outputs = [], [], []
-  for lr, hr in zip(val["lr"], val["hr"]):
-    sr, code, kernel = eval_fn(variables, to_global(lr[None], sharding))
-    sr = metrics.to_uint8(to_host(sr)[0])
+  n_dev = sharding.mesh.devices.size
+  results: list = [None] * len(val["lr"])
+  by_shape: dict = {}
+  for i, lr in enumerate(val["lr"]):
+    by_shape.setdefault(np.shape(lr), []).append(i)
+  for idx in by_shape.values():
+    for start in range(0, len(idx), n_dev):
+      part = idx[start:start + n_dev]
+      lrs = parallel.pad_batch(np.stack([val["lr"][i] for i in part]), n_dev)
+      sr, code, kernel = eval_fn(variables, parallel.global_from_full(lrs, sharding))
+      sr, code = to_host(sr), to_host(code)
+      kernel = None if kernel is None else to_host(kernel)
+      for j, i in enumerate(part):
+        results[i] = (metrics.to_uint8(sr[j]), code[j], None if kernel is None else kernel[j])
+  psnr, ssim = [], []
+  for (sr, _, _), hr in zip(results, val["hr"]):
     gt = metrics.to_uint8(hr)
     psnr.append(metrics.psnr_y(sr, gt, crop_border=scale))
     ssim.append(metrics.ssim_y(sr, gt, crop_border=scale))
-    outputs.append((sr, to_host(code)[0], None if kernel is None else to_host(kernel)[0]))
-  return {"val_psnr_y": metrics.average(psnr), "val_ssim_y": metrics.average(ssim)}, outputs
+  return {"val_psnr_y": metrics.average(psnr), "val_ssim_y": metrics.average(ssim)}, results
 
 
 def _display_kernel(kernel: np.ndarray, size: int = 128) -> np.ndarray:
@@ -711,7 +717,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def run_validation(step: int) -> None:
       nonlocal outputs, best_value
       scores, outputs = evaluate(p_eval_step, state.variables(use_ema), val, spec.scale,
-                                 replicated)
+                                 data_sharding)
       result.update(scores)
       writer.write_scalars(step, {"val/" + k.replace("val_", ""): v
                                   for k, v in result.items() if k.endswith("_y")})
