@@ -57,6 +57,7 @@ from dan_jax import input_pipeline
 from dan_jax import metrics
 from dan_jax import models
 from dan_jax import parallel
+from dan_jax import runtime
 
 BEST_SUBDIR = "checkpoints_best"
 VAL_SUBDIR = "val"
@@ -244,23 +245,36 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     raise TrainingError(str(e)) from e
 
 
+def _at_precision(fn: Callable, precision: str) -> Callable:
+  """fn traced at the matmul/conv precision `precision` (runtime.PRECISIONS)."""
+  runtime.check_precision(precision)
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with runtime.precision_scope(precision):
+      return fn(*args, **kwargs)
+  return wrapped
+
+
 def make_train_step(model: models.DAN, tx: optax.GradientTransformation, mesh: Mesh, *,
                     kernel_loss_weight: float = 1.0, supervise_all: bool = False,
-                    ema_decay: float = 0.0) -> Callable:
-  """`train_step` jitted over the mesh: state replicated (and donated), batch sharded."""
+                    ema_decay: float = 0.0, precision: str = "default") -> Callable:
+  """`train_step` jitted over the mesh: state replicated (and donated), batch sharded;
+  matmuls/convolutions at `precision` ("default" or "highest", config.matmul_precision)."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   fn = functools.partial(train_step, model=model, tx=tx,
                          kernel_loss_weight=float(kernel_loss_weight),
                          supervise_all=bool(supervise_all), ema_decay=float(ema_decay))
-  return jax.jit(fn, in_shardings=(replicated, data), out_shardings=(replicated, replicated),
-                 donate_argnums=0)
+  return jax.jit(_at_precision(fn, precision), in_shardings=(replicated, data),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def make_eval_step(model: models.DAN, mesh: Mesh) -> Callable:
+def make_eval_step(model: models.DAN, mesh: Mesh, precision: str = "highest") -> Callable:
   """`eval_step` jitted over the mesh: variables replicated, images sharded over 'data'
-  (one compile per image size); outputs gathered (replicated) for the host."""
+  (one compile per image size); outputs gathered (replicated) for the host. Float32
+  precision by default, so validation numbers are the protocol's on every platform."""
   replicated = NamedSharding(mesh, P())
-  return jax.jit(functools.partial(eval_step, model=model),
+  return jax.jit(_at_precision(functools.partial(eval_step, model=model), precision),
                  in_shardings=(replicated, NamedSharding(mesh, P("data"))),
                  out_shardings=replicated)
 
@@ -271,7 +285,8 @@ _OPTIMIZER_FIELDS = ("learning_rate", "lr_milestones", "lr_gamma", "adam_b1", "a
 
 @functools.lru_cache(maxsize=8)
 def _step_functions(spec: models.ModelSpec, optimizer: tuple, mesh: Mesh,
-                    kernel_loss_weight: float, supervise_all: bool, ema_decay: float):
+                    kernel_loss_weight: float, supervise_all: bool, ema_decay: float,
+                    precision: str = "default"):
   """(model, lr schedule, tx, jitted train step, jitted eval step), built once per setup.
 
   Reusing the jitted functions lets repeated `train_and_evaluate` calls in one process
@@ -282,26 +297,30 @@ def _step_functions(spec: models.ModelSpec, optimizer: tuple, mesh: Mesh,
   tx = create_optimizer(fields, learning_rate_fn)
   model = models.create_model(spec)
   p_train_step = make_train_step(model, tx, mesh, kernel_loss_weight=kernel_loss_weight,
-                                 supervise_all=supervise_all, ema_decay=ema_decay)
+                                 supervise_all=supervise_all, ema_decay=ema_decay,
+                                 precision=precision)
   return model, learning_rate_fn, tx, p_train_step, make_eval_step(model, mesh)
 
 
-def benchmark_step(model: models.DAN, variables: dict, batch: dict
+def benchmark_step(model: models.DAN, variables: dict, batch: dict, *,
+                   precision: str = "default", devices: Optional[list] = None
                    ) -> tuple[Callable, TrainState, dict]:
   """(jitted train step, device state, device batch) with the official optimizer.
 
-  For benchmarks: `step(state, batch) -> (state, metrics)`; the mesh spans every device
-  the batch divides over (else the first device).
+  For benchmarks: `step(state, batch) -> (state, metrics)`; the mesh spans `devices`
+  (default: every device the batch divides over, else the first device).
   """
   config = ml_collections.ConfigDict(dict(
       learning_rate=4e-4, lr_milestones=(), lr_gamma=0.5, adam_b1=0.9, adam_b2=0.99,
       weight_decay=0.0))
   tx = create_optimizer(config, create_learning_rate_fn(config))
   b = len(batch["lr"])
-  devices = jax.devices()
-  mesh = create_mesh(devices if b % len(devices) == 0 else devices[:1])
+  if devices is None:
+    devices = jax.devices()
+    devices = devices if b % len(devices) == 0 else devices[:1]
+  mesh = create_mesh(devices)
   state = to_global(create_train_state(variables, tx), NamedSharding(mesh, P()))
-  return (make_train_step(model, tx, mesh), state,
+  return (make_train_step(model, tx, mesh, precision=precision), state,
           to_global(batch, NamedSharding(mesh, P("data"))))
 
 
@@ -362,6 +381,13 @@ def validate_config(config: ml_collections.ConfigDict) -> models.ModelSpec:
        f"an integer >= model.code_len ({spec.code_len})")
   need(spec.code_len <= spec.kernel_size**2, "model.code_len",
        f"at most kernel_size^2 = {spec.kernel_size**2}")
+  need(config.get("matmul_precision", "default") in ("default", "highest"),
+       "matmul_precision", '"default" or "highest" (bfloat16 activations: model.dtype)')
+  if spec.conv_backward == "gemm" and jax.default_backend() != "cpu":
+    raise TrainingError(
+        f"config.model.conv_backward = 'gemm' is for the CPU only (this run is on "
+        f"{jax.default_backend()}, where it becomes a convolution with a whole-image "
+        "window): use 'auto' or 'xla'")
   return spec
 
 
@@ -679,7 +705,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       spec, tuple(tuple(config[f]) if f == "lr_milestones" else config[f]
                   for f in _OPTIMIZER_FIELDS),
       mesh, float(config.kernel_loss_weight), bool(config.supervise_all_iterations),
-      float(config.ema_decay))
+      float(config.ema_decay), config.get("matmul_precision", "default"))
   use_ema = config.ema_decay > 0
   meta = {"config": checkpoint.config_json(config)}
   manager = checkpoint.create_manager(
