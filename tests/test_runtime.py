@@ -119,3 +119,21 @@ def test_infer_precision_flag_refuses_unknown_values(tmp_path, capsys):
     infer.main(["--checkpoint", str(tmp_path), "--input", str(tmp_path), "--output",
                 str(tmp_path / "o"), "--precision", "fp16"])
   assert e.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
+
+
+def test_predictor_precisions():
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from dan_jax import models  # pylint: disable=import-outside-toplevel
+  config = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11,
+                code_len=10, estimator_nf=8, estimator_nb=1)
+  pca = np.linalg.qr(np.random.default_rng(0).normal(size=(121, 10)))[0]
+  variables = models.init_variables(models.create_model(config), 0, pca)
+  lr = np.random.default_rng(1).uniform(size=(12, 10, 3)).astype(np.float32)
+  full = infer.Predictor(config, variables).predict(lr)
+  half = infer.Predictor(config, variables, precision="bfloat16")
+  assert half.spec.dtype == np.dtype("bfloat16") and half.num_devices == 1
+  got = half.predict(lr)
+  assert got.sr.dtype == np.float32
+  assert 0 < np.abs(got.sr - full.sr).max() < 0.05  # bfloat16 ran, and stayed close
+  with pytest.raises(infer.InferenceError, match="precision must be one of"):
+    infer.Predictor(config, variables, precision="fp8")
