@@ -13,7 +13,12 @@ import os
 import time
 
 import numpy as np
-import tensorflow as tf
+
+from dan_jax import runtime
+
+runtime.hide_accelerators_from_tensorflow()  # TensorFlow's ops here stay on the CPU
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dan_jax import degradation
 

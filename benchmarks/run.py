@@ -24,9 +24,15 @@ import sys
 import time
 from typing import Any, Callable
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+from dan_jax import runtime
+
+# Before JAX starts: XLA:CPU flag on CPU-only hosts (what RESULTS.md measured), TensorFlow
+# (input-pipeline benchmark) off the accelerators.
+runtime.setup_entry_point()
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dan_jax import models
 from dan_jax import train

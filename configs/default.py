@@ -48,7 +48,9 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   model.estimator_nb = 5  # Estimator blocks (fixed to 5 officially)
   model.scan_unroll = 1  # unroll factor of the nn.scan over iterations (XLA:CPU likes >1)
   model.dtype = "float32"  # compute dtype: "float32" or "bfloat16" (params stay float32)
-  model.conv_backward = "auto"  # conv kernel gradients: "gemm" (fast on CPU), "xla", "auto"
+  # Conv kernel gradients: "gemm" (one GEMM per conv: fast on CPU; refused on GPU/TPU, where
+  # it would be a convolution with a whole-image window), "xla", "auto" (gemm on CPU only).
+  model.conv_backward = "auto"
 
   # ---- Degradation synthesis (dan_jax.degradation.KernelSpec + noise) ----
   config.degradation = deg = ml_collections.ConfigDict()
@@ -116,6 +118,14 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   config.kernel_loss_weight = 1.0  # weight of the kernel term (v1: L1 on code; v2: on kernel)
   config.supervise_all_iterations = False  # official: only the last iteration's loss
   config.ema_decay = 0.0  # EMA of the weights (0: off; e.g. 0.999); evaluated with when on
+  # Precision of the training step's float32 matmuls/convolutions: "default" (the platform's
+  # fast path: one bf16 pass on TPU, TF32 on Ampere+ GPUs, float32 on CPU) or "highest"
+  # (float32 everywhere, ~3-6x slower on TPU/GPU). Default "default": SGD noise dwarfs the
+  # ~1e-3 relative rounding of one pass (PyTorch also trains convolutions in TF32 by
+  # default, torch.backends.cudnn.allow_tf32), and benchmarks/accelerator_check.py
+  # measures the gradient and loss-curve gap on a device. Validation in training and
+  # evaluate/infer always run at "highest". bfloat16 activations: model.dtype.
+  config.matmul_precision = "default"
 
   # ---- Loop, checkpoints, logs ----
   config.log_every_steps = 100  # scalars to TensorBoard

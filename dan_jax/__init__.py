@@ -1,7 +1,7 @@
-"""dan_jax: DAN (deep alternating network) blind super-resolution in JAX/Flax."""
+"""dan_jax: DAN (deep alternating network) blind super-resolution in JAX/Flax.
 
-from dan_jax import xla_cpu as _xla_cpu
-
-_xla_cpu.configure()  # before any JAX backend starts: see dan_jax/xla_cpu.py
+Importing dan_jax changes no process setting; command lines call
+`dan_jax.runtime.setup_entry_point()` (see dan_jax/xla_cpu.py for the CPU opt-in).
+"""
 
 __version__ = "0.1.0"

@@ -509,7 +509,13 @@ def _build_parser():
   p.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
                  help="use the EMA weights when the checkpoint has them (default: yes)")
   p.add_argument("--batch_size", type=int, default=8,
-                 help="same-sized images per device call")
+                 help="same-sized images per call, sharded over all devices (rounded up to "
+                      "a multiple of the device count)")
+  p.add_argument("--precision", default="highest", choices=("highest", "default", "bfloat16"),
+                 help="matmul/convolution precision: highest (default) = float32 on every "
+                      "platform, the paper protocol's numbers; default = the platform's fast "
+                      "float32 (one bf16 pass on TPU, TF32 on GPU); bfloat16 = bfloat16 "
+                      "activations")
   p.add_argument("--pad_to_multiple", type=int, default=0,
                  help="pad LR to a multiple of N to share compilations (APPROXIMATE)")
   p.add_argument("--tile", type=int, default=0,
@@ -523,6 +529,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   """The command line; returns the exit status (0 ok, 1 some images failed, 2 fatal)."""
   args = _build_parser().parse_args(argv)
   log = lambda msg: print(msg, file=sys.stderr)
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  # Before JAX starts: XLA:CPU flag on CPU-only hosts; TensorFlow (Gaussian8 synthesis)
+  # kept off the accelerators.
+  runtime.setup_entry_point()
   from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from dan_jax import infer  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
@@ -543,7 +553,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     predictor = infer.Predictor(model_config, variables, self_ensemble=args.self_ensemble,
                                 batch_size=args.batch_size,
                                 pad_to_multiple=args.pad_to_multiple, tile=args.tile,
-                                tile_overlap=args.tile_overlap)
+                                tile_overlap=args.tile_overlap,
+                                precision=args.precision)
     jobs = []
     if args.div2krk:
       jobs += div2krk_jobs(args.div2krk, scale, log)
@@ -559,7 +570,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   spec = predictor.spec
   ensemble = ", x8 self-ensemble" if args.self_ensemble else ""
   title = f"{spec.version} x{scale} (step {step}{ensemble})"
-  log(f"evaluating {title} on {len(jobs)} LR image(s); results in {run_dir}")
+  from dan_jax import parallel  # pylint: disable=g-import-not-at-top
+  log(f"evaluating {title} on {len(jobs)} LR image(s) with {parallel.describe(predictor.mesh)}"
+      f", precision {args.precision}; results in {run_dir}")
   if args.pad_to_multiple > 1:
     log("note: --pad_to_multiple gives APPROXIMATE results (padding changes the borders and "
         "the kernel estimate)")
@@ -583,6 +596,7 @@ def main(argv: Optional[list[str]] = None) -> int:
       "model": checkpoint_lib.model_config_to_dict(model_config), "scale": scale,
       "crop_border": crop, "self_ensemble": args.self_ensemble, "use_ema": args.use_ema,
       "pad_to_multiple": args.pad_to_multiple, "tile": args.tile,
+      "precision": args.precision, "devices": predictor.num_devices,
       "protocol": "PSNR/SSIM on the MATLAB Y channel of uint8 images (official "
                   "tensor2img rounding), crop border as given; kernel errors from "
                   "metrics.kernel_error (DANv2 only)",

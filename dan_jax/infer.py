@@ -67,6 +67,8 @@ import numpy as np
 from dan_jax import image_io
 from dan_jax import models
 from dan_jax import storage
+from dan_jax import parallel
+from dan_jax import runtime
 
 
 class InferenceError(ValueError):
@@ -188,17 +190,30 @@ class Predictor:
       tile in both dimensions run whole.
     tile_overlap: overlap of neighbouring tiles in LR pixels (default: exact, see module
       docstring).
-    batch_size: images (whole mode) or tiles (tiled mode) per device call.
+    batch_size: images (whole mode) or tiles (tiled mode) per call, rounded up to a
+      multiple of the device count: calls are sharded over every local device (padded
+      by repetition, the padding dropped: exact, images and tiles are independent).
     pad_to_multiple: whole mode only: pad LR images (edge replication, bottom/right) to a
       multiple of this many pixels so that differently sized images share a compiled
       program. APPROXIMATE: padding changes the borders and the estimator's global pool.
       0 (default) runs every image at its exact size (one compilation per distinct size).
+    precision: matmul/conv precision (`runtime.PRECISIONS`): 'highest' (default: float32
+      on every platform, the paper protocol's numbers), 'default' (the platform's fast
+      float32: one bf16 pass on TPU, TF32 on GPU) or 'bfloat16' (bfloat16 activations).
+    devices: the devices to shard over (default: all of this process's devices).
   """
 
   def __init__(self, model_config: Any, variables: dict, *, self_ensemble: bool = False,
                tile: int = 0, tile_overlap: Optional[int] = None, batch_size: int = 8,
-               pad_to_multiple: int = 0):
+               pad_to_multiple: int = 0, precision: str = "highest",
+               devices: Optional[Sequence[Any]] = None):
+    try:
+      self.precision = runtime.check_precision(precision)
+    except ValueError as e:
+      raise InferenceError(str(e)) from e
     self.spec = models.spec_from_config(model_config)
+    if runtime.compute_dtype(precision, "") == "bfloat16":
+      self.spec = dataclasses.replace(self.spec, dtype=jnp.bfloat16)
     self.model = models.create_model(self.spec)
     self.self_ensemble = bool(self_ensemble)
     for name, value in (("tile", tile), ("batch_size", batch_size),
@@ -217,11 +232,17 @@ class Predictor:
           "(2 x the Restorer's receptive-field radius): use a larger --tile, or a smaller "
           "--tile_overlap for approximate (feathered) tiles")
     self.tile, self.tile_overlap = int(tile), int(tile_overlap)
-    self.batch_size, self.pad_to_multiple = int(batch_size), int(pad_to_multiple)
-    self.variables = jax.device_put(variables)
-    self._whole = jax.jit(self._whole_fn)
-    self._restore = jax.jit(self._restore_fn)
-    self._pool = jax.jit(self._pool_fn)
+    self.mesh = parallel.local_mesh() if devices is None else parallel.create_mesh(devices)
+    self.num_devices = int(self.mesh.devices.size)
+    self.batch_size = parallel.round_up(batch_size, self.num_devices)
+    self.pad_to_multiple = int(pad_to_multiple)
+    rep, data = parallel.replicated(self.mesh), parallel.data_sharded(self.mesh)
+    self.variables = jax.device_put(variables, rep)
+    self._whole = jax.jit(self._whole_fn, in_shardings=(rep, data), out_shardings=data)
+    self._restore = jax.jit(self._restore_fn, in_shardings=(rep, data, rep),
+                            out_shardings=data)
+    self._pool = jax.jit(self._pool_fn, in_shardings=(rep, data, data, data),
+                         out_shardings=rep)
 
   @property
   def scale(self) -> int:
@@ -286,10 +307,10 @@ class Predictor:
     m = self.pad_to_multiple
     if m > 1 and (h % m or w % m):
       x = np.pad(x, ((0, 0), (0, -h % m), (0, -w % m), (0, 0)), mode="edge")
-    b = 1 << (n - 1).bit_length()  # batch sizes are powers of two: few compilations
-    if b > n:
-      x = np.concatenate([x, np.repeat(x[-1:], b - n, axis=0)])
-    sr, code, kernel = jax.device_get(self._whole(self.variables, jnp.asarray(x)))
+    # Batch sizes are powers of two (few compilations) and multiples of the device count.
+    x = parallel.pad_batch(x, parallel.round_up(1 << (n - 1).bit_length(), self.num_devices))
+    with runtime.precision_scope(self.precision):
+      sr, code, kernel = jax.device_get(self._whole(self.variables, x))
     s = self.scale
     sr = np.asarray(sr[:n, :h * s, :w * s], np.float32)
     return [Prediction(sr[i], np.asarray(code[i]),
@@ -347,7 +368,7 @@ class Predictor:
     h, w, _ = lr.shape
     s = self.scale
     th, tw, boxes = self._tiles(h, w)
-    size = min(self.batch_size, len(boxes))
+    size = parallel.round_up(min(self.batch_size, len(boxes)), self.num_devices)
     sr_win = self._windows(h, w, th, tw, boxes, s, self.rf_restorer)
     lr_win = self._windows(h, w, th, tw, boxes, 1, self.rf_estimator)
     lr_tile = lambda y, x: lr[y:y + th, x:x + tw]
@@ -358,7 +379,8 @@ class Predictor:
       sr = np.zeros((h * s, w * s, 3), np.float32)
       for i, group in self._batches(boxes):
         tiles = self._pad_batch([lr_tile(y, x) for y, x in group], size)
-        out = np.asarray(self._restore(self.variables, jnp.asarray(tiles), jnp.asarray(code)))
+        with runtime.precision_scope(self.precision):
+          out = np.asarray(self._restore(self.variables, tiles, code))
         for j, (y, x) in enumerate(group):
           sr[y * s:(y + th) * s, x * s:(x + tw) * s] += out[j] * sr_win(i + j)[..., None]
       pooled = 0.0
@@ -367,9 +389,9 @@ class Predictor:
                                     for y, x in group], size)
         lr_tiles = self._pad_batch([lr_tile(y, x) for y, x in group], size)
         weights = self._pad_batch([lr_win(i + j) / (h * w) for j in range(len(group))], size)
-        pooled = pooled + np.asarray(self._pool(self.variables, jnp.asarray(sr_tiles),
-                                                jnp.asarray(lr_tiles), jnp.asarray(weights)),
-                                     np.float64)
+        with runtime.precision_scope(self.precision):
+          part = self._pool(self.variables, sr_tiles, lr_tiles, weights)
+        pooled = pooled + np.asarray(part, np.float64)
       code_1d, kernel = self._head(pooled)
       code = code_1d[None]
     return Prediction(sr, code[0], kernel)
@@ -433,6 +455,8 @@ class Predictor:
 def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
   """Alpha channel [H, W] -> [sH, sW] with MATLAB bicubic, clipped to [0, 1]."""
   from dan_jax import degradation  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.hide_accelerators_from_tensorflow()  # before TensorFlow's first op
   up = degradation.imresize(np.asarray(alpha, np.float32)[..., None], scale).numpy()[..., 0]
   return np.clip(up, 0.0, 1.0)
 
@@ -522,7 +546,14 @@ def _build_parser():
   p.add_argument("--pad_to_multiple", type=int, default=0,
                  help="pad LR to a multiple of N to share compilations across sizes "
                       "(approximate; default 0: exact sizes)")
-  p.add_argument("--batch_size", type=int, default=8, help="tiles per device call")
+  p.add_argument("--batch_size", type=int, default=8,
+                 help="tiles per call, sharded over all devices (rounded up to a multiple "
+                      "of the device count)")
+  p.add_argument("--precision", default="highest", choices=("highest", "default", "bfloat16"),
+                 help="matmul/convolution precision: highest (default) = float32 on every "
+                      "platform, the paper protocol's numbers; default = the platform's fast "
+                      "float32 (one bf16 pass on TPU, TF32 on GPU); bfloat16 = bfloat16 "
+                      "activations")
   p.add_argument("--overwrite", action="store_true",
                  help="replace existing output files (never the inputs)")
   return p
@@ -543,6 +574,10 @@ def _exported_predictor(args) -> tuple[Any, int]:
 def main(argv: Optional[list[str]] = None) -> int:
   """The command line; returns the exit status (0 ok, 1 some images failed, 2 fatal)."""
   args = _build_parser().parse_args(argv)
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  # Before JAX starts. TensorFlow is imported only for alpha channels (upscale_alpha,
+  # which hides the accelerators from it first), so it is not imported here.
+  runtime.setup_entry_point(tensorflow=False)
   from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   try:
     inputs, skipped = list_inputs(args.input)
@@ -563,7 +598,8 @@ def main(argv: Optional[list[str]] = None) -> int:
       predictor = Predictor(model_config, variables, self_ensemble=args.self_ensemble,
                             tile=args.tile, tile_overlap=args.tile_overlap,
                             batch_size=args.batch_size,
-                            pad_to_multiple=args.pad_to_multiple)
+                            pad_to_multiple=args.pad_to_multiple,
+                            precision=args.precision)
     if not storage.is_url(output):  # object stores have no folders to create
       output.mkdir(parents=True, exist_ok=True)
   except (ValueError, OSError) as e:  # CheckpointError, InferenceError, ImageError
@@ -571,7 +607,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 2
   spec = predictor.spec
   print(f"{spec.version} x{spec.scale} (step {step}) on {len(inputs)} image(s) -> "
-        f"{args.output}", file=sys.stderr)
+        f"{args.output}; {parallel.describe(predictor.mesh)}, precision {args.precision}",
+        file=sys.stderr)
   for f in skipped:
     print(f"note: skipping {f}: not an image file (supported: "
           f"{', '.join(image_io.IMAGE_EXTENSIONS)})", file=sys.stderr)

@@ -87,10 +87,10 @@ def main(argv: Sequence[str]) -> None:
           2)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Imported here so that --help and flag errors come back fast.
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  # XLA:CPU flag (CPU-only hosts) and TensorFlow off the accelerators, before JAX starts.
+  runtime.setup_entry_point()
   import jax  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  # TensorFlow only feeds the input pipeline; keep it off the accelerators JAX uses.
-  tf.config.experimental.set_visible_devices([], "GPU")
   explicit = {k: v for k, v in (("coordinator_address", FLAGS.coordinator_address),
                                  ("num_processes", FLAGS.num_processes),
                                  ("process_id", FLAGS.process_id)) if v is not None}

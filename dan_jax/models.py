@@ -396,8 +396,13 @@ class AlternatingStep(nn.Module):
 
   def setup(self):
     c = self.config
-    gemm_grad = c.conv_backward == "gemm" or (c.conv_backward == "auto" and
-                                              jax.default_backend() == "cpu")
+    on_cpu = jax.default_backend() == "cpu"
+    if c.conv_backward == "gemm" and not on_cpu:
+      # The GEMM gradient is a convolution whose window is the whole activation map:
+      # fast with XLA:CPU's dot emitter, pathological on GPU/TPU convolution units.
+      raise ValueError(f"model.conv_backward = 'gemm' is for the CPU only (backend "
+                       f"{jax.default_backend()}): use 'auto' or 'xla'")
+    gemm_grad = c.conv_backward == "gemm" or (c.conv_backward == "auto" and on_cpu)
     if c.version == "DANv1":
       self.restorer = RestorerV1(c.nf, c.nb, c.scale, c.in_nc, c.dtype, gemm_grad)
       self.estimator = EstimatorV1(c.estimator_nf, c.estimator_nb, c.scale, c.code_len,

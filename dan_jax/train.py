@@ -66,6 +66,8 @@ from dan_jax import image_io
 from dan_jax import input_pipeline
 from dan_jax import metrics
 from dan_jax import models
+from dan_jax import parallel
+from dan_jax import runtime
 from dan_jax import storage
 
 BEST_SUBDIR = "checkpoints_best"
@@ -307,48 +309,53 @@ def eval_step(variables: dict, lr: jax.Array, *, model: models.DAN
 # ---------------------------------------------------------------------------------------
 
 
-def create_mesh(devices: Optional[list] = None) -> Mesh:
-  """A 1-D mesh with axis 'data' over `devices` (default: every device of every host)."""
-  return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+# These live in dan_jax.parallel; the names stay importable from train.
+create_mesh = parallel.create_mesh
+to_global = parallel.to_global
+to_host = parallel.to_host
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
-  """Fails fast when the global batch cannot be split evenly over devices and hosts."""
-  n = mesh.devices.size
-  hosts = len({d.process_index for d in mesh.devices.flat})
-  if batch_size % n or batch_size % hosts:
-    raise TrainingError(f"config.batch_size = {batch_size} does not divide over the {n} "
-                        f"devices (of {hosts} host(s)): use a multiple of {n}")
+  """Fails fast (TrainingError) when the global batch cannot be split over the mesh."""
+  try:
+    parallel.check_batch_size(batch_size, mesh)
+  except parallel.ShardingError as e:
+    raise TrainingError(str(e)) from e
 
 
-def to_global(tree: Any, sharding: NamedSharding) -> Any:
-  """Host-local numpy arrays -> global jax.Arrays (sharded or replicated)."""
-  return jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+def _at_precision(fn: Callable, precision: str) -> Callable:
+  """fn traced at the matmul/conv precision `precision` (runtime.PRECISIONS)."""
+  runtime.check_precision(precision)
 
-
-def to_host(x: jax.Array) -> np.ndarray:
-  """A fully replicated global array as numpy (works on every host)."""
-  return np.asarray(x.addressable_data(0)) if isinstance(x, jax.Array) else np.asarray(x)
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with runtime.precision_scope(precision):
+      return fn(*args, **kwargs)
+  return wrapped
 
 
 def make_train_step(model: models.DAN, tx: optax.GradientTransformation, mesh: Mesh, *,
                     kernel_loss_weight: float = 1.0, supervise_all: bool = False,
-                    ema_decay: float = 0.0, faults: Faults = Faults()) -> Callable:
-  """`train_step` jitted over the mesh: state replicated (and donated), batch sharded."""
+                    ema_decay: float = 0.0, faults: Faults = Faults(),
+                    precision: str = "default") -> Callable:
+  """`train_step` jitted over the mesh: state replicated (and donated), batch sharded;
+  matmuls/convolutions at `precision` ("default" or "highest", config.matmul_precision)."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   fn = functools.partial(train_step, model=model, tx=tx,
                          kernel_loss_weight=float(kernel_loss_weight),
                          supervise_all=bool(supervise_all), ema_decay=float(ema_decay),
                          faults=faults)
-  return jax.jit(fn, in_shardings=(replicated, data), out_shardings=(replicated, replicated),
-                 donate_argnums=0)
+  return jax.jit(_at_precision(fn, precision), in_shardings=(replicated, data),
+                 out_shardings=(replicated, replicated), donate_argnums=0)
 
 
-def make_eval_step(model: models.DAN, mesh: Mesh) -> Callable:
-  """`eval_step` jitted over the mesh; single images run replicated (one compile per size)."""
+def make_eval_step(model: models.DAN, mesh: Mesh, precision: str = "highest") -> Callable:
+  """`eval_step` jitted over the mesh: variables replicated, images sharded over 'data'
+  (one compile per image size); outputs gathered (replicated) for the host. Float32
+  precision by default, so validation numbers are the protocol's on every platform."""
   replicated = NamedSharding(mesh, P())
-  return jax.jit(functools.partial(eval_step, model=model), in_shardings=replicated,
+  return jax.jit(_at_precision(functools.partial(eval_step, model=model), precision),
+                 in_shardings=(replicated, NamedSharding(mesh, P("data"))),
                  out_shardings=replicated)
 
 
@@ -366,7 +373,7 @@ def faults_from_config(config: ml_collections.ConfigDict) -> Faults:
 @functools.lru_cache(maxsize=8)
 def _step_functions(spec: models.ModelSpec, optimizer: tuple, mesh: Mesh,
                     kernel_loss_weight: float, supervise_all: bool, ema_decay: float,
-                    faults: Faults = Faults()):
+                    faults: Faults = Faults(), precision: str = "default"):
   """(model, lr schedule, tx, jitted train step, jitted eval step), built once per setup.
 
   Reusing the jitted functions lets repeated `train_and_evaluate` calls in one process
@@ -378,26 +385,29 @@ def _step_functions(spec: models.ModelSpec, optimizer: tuple, mesh: Mesh,
   model = models.create_model(spec)
   p_train_step = make_train_step(model, tx, mesh, kernel_loss_weight=kernel_loss_weight,
                                  supervise_all=supervise_all, ema_decay=ema_decay,
-                                 faults=faults)
+                                 faults=faults, precision=precision)
   return model, learning_rate_fn, tx, p_train_step, make_eval_step(model, mesh)
 
 
-def benchmark_step(model: models.DAN, variables: dict, batch: dict
+def benchmark_step(model: models.DAN, variables: dict, batch: dict, *,
+                   precision: str = "default", devices: Optional[list] = None
                    ) -> tuple[Callable, TrainState, dict]:
   """(jitted train step, device state, device batch) with the official optimizer.
 
-  For benchmarks: `step(state, batch) -> (state, metrics)`; the mesh spans every device
-  the batch divides over (else the first device).
+  For benchmarks: `step(state, batch) -> (state, metrics)`; the mesh spans `devices`
+  (default: every device the batch divides over, else the first device).
   """
   config = ml_collections.ConfigDict(dict(
       learning_rate=4e-4, lr_milestones=(), lr_gamma=0.5, adam_b1=0.9, adam_b2=0.99,
       weight_decay=0.0))
   tx = create_optimizer(config, create_learning_rate_fn(config))
   b = len(batch["lr"])
-  devices = jax.devices()
-  mesh = create_mesh(devices if b % len(devices) == 0 else devices[:1])
+  if devices is None:
+    devices = jax.devices()
+    devices = devices if b % len(devices) == 0 else devices[:1]
+  mesh = create_mesh(devices)
   state = to_global(create_train_state(variables, tx), NamedSharding(mesh, P()))
-  return (make_train_step(model, tx, mesh), state,
+  return (make_train_step(model, tx, mesh, precision=precision), state,
           to_global(batch, NamedSharding(mesh, P("data"))))
 
 
@@ -473,6 +483,13 @@ def validate_config(config: ml_collections.ConfigDict) -> models.ModelSpec:
        f"an integer >= model.code_len ({spec.code_len})")
   need(spec.code_len <= spec.kernel_size**2, "model.code_len",
        f"at most kernel_size^2 = {spec.kernel_size**2}")
+  need(config.get("matmul_precision", "default") in ("default", "highest"),
+       "matmul_precision", '"default" or "highest" (bfloat16 activations: model.dtype)')
+  if spec.conv_backward == "gemm" and jax.default_backend() != "cpu":
+    raise TrainingError(
+        f"config.model.conv_backward = 'gemm' is for the CPU only (this run is on "
+        f"{jax.default_backend()}, where it becomes a convolution with a whole-image "
+        "window): use 'auto' or 'xla'")
   return spec
 
 
@@ -628,17 +645,31 @@ def evaluate(eval_fn: Callable, variables: dict, val: dict, scale: int,
              sharding: NamedSharding) -> tuple[dict, list]:
   """Validation Y-PSNR/SSIM (uint8, crop_border=scale); returns (metrics, outputs).
 
+  Same-sized images go through `eval_fn` together, as many per call as `sharding`'s mesh
+  has devices (one image per device; the last call padded by repetition, the padding
+  dropped): every host holds all validation images, so this is exact.
   outputs[i] = (sr uint8 [H,W,3], code [L], kernel [k,k] or None) of image i.
   """
-  psnr, ssim, outputs = [], [], []
-  for lr, hr in zip(val["lr"], val["hr"]):
-    sr, code, kernel = eval_fn(variables, to_global(lr[None], sharding))
-    sr = metrics.to_uint8(to_host(sr)[0])
+  n_dev = sharding.mesh.devices.size
+  results: list = [None] * len(val["lr"])
+  by_shape: dict = {}
+  for i, lr in enumerate(val["lr"]):
+    by_shape.setdefault(np.shape(lr), []).append(i)
+  for idx in by_shape.values():
+    for start in range(0, len(idx), n_dev):
+      part = idx[start:start + n_dev]
+      lrs = parallel.pad_batch(np.stack([val["lr"][i] for i in part]), n_dev)
+      sr, code, kernel = eval_fn(variables, parallel.global_from_full(lrs, sharding))
+      sr, code = to_host(sr), to_host(code)
+      kernel = None if kernel is None else to_host(kernel)
+      for j, i in enumerate(part):
+        results[i] = (metrics.to_uint8(sr[j]), code[j], None if kernel is None else kernel[j])
+  psnr, ssim = [], []
+  for (sr, _, _), hr in zip(results, val["hr"]):
     gt = metrics.to_uint8(hr)
     psnr.append(metrics.psnr_y(sr, gt, crop_border=scale))
     ssim.append(metrics.ssim_y(sr, gt, crop_border=scale))
-    outputs.append((sr, to_host(code)[0], None if kernel is None else to_host(kernel)[0]))
-  return {"val_psnr_y": metrics.average(psnr), "val_ssim_y": metrics.average(ssim)}, outputs
+  return {"val_psnr_y": metrics.average(psnr), "val_ssim_y": metrics.average(ssim)}, results
 
 
 def _display_kernel(kernel: np.ndarray, size: int = 128) -> np.ndarray:
@@ -926,7 +957,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       spec, tuple(tuple(config[f]) if f == "lr_milestones" else config.get(f, 0.0)
                   for f in _OPTIMIZER_FIELDS),
       mesh, float(config.kernel_loss_weight), bool(config.supervise_all_iterations),
-      float(config.ema_decay), faults_from_config(config))
+      float(config.ema_decay), faults_from_config(config),
+      config.get("matmul_precision", "default"))
   use_ema = config.ema_decay > 0
   meta = {"config": checkpoint.config_json(config)}
   manager = checkpoint.create_manager(
@@ -979,7 +1011,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     def run_validation(step: int) -> dict:
       nonlocal outputs
       scores, outputs = evaluate(p_eval_step, state.variables(use_ema), val, spec.scale,
-                                 replicated)
+                                 data_sharding)
       result.update(scores)
       writer.write_scalars(step, {"val/" + k.replace("val_", ""): v
                                   for k, v in result.items() if k.endswith("_y")})

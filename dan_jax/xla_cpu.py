@@ -1,19 +1,25 @@
-"""XLA:CPU settings that dan_jax applies when it is imported (before JAX starts a backend).
+"""An XLA:CPU setting for CPU-only processes: the command lines apply it, libraries opt in.
 
 Recent jaxlib hands every CPU dot, and the dots XLA:CPU turns convolutions into, to
 YNNPACK (`--xla_cpu_experimental_ynn_fusion_type`, default `individual_dot`). For DAN's
 3x3 convolutions at 64-74 channels that path ran at ~55 GFLOP/s on a 2-core EPYC against
 100-140 GFLOP/s for XLA's own (Eigen) convolution; the full DANv1 forward pass went from
-10.6 s to 6.1 s (benchmarks/RESULTS.md). So dan_jax turns the YNNPACK fusion off, by
+10.6 s to 6.1 s (benchmarks/RESULTS.md). `configure()` turns the YNNPACK fusion off, by
 appending `--xla_cpu_experimental_ynn_fusion_type=` to XLA_FLAGS, unless:
 
+- the process may use an accelerator: JAX_PLATFORMS names anything but 'cpu', or (unset)
+  a JAX accelerator plugin (jax-cuda*-plugin, libtpu, ...) is installed. Those plugins
+  parse XLA_FLAGS too, and need not know an XLA:CPU flag (`runtime.cpu_only()`);
 - XLA_FLAGS already sets that flag (your choice wins), or
 - the environment variable DAN_JAX_XLA_CPU_DEFAULTS=0 is set, or
-- jaxlib is older than the versions we measured (the flag may not exist there).
+- jaxlib is older than the versions we measured (the flag may not exist there), or
+- a JAX backend has already started (XLA reads XLA_FLAGS once; `applied()` tells).
 
-Only XLA:CPU reads `xla_cpu_*` flags: GPU and TPU runs are unaffected. XLA reads XLA_FLAGS
-once, when the first backend starts; importing dan_jax after that leaves the flag without
-effect for that process (`applied()` tells).
+`import dan_jax` changes nothing. The command lines (`main`, `evaluate`, `infer`, the
+sweep, the benchmarks) call `configure()` through `runtime.setup_entry_point()`; in a
+library or notebook, opt in with one line before JAX starts:
+
+  import dan_jax.xla_cpu; dan_jax.xla_cpu.configure()
 """
 
 from __future__ import annotations
@@ -37,9 +43,11 @@ def _jaxlib_version() -> tuple[int, ...]:
 def configure() -> bool:
   """Appends FLAG to XLA_FLAGS where appropriate (see the module doc). Returns whether."""
   global _applied
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
   flags = os.environ.get("XLA_FLAGS", "")
   if (os.environ.get("DAN_JAX_XLA_CPU_DEFAULTS", "1").strip() == "0"
-      or FLAG.rstrip("=") in flags or _jaxlib_version() < _MIN_JAXLIB):
+      or FLAG.rstrip("=") in flags or _jaxlib_version() < _MIN_JAXLIB
+      or not runtime.cpu_only()):
     return False
   try:
     from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
@@ -48,7 +56,7 @@ def configure() -> bool:
     started = False
   if started:
     logging.getLogger(__name__).info(
-        "JAX started before dan_jax was imported: XLA:CPU keeps its default YNNPACK dots "
+        "JAX started before dan_jax.xla_cpu.configure(): XLA:CPU keeps its default YNNPACK dots "
         "(set XLA_FLAGS=%s yourself for the faster convolutions)", FLAG)
     return False
   os.environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
@@ -57,5 +65,5 @@ def configure() -> bool:
 
 
 def applied() -> bool:
-  """Whether this process's import of dan_jax set the flag."""
+  """Whether `configure()` set the flag in this process."""
   return _applied

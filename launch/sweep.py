@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--test_images", type=int, default=8, help="test crops per space")
   parser.add_argument("--test_crop", type=int, default=96, help="HR size of a test crop")
   args, overrides = parser.parse_known_args(argv)
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.setup_entry_point()  # before JAX starts; TensorFlow synthesizes the test sets
   train_spaces = args.train_spaces.split(",")
   test_spaces = args.test_spaces.split(",")
   try:

@@ -3,6 +3,9 @@
 `TINY_V2` / `TINY_V1` are model configs small enough to compile in seconds; `tiny_variables`
 gives them PyTorch-default weights and an orthonormal PCA; `ckpt_v2` is one saved checkpoint
 of `TINY_V2`, written once per test session (tests only read it).
+
+The XLA:CPU flag the command lines use is applied here too, before any test starts JAX, so
+in-process tests compile what the CLIs compile.
 """
 
 import numpy as np
@@ -10,6 +13,9 @@ import pytest
 
 from dan_jax import checkpoint
 from dan_jax import models
+from dan_jax import xla_cpu
+
+xla_cpu.configure()
 
 # DANv2 x2 with one block per group and 11x11 kernels.
 TINY_V2 = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11,

@@ -72,7 +72,10 @@ def test_parity_with_official_forward(name):
   model = models.create_model(config)
   assert models.count_params(variables["params"]) == int(data["nparams"])
   lr = jnp.asarray(data["lr"].transpose(0, 2, 3, 1))  # NCHW -> NHWC
-  out = jax.jit(model.apply)(variables, lr)
+  # The official forward ran in float32: so does ours, on any platform (TPUs default to
+  # one bf16 pass, Ampere+ GPUs to TF32; the CPU computes float32 either way).
+  with jax.default_matmul_precision("highest"):
+    out = jax.jit(model.apply)(variables, lr)
   sr = np.asarray(out.sr).transpose(0, 1, 4, 2, 3)  # back to NCHW per iteration
   assert sr.shape == data["sr"].shape
   for i in range(sr.shape[0]):  # every iteration, not only the last

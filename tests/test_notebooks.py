@@ -140,6 +140,9 @@ def test_training_notebook_runs_on_cpu(tmp_path, kernel_env):
   nb = _execute("train_tpu.ipynb", {"CPU_TEST": True, "WORKDIR": str(workdir),
                                      "REPO_DIR": str(REPO), "SHOW_IMAGES": 2})
   assert "configs/test.py" in _text(_cell(nb, "config"))
+  # The TPU code paths on a fake 4-device mesh; TensorFlow kept off the accelerators.
+  devices = _text(_cell(nb, "devices"))
+  assert "backend cpu: 4 device(s)" in devices and "TensorFlow sees: ['CPU']" in devices
   assert "skipping TensorBoard" in _text(_cell(nb, "tensorboard"))
   # train_and_evaluate ran to the end of the tiny config and checkpointed its last step.
   summary = dict(l.split(": ", 1) for l in _text(_cell(nb, "train"), "stdout").splitlines()

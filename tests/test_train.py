@@ -14,7 +14,9 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import tensorflow as tf
 
@@ -448,3 +450,70 @@ def test_unwritable_workdir_is_an_error(tmp_path):
     train.train_and_evaluate(_config(), str(blocker / "run"))
   with pytest.raises(train.TrainingError, match="is not a folder"):
     train.train_and_evaluate(_config(), str(blocker))
+
+
+# ----------------------------------------------------------------------------- precision
+
+
+@pytest.mark.parametrize("version", ["DANv1", "DANv2"])
+def test_xla_conv_gradient_equals_gemm_in_a_train_step(version):
+  """The accelerators' path (conv_backward 'xla') against the CPU's GEMM gradient, in a
+  full train step (loss, gradient norm and the updated parameters)."""
+  base = _config(**({} if version == "DANv2" else {"model.version": "DANv1",
+                                                   "model.nf": 16,
+                                                   "model.estimator_nf": 32}))
+  rng = np.random.default_rng(0)
+  k, s = base.model.kernel_size, base.model.scale
+  batch = {"lr": rng.uniform(size=(2, 12, 10, 3)).astype(np.float32),
+           "hr": rng.uniform(size=(2, 12 * s, 10 * s, 3)).astype(np.float32),
+           "kernel": rng.dirichlet(np.ones(k * k), 2).reshape(2, k, k).astype(np.float32),
+           "code": rng.normal(size=(2, base.model.code_len)).astype(np.float32)}
+  pca = np.linalg.qr(rng.normal(size=(k * k, base.model.code_len)))[0].astype(np.float32)
+  results = {}
+  for path in ("gemm", "xla"):
+    base.model.conv_backward = path
+    model = models.create_model(models.spec_from_config(base.model))
+    variables = models.init_variables(model, 0, pca)
+    # SGD with rate 1: the step's update is minus the gradient.
+    step = train.make_train_step(model, optax.sgd(1.0), train.create_mesh(),
+                                 precision="highest")
+    state = train.create_train_state(variables, optax.sgd(1.0))
+    new, m = step(train.to_global(state, train.NamedSharding(train.create_mesh(),
+                                                             train.P())), batch)
+    grads = jax.tree_util.tree_map(lambda a, b: np.asarray(a) - np.asarray(b),
+                                   variables["params"], jax.device_get(new.params))
+    results[path] = (grads, float(m["loss"]), float(m["grad_norm"]))
+  (g_a, loss_a, norm_a), (g_b, loss_b, norm_b) = results["gemm"], results["xla"]
+  assert loss_a == pytest.approx(loss_b, rel=1e-6)
+  assert norm_a == pytest.approx(norm_b, rel=1e-4)
+  for a, b in zip(jax.tree_util.tree_leaves(g_a), jax.tree_util.tree_leaves(g_b)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * np.abs(a).max() + 1e-9)
+
+
+def test_gemm_conv_backward_is_refused_off_cpu(monkeypatch):
+  config = _config(**{"model.conv_backward": "gemm"})
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  with pytest.raises(train.TrainingError, match="'gemm' is for the CPU only"):
+    train.validate_config(config)
+  model = models.create_model(models.spec_from_config(config.model))
+  with pytest.raises(ValueError, match="'gemm' is for the CPU only"):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+
+
+def test_matmul_precision_reaches_the_compiled_step():
+  config = _config()
+  spec = models.spec_from_config(config.model)
+  model = models.create_model(spec)
+  mesh = train.create_mesh()
+  tx = optax.sgd(0.1)
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+  state = train.create_train_state(jax.tree_util.tree_map(
+      lambda x: np.zeros(x.shape, x.dtype), variables), tx)
+  batch = {"lr": np.zeros((8, 8, 8, 3), np.float32), "hr": np.zeros((8, 16, 16, 3),
+                                                                      np.float32),
+           "kernel": np.zeros((8, 7, 7), np.float32), "code": np.zeros((8, 4), np.float32)}
+  texts = {p: train.make_train_step(model, tx, mesh, precision=p).lower(
+      state, batch).as_text() for p in ("default", "highest")}
+  assert "HIGHEST" in texts["highest"] and "HIGHEST" not in texts["default"]
+  with pytest.raises(train.TrainingError, match="matmul_precision"):
+    train.validate_config(_config(matmul_precision="bfloat16"))

@@ -1,4 +1,4 @@
-"""dan_jax.xla_cpu: the XLA:CPU flag dan_jax sets on import, and when it leaves it alone."""
+"""dan_jax.xla_cpu: the XLA:CPU flag the command lines set, and when it is left alone."""
 
 import os
 import subprocess
@@ -7,6 +7,7 @@ from unittest import mock
 
 import pytest
 
+from dan_jax import runtime
 from dan_jax import xla_cpu
 
 
@@ -15,13 +16,15 @@ def clean_env(monkeypatch):
   """Neither XLA_FLAGS nor the opt-out variable set."""
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.delenv("DAN_JAX_XLA_CPU_DEFAULTS", raising=False)
+  monkeypatch.delenv("JAX_PLATFORMS", raising=False)
   return monkeypatch
 
 
 @pytest.fixture
 def fresh(clean_env):
   """configure() as in a process whose JAX backend has not started."""
-  with mock.patch("jax._src.xla_bridge.backends_are_initialized", return_value=False):
+  with mock.patch("jax._src.xla_bridge.backends_are_initialized", return_value=False), \
+      mock.patch.object(runtime, "accelerator_plugins", return_value=[]):
     yield clean_env
 
 
@@ -56,11 +59,46 @@ def test_started_backend_is_left_alone(clean_env):
   assert "XLA_FLAGS" not in os.environ
 
 
-def test_import_sets_the_flag_in_a_fresh_process():
+@pytest.mark.parametrize("plugins,platforms,applied", [
+    (["jax-cuda12-plugin"], None, False),  # a GPU plugin parses XLA_FLAGS too
+    (["libtpu"], None, False),
+    (["jax-cuda12-plugin"], "cpu", True),  # asked for the CPU alone: the plugin stays off
+    ([], "cuda", False),
+    ([], "cpu,tpu", False),
+])
+def test_only_cpu_only_processes(fresh, plugins, platforms, applied):
+  if platforms:
+    fresh.setenv("JAX_PLATFORMS", platforms)
+  with mock.patch.object(runtime, "accelerator_plugins", return_value=plugins):
+    assert xla_cpu.configure() == applied
+  assert (xla_cpu.FLAG in os.environ.get("XLA_FLAGS", "")) == applied
+
+
+def test_accelerator_plugins_reads_installed_metadata():
+  # This machine has none; the names the check matches are those of real plugins.
+  assert runtime.accelerator_plugins() == []
+  for name in ("jax-cuda12-plugin", "jax_cuda13_pjrt", "libtpu", "libtpu-nightly",
+               "jax-rocm7-plugin"):
+    assert runtime._PLUGIN_RE.match(name), name
+  assert not runtime._PLUGIN_RE.match("jaxlib")
+
+
+def _fresh_process(code, **env_extra):
   env = {k: v for k, v in os.environ.items()
-         if k not in ("XLA_FLAGS", "DAN_JAX_XLA_CPU_DEFAULTS")}
-  code = ("import os, dan_jax, jax, jax.numpy as jnp; jnp.ones(2).block_until_ready(); "
+         if k not in ("XLA_FLAGS", "DAN_JAX_XLA_CPU_DEFAULTS", "JAX_PLATFORMS")}
+  env.update(env_extra)
+  return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                        text=True, check=True).stdout
+
+
+def test_import_leaves_xla_flags_alone():
+  code = ("import os, dan_jax, dan_jax.train, jax.numpy as jnp; "
+          "jnp.ones(2).block_until_ready(); print(repr(os.environ.get('XLA_FLAGS')))")
+  assert _fresh_process(code).split() == ["None"]
+
+
+def test_opt_in_sets_the_flag_in_a_fresh_process():
+  code = ("import os, dan_jax.xla_cpu; dan_jax.xla_cpu.configure(); import jax.numpy as jnp; "
+          "jnp.ones(2).block_until_ready(); "
           "print(os.environ['XLA_FLAGS'], dan_jax.xla_cpu.applied())")
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       check=True).stdout
-  assert out.split() == [xla_cpu.FLAG, "True"]
+  assert _fresh_process(code).split() == [xla_cpu.FLAG, "True"]
