@@ -29,3 +29,5 @@ from dan_jax.models.dan import init_variables
 from dan_jax.models.dan import leaky_relu
 from dan_jax.models.dan import pixel_shuffle
 from dan_jax.models.dan import spec_from_config
+from dan_jax.models.dcls import DCLS
+from dan_jax.models.dcls import FILTER_STRUCTURES
