@@ -1,0 +1,128 @@
+"""DCLS-SR: parity with the official forward, parameter counts, weight conversion.
+
+The fixtures hold numbers from running the official DCLS code (megvii-research/DCLS-SR,
+`dcls_arch.py`) on CPU with torch 2.13 (a shim mapping the removed `torch.rfft`/`irfft` to
+`torch.fft` and `.cuda()` to a no-op, outside the repo): reduced-width models (nf=16, nb=2,
+ng=2, input_para=4) with random weights (stored as float16 values, loaded as float32 on both
+sides), their inputs, the estimated kernel, the CLS branch output, the pre-clamp
+upsampler output and the SR image.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dan_jax import checkpoint
+from dan_jax import convert
+from dan_jax import models
+from dan_jax.models import dcls
+
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+CASES = ("x4_setting1", "x4_setting2", "x2_setting1")
+# Official DCLS(nf=64, nb=10, ng=5, input_para=256) parameter counts, counted by the official
+# code (sum of numel); x4 setting 1 is the paper's 13.63M.
+OFFICIAL_COUNTS = {(21, 4): 13626187, (31, 4): 19054027, (21, 2): 13478475,
+                   (21, 3): 13663115, (11, 2): 8905931}
+
+
+def _state_dict(data) -> dict:
+  return {k[2:]: data[k].astype(np.float32) for k in data.files if k.startswith("w/")}
+
+
+def _rel_err(got, want) -> float:
+  """Max abs error relative to the largest magnitude of the reference."""
+  return float(np.max(np.abs(np.asarray(got) - want)) / np.max(np.abs(want)))
+
+
+@pytest.mark.parametrize("kernel_size,scale", sorted(OFFICIAL_COUNTS))
+def test_parameter_count_equals_official(kernel_size, scale):
+  model = models.create_model(dict(version="DCLS", kernel_size=kernel_size, scale=scale,
+                                   nf=64, nb=10, ng=5, input_para=256))
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
+                          jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
+  assert models.count_params(shapes["params"]) == OFFICIAL_COUNTS[(kernel_size, scale)]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_forward_matches_official(case):
+  data = np.load(FIXTURES / f"parity_dcls_{case}.npz")
+  config = convert.infer_dcls_config(_state_dict(data))
+  assert (config.nf, config.nb, config.ng, config.input_para) == (16, 2, 2, 4)
+  variables = convert.dcls_params_from_torch(_state_dict(data), config)
+  model = models.create_model(config)
+  out, inter = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True))(
+      variables, data["lr"])
+  inter = inter["intermediates"]["restorer"]
+  checks = {"kernel": (out.kernel[0], data["kernel"]),
+            "cls": (inter["cls"]["__call__"][0], data["cls"]),
+            "upscale": (inter["upsample"]["__call__"][0], data["upscale"]),
+            "sr": (out.sr[0], data["sr"])}
+  for name, (got, want) in checks.items():
+    assert got.shape == want.shape, name
+    assert _rel_err(got, want) < 1e-4, (name, _rel_err(got, want))
+  assert out.code.shape == (1, 2, 10)
+
+
+def test_adaptive_pool_bins_overlap_like_pytorch():
+  # AdaptiveAvgPool2d(3) over 4 pixels: bins [0,2), [1,3), [2,4).
+  m = dcls.adaptive_avg_pool_matrix(4, 3)
+  np.testing.assert_allclose(m, [[.5, .5, 0, 0], [0, .5, .5, 0], [0, 0, .5, .5]])
+  np.testing.assert_allclose(dcls.adaptive_avg_pool_matrix(6, 3).sum(1), 1.0)
+
+
+def test_cls_deconvolution_undoes_a_shift_kernel():
+  # A kernel with its one tap right of the centre blurs y[:, j] = x[:, j-1] (psf2otf puts
+  # tap (c+i, c+j) at offset (i, j)); with |K| = 1 and no smoothness term the
+  # deconvolution is exact away from the replicate-padded border.
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 1, (2, 12, 16, 3)).astype(np.float32)
+  k = np.zeros((2, 5, 5), np.float32)
+  k[:, 2, 3] = 1.0
+  got = np.asarray(dcls.cls_deconvolution(jnp.asarray(np.roll(x, 1, axis=2)), jnp.asarray(k),
+                                          jnp.zeros((2, 3, 3, 3))))
+  np.testing.assert_allclose(got[:, :, :-1], x[:, :, :-1], atol=1e-5)
+  # A delta kernel returns the input everywhere.
+  delta = np.zeros((2, 5, 5), np.float32)
+  delta[:, 2, 2] = 1.0
+  got = dcls.cls_deconvolution(jnp.asarray(x), jnp.asarray(delta), jnp.zeros((2, 3, 3, 3)))
+  np.testing.assert_allclose(got, x, atol=1e-5)
+
+
+def test_dcls_config_errors_name_the_field():
+  with pytest.raises(ValueError, match="model.loops must be 1"):
+    models.create_model(dict(version="DCLS", loops=4))
+  with pytest.raises(ValueError, match="model.kernel_size must be one of"):
+    models.create_model(dict(version="DCLS", kernel_size=15))
+  assert models.create_model(dict(version="DCLS")).spec.estimator_nb == 3
+
+
+def test_convert_cli_reads_the_architecture_off_dcls_weights(tmp_path):
+  data = np.load(FIXTURES / "parity_dcls_x2_setting1.npz")
+  official = tmp_path / "DCLS_x2.npz"
+  np.savez(official, **{"module." + k: v for k, v in _state_dict(data).items()})
+  pca = np.random.default_rng(0).normal(size=(21 * 21, 10)).astype(np.float32)
+  np.save(tmp_path / "pca.npy", pca)
+  out = tmp_path / "converted"
+  res = subprocess.run([sys.executable, "-m", "dan_jax.convert", f"--official={official}",
+                        f"--out={out}", f"--pca={tmp_path / 'pca.npy'}"],
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr
+  assert "DCLS x2" in res.stdout
+  model_config, variables, _ = checkpoint.load_model(str(out))
+  assert model_config.version == "DCLS" and model_config.scale == 2
+  assert model_config.kernel_size == 21 and model_config.estimator_nb == 3
+  out_ = jax.jit(models.create_model(model_config).apply)(variables, data["lr"])
+  assert _rel_err(out_.sr[0], data["sr"]) < 1e-4
+  np.testing.assert_allclose(out_.code[0], data["kernel"].reshape(2, -1) @ pca,
+                             rtol=1e-4, atol=1e-5)
+  # A missing PCA file fails with one clear line.
+  bad = subprocess.run([sys.executable, "-m", "dan_jax.convert", f"--official={official}",
+                        f"--out={tmp_path / 'x'}", f"--pca={tmp_path / 'missing.npy'}"],
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and bad.stderr.startswith("error: no such PCA file")
+  assert "Traceback" not in bad.stderr
