@@ -126,3 +126,16 @@ def test_convert_cli_reads_the_architecture_off_dcls_weights(tmp_path):
                        capture_output=True, text=True, timeout=300)
   assert bad.returncode == 2 and bad.stderr.startswith("error: no such PCA file")
   assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("kernel_size", (21, 31, 11))
+def test_reformulated_kernel_matches_official_correction_loss(kernel_size):
+  # Official CorrectionLoss(eps=1e-20) on random smooth HR, blurred by an anisotropic
+  # Gaussian and bicubic-downsampled (torch F.interpolate; any resize gives a valid pair).
+  data = np.load(FIXTURES / "dcls_kernel_loss.npz")
+  tag = f"k{kernel_size}"
+  target = dcls.reformulated_kernel(data[f"{tag}/lr_blurred"], data[f"{tag}/lr_clean"],
+                                    kernel_size)
+  assert _rel_err(target, data[f"{tag}/target"]) < 1e-4
+  loss = np.mean(np.abs(data[f"{tag}/k_pred"] - np.asarray(target)))
+  np.testing.assert_allclose(loss, data[f"{tag}/loss"], rtol=1e-4)

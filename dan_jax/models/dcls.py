@@ -307,3 +307,40 @@ class DCLS(nn.Module):
                   name="restorer")(lr, jax.lax.stop_gradient(kernel))
     code = kernel.reshape(kernel.shape[0], -1) @ pca
     return DANOutput(sr=sr[None], code=code[None], kernel=kernel[None])
+
+
+def reformulated_kernel(lr_blurred: Array, lr_clean: Array, kernel_size: int,
+                        eps: float = 1e-20, keep: int = 40) -> Array:
+  """The DCLS kernel-loss target (official `CorrectionLoss`), from one training pair.
+
+  Per channel, the kernel that maps the bicubic-downsampled HR to the bicubic-downsampled
+  blurred HR: the Fourier ratio F(lr_blurred) conj(F(lr_clean)) / (|F(lr_clean)|^2 + eps),
+  back in space with the psf2otf shift undone and cropped to k x k. The channels are
+  averaged and zeroed where their product is not positive (official mask), then every tap
+  below 0.75x the (keep+1)-th largest is zeroed, the rest shifted down by that value, and
+  the result sum-normalised (official `zeroize_negligible_val`, including its 1e-20 added
+  at tap (k//2+1, k//2+1), one right of and below the centre).
+
+  Args:
+    lr_blurred: [B, h, w, C] noise-free bicubic LR of the blurred HR.
+    lr_clean: [B, h, w, C] bicubic LR of the HR.
+  Returns:
+    [B, k, k] float32 (no gradient flows to the images).
+  """
+  c = kernel_size // 2
+  blur = jnp.fft.rfft2(jnp.transpose(lr_blurred.astype(jnp.float32), (0, 3, 1, 2)))
+  clean = jnp.fft.rfft2(jnp.transpose(lr_clean.astype(jnp.float32), (0, 3, 1, 2)))
+  ratio = blur * jnp.conj(clean) / (jnp.abs(clean)**2 + eps)
+  psf = jnp.fft.irfft2(ratio, s=lr_clean.shape[1:3])  # [B, C, h, w]
+  # Undo the psf2otf shift: the last c rows/columns, then the first c+1 (as official, which
+  # reuses a row/column when the LR is smaller than the kernel).
+  psf = jnp.concatenate([psf[..., -c:, :], psf[..., :c + 1, :]], axis=-2)
+  per_channel = jnp.concatenate([psf[..., -c:], psf[..., :c + 1]], axis=-1)
+  mask = jnp.prod(per_channel, axis=1) > 0
+  kern = jnp.mean(per_channel, axis=1) * mask  # [B, k, k]
+  flat = kern.reshape(kern.shape[0], -1)
+  floor = 0.75 * jnp.sort(flat, axis=-1)[:, -keep - 1]
+  kern = jnp.clip(kern - floor[:, None, None], 0.0, 1.0)
+  kern = kern.at[:, c + 1, c + 1].add(1e-20)
+  kern = kern / jnp.sum(kern, axis=(1, 2), keepdims=True)
+  return jax.lax.stop_gradient(kern)
