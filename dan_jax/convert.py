@@ -282,7 +282,8 @@ def _dcls_pairs(spec: models.ModelSpec) -> Iterator[tuple[str, tuple[str, ...]]]
         yield f"{t}.body{a}.0", path + (f"body{a}_conv1",)
         yield f"{t}.body{a}.2", path + (f"body{a}_conv2",)
       yield f"{t}.CA_body1.1", path + ("ca1_conv",)
-      for prefix, ours in ((f"{t}.CA_body1.2", "ca1_attention"), (f"{t}.CA_body2", "ca2_attention")):
+      for prefix, ours in ((f"{t}.CA_body1.2", "ca1_attention"),
+                           (f"{t}.CA_body2", "ca2_attention")):
         yield f"{prefix}.conv_du.0", path + (ours, "squeeze")
         yield f"{prefix}.conv_du.2", path + (ours, "excite")
   yield "Restorer.fusion", r + ("fusion",)

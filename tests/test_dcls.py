@@ -139,3 +139,42 @@ def test_reformulated_kernel_matches_official_correction_loss(kernel_size):
   assert _rel_err(target, data[f"{tag}/target"]) < 1e-4
   loss = np.mean(np.abs(data[f"{tag}/k_pred"] - np.asarray(target)))
   np.testing.assert_allclose(loss, data[f"{tag}/loss"], rtol=1e-4)
+
+
+# ----------------------------------------------------------------------------- training
+
+ROOT = pathlib.Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("name,scale,kernel,sig_max", [
+    ("x2", 2, 21, 2.0), ("x3", 3, 21, 3.0), ("x4", 4, 21, 4.0),
+    ("x2_setting2", 2, 11, 5.0), ("x4_setting2", 4, 31, 5.0)])
+def test_dcls_configs_follow_the_official_yamls(name, scale, kernel, sig_max):
+  from dan_jax import train  # pylint: disable=g-import-not-at-top
+  c = checkpoint.load_config_file(str(ROOT / "configs" / f"{name}.py:dcls"))
+  spec = train.validate_config(c)
+  assert spec.version == "DCLS" and spec.scale == scale and spec.loops == 1
+  assert (spec.nf, spec.nb, spec.ng, spec.input_para, spec.estimator_nb) == (64, 10, 5, 256, 3)
+  assert spec.kernel_size == c.degradation.kernel_size == kernel
+  assert c.degradation.sig_max == sig_max
+  assert c.batch_size == 64 and c.data.hr_crop == 64 * scale
+  assert (c.learning_rate, c.adam_b1, c.adam_b2, c.lr_gamma) == (4e-4, 0.9, 0.99, 0.5)
+  assert (c.num_train_steps, tuple(c.lr_milestones)) == (500_000, (200_000, 400_000))
+
+
+@pytest.mark.slow  # ~75 s on 2 cores: compiles the DCLS train and eval steps
+def test_dcls_trains_with_the_reformulated_kernel_loss(tmp_path):
+  from dan_jax import input_pipeline, train  # pylint: disable=g-import-not-at-top
+  c = checkpoint.load_config_file(str(ROOT / "configs" / "test.py:dcls"))
+  pca = np.zeros((11 * 11, c.model.code_len), np.float32)
+  batch = next(iter(input_pipeline.create_train_iterator(c, pca)))
+  b, h = c.batch_size, c.data.hr_crop // c.model.scale
+  assert batch["lr_blurred"].shape == batch["lr_clean"].shape == (b, h, h, 3)
+  # The noise-free blurred LR is the 8-bit LR before rounding.
+  assert np.abs(batch["lr_blurred"] - batch["lr"]).max() <= 0.5 / 255 + 1e-6
+  result = train.train_and_evaluate(c, str(tmp_path))
+  assert result["step"] == c.num_train_steps and np.isfinite(result["train_loss"])
+  model_config, variables, step = checkpoint.load_model(str(tmp_path))
+  assert model_config.version == "DCLS" and step == c.num_train_steps
+  out = models.create_model(model_config).apply(variables, batch["lr"][:2])
+  assert out.sr.shape == (1, 2, 2 * h, 2 * h, 3) and out.kernel.shape == (1, 2, 11, 11)

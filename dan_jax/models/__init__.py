@@ -31,3 +31,4 @@ from dan_jax.models.dan import pixel_shuffle
 from dan_jax.models.dan import spec_from_config
 from dan_jax.models.dcls import DCLS
 from dan_jax.models.dcls import FILTER_STRUCTURES
+from dan_jax.models.dcls import reformulated_kernel
