@@ -178,3 +178,15 @@ def test_dcls_trains_with_the_reformulated_kernel_loss(tmp_path):
   assert model_config.version == "DCLS" and step == c.num_train_steps
   out = models.create_model(model_config).apply(variables, batch["lr"][:2])
   assert out.sr.shape == (1, 2, 2 * h, 2 * h, 3) and out.kernel.shape == (1, 2, 11, 11)
+
+
+def test_init_follows_the_official_constructors():
+  model = models.create_model(dict(version="DCLS", nf=16, nb=1, ng=1, input_para=8))
+  params = models.init_variables(model, 0, np.zeros((441, 10), np.float32))["params"]
+  dec = params["estimator"]["dec1"]["kernel"]  # Kaiming normal, fan_in = input_para
+  assert dec.any() and not params["estimator"]["dec1"]["bias"].any()
+  assert 0.8 < dec.std() * np.sqrt(8 / 2) < 1.2
+  feat = params["restorer"]["feature0"]["conv1"]["kernel"]  # Kaiming x 0.1
+  assert 0.08 < feat.std() * np.sqrt(16 * 9 / 2) < 0.12
+  head = params["restorer"]["head1"]["kernel"]  # PyTorch default U(+-1/sqrt(fan_in))
+  assert np.abs(head).max() <= 1 / np.sqrt(16 * 9) and params["restorer"]["head1"]["bias"].any()

@@ -637,8 +637,11 @@ def init_variables(model: DAN, rng: Any, pca_matrix: Any) -> dict:
     rng = int(rng.reshape(-1)[-1] + (rng.reshape(-1)[0] << np.uint64(32)))
   lr = jax.ShapeDtypeStruct((1, 8, 8, s.in_nc), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, iterations=1), lr)
-  return {"params": _torch_default_params(flax.core.unfreeze(shapes["params"]), rng),
-          "pca": {"matrix": pca_matrix}}
+  params = _torch_default_params(flax.core.unfreeze(shapes["params"]), rng)
+  if s.version == "DCLS":  # the official DCLS constructors re-draw some layers
+    from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top (dcls imports dan)
+    params = dcls.official_init(params, rng)
+  return {"params": params, "pca": {"matrix": pca_matrix}}
 
 
 def count_params(params: Any) -> int:

@@ -344,3 +344,34 @@ def reformulated_kernel(lr_blurred: Array, lr_clean: Array, kernel_size: int,
   kern = kern.at[:, c + 1, c + 1].add(1e-20)
   kern = kern / jnp.sum(kern, axis=(1, 2), keepdims=True)
   return jax.lax.stop_gradient(kern)
+
+
+def official_init(params: Any, seed: int) -> dict:
+  """Re-draws DCLS parameters as the official constructors do, on the host.
+
+  `params` holds PyTorch-default draws (see `init_variables`). The official Estimator
+  re-initialises all its layers with Kaiming-normal weights (fan_in, gain sqrt(2)) and zero
+  biases; the Restorer's residual blocks get Kaiming-normal weights scaled by 0.1 and zero
+  biases; every other Restorer layer keeps PyTorch's default.
+  """
+  rng = np.random.default_rng([seed, 1])
+
+  def kaiming(layer, scale):
+    shape = layer["kernel"].shape
+    std = np.sqrt(2.0 / np.prod(shape[:-1]))  # fan_in: all but the output axis
+    return {"kernel": (rng.normal(0.0, std, shape) * scale).astype(np.float32),
+            "bias": np.zeros(layer["bias"].shape, np.float32)}
+
+  def walk(node, scale):
+    if "kernel" in node and "bias" in node:
+      return kaiming(node, scale)
+    return {name: walk(child, scale) for name, child in sorted(node.items())}
+
+  out = dict(params)
+  out["estimator"] = walk(params["estimator"], 1.0)
+  restorer = dict(params["restorer"])
+  for name in sorted(restorer):
+    if name.startswith("feature"):
+      restorer[name] = walk(restorer[name], 0.1)
+  out["restorer"] = restorer
+  return out
