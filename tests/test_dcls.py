@@ -190,3 +190,17 @@ def test_init_follows_the_official_constructors():
   assert 0.08 < feat.std() * np.sqrt(16 * 9 / 2) < 0.12
   head = params["restorer"]["head1"]["kernel"]  # PyTorch default U(+-1/sqrt(fan_in))
   assert np.abs(head).max() <= 1 / np.sqrt(16 * 9) and params["restorer"]["head1"]["bias"].any()
+
+
+def test_predictor_runs_dcls_whole_images_and_refuses_tiles():
+  from dan_jax import infer  # pylint: disable=g-import-not-at-top
+  data = np.load(FIXTURES / "parity_dcls_x4_setting1.npz")
+  config = convert.infer_dcls_config(_state_dict(data))
+  variables = convert.dcls_params_from_torch(_state_dict(data), config)
+  predictor = infer.Predictor(config, variables)
+  pred = predictor.predict(data["lr"][0])
+  assert predictor.has_kernel and not predictor.tiled_is_exact
+  assert _rel_err(pred.sr, data["sr"][0]) < 1e-4
+  assert _rel_err(pred.kernel, data["kernel"][0]) < 1e-4
+  with pytest.raises(infer.InferenceError, match="tiled inference is not available for DCLS"):
+    infer.Predictor(config, variables, tile=8)
