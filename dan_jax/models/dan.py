@@ -36,7 +36,7 @@ class DANOutput:
   Attributes:
     sr: [iterations, B, s*H, s*W, C] super-resolved images, one per iteration.
     code: [iterations, B, code_len] kernel codes estimated at each iteration.
-    kernel: [iterations, B, k, k] estimated kernels (DANv2); None for DANv1, whose
+    kernel: [iterations, B, k, k] estimated kernels (DANv2, DCLS); None for DANv1, whose
       Estimator predicts the code directly.
   """
 
