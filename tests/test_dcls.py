@@ -204,3 +204,22 @@ def test_predictor_runs_dcls_whole_images_and_refuses_tiles():
   assert _rel_err(pred.kernel, data["kernel"][0]) < 1e-4
   with pytest.raises(infer.InferenceError, match="tiled inference is not available for DCLS"):
     infer.Predictor(config, variables, tile=8)
+
+
+@pytest.mark.slow  # ~25 s on 2 cores
+def test_dcls_resumed_run_matches_uninterrupted_run(tmp_path):
+  from dan_jax import train  # pylint: disable=g-import-not-at-top
+
+  def config(steps):
+    c = checkpoint.load_config_file(str(ROOT / "configs" / "test.py:dcls"))
+    c.num_train_steps, c.data.val_source, c.checkpoint_every_steps = steps, "none", 0
+    return c
+
+  straight = train.train_and_evaluate(config(4), str(tmp_path / "straight"))
+  train.train_and_evaluate(config(2), str(tmp_path / "resumed"))
+  resumed = train.train_and_evaluate(config(4), str(tmp_path / "resumed"))
+  assert resumed["train_loss"] == straight["train_loss"]
+  a = checkpoint.load_model(str(tmp_path / "straight"))[1]["params"]
+  b = checkpoint.load_model(str(tmp_path / "resumed"))[1]["params"]
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
