@@ -11,7 +11,7 @@ commented; `--config.a.b=value` overrides any.
 
 import ml_collections
 
-VERSIONS = {"v1": "DANv1", "v2": "DANv2"}
+VERSIONS = {"v1": "DANv1", "v2": "DANv2", "dcls": "DCLS"}
 # Official GT_size (HR crop) per scale; the LR crop is 64 px in every official YAML.
 HR_CROP = {2: 128, 3: 192, 4: 256}
 # Validation blur: the 5th of the 8 Gaussian8 widths of each scale (x4: 2.6, as default).
@@ -19,10 +19,10 @@ VAL_SIGMA = {2: 1.26, 3: 1.95, 4: 2.6}
 
 
 def version_from_arg(arg: str, default: str = "v2") -> str:
-  """'v1'/'DANv1' -> 'DANv1', 'v2'/'DANv2'/'' -> 'DANv2' (the `--config=FILE:ARG` part)."""
+  """'v1'/'DANv1' -> 'DANv1', 'v2'/'DANv2'/'' -> 'DANv2', 'dcls' -> 'DCLS' (`FILE:ARG`)."""
   key = (arg or default).strip().lower().replace("dan", "")
   if key not in VERSIONS:
-    raise ValueError(f"config argument must be v1 or v2 (e.g. --config=configs/x4.py:v1), "
+    raise ValueError(f"config argument must be v1, v2 or dcls (e.g. --config=configs/x4.py:v1), "
                      f"got {arg!r}")
   return VERSIONS[key]
 
@@ -173,7 +173,9 @@ def official(version: str = "DANv2", scale: int = 4, setting: int = 1
   4 iterations, code length 10.
   """
   if version not in VERSIONS.values():
-    raise ValueError(f"version must be DANv1 or DANv2, got {version!r}")
+    raise ValueError(f"version must be DANv1, DANv2 or DCLS, got {version!r}")
+  if version == "DCLS":
+    return official_dcls(scale, setting)
   if scale not in HR_CROP:
     raise ValueError(f"scale must be 2, 3 or 4, got {scale!r}")
   if setting not in (1, 2) or (setting == 2 and scale == 3):
@@ -209,4 +211,33 @@ def official(version: str = "DANv2", scale: int = 4, setting: int = 1
     # kernel size, although the official x4 YAML says 21: a sigma of 5 needs +-3 sigma =
     # +-15 px of support, and 21x21 would cut the widest kernels at 2 sigma.
     model.kernel_size = 11 if scale == 2 else 31  # degradation.kernel_size follows
+  return config
+
+
+# DCLS setting-1 sigma range per scale (official DCLS YAMLs: U(0.2, 2/3/4) for x2/x3/x4).
+DCLS_SIG_MAX = {2: 2.0, 3: 3.0, 4: 4.0}
+
+
+def official_dcls(scale: int = 4, setting: int = 1) -> ml_collections.ConfigDict:
+  """The official DCLS-SR recipe (megvii-research/DCLS-SR codes/config/DCLS/options/*/train).
+
+  DCLS(nf 64, nb 10, ng 5, input_para 256), one pass; batch 64 of 64x64 LR crops; Adam
+  (0.9, 0.99), lr 4e-4 (Restorer and Estimator alike), halved at 200k and 400k of 500k
+  steps; loss L1(SR) + L1(kernel, reformulated kernel). Setting 1: isotropic sigma ~
+  U(0.2, scale), 21x21; setting 2: as DAN's setting 2 (x2 11x11, x4 31x31, as the YAMLs).
+  """
+  config = official("DANv2", scale, setting)  # data, degradation and kernel size
+  model = config.model
+  model.version = "DCLS"
+  model.nb, model.ng = 10, 5  # DPCABs per group, groups (official nb, ng)
+  model.loops = 1  # one pass, not alternating
+  model.estimator_nf = 64  # DCLS Estimator width (the official uses nf)
+  model.estimator_nb = 3  # DCLS Estimator residual blocks (fixed to 3 officially)
+  model.input_para = 256  # length of the Estimator's latent (official input_para)
+  model.reduction = 4  # channel reduction of the CLS branch and the attention layers
+  if setting == 1:
+    config.degradation.sig_max = DCLS_SIG_MAX[scale]
+  config.num_train_steps = 500_000  # official niter
+  config.lr_milestones = (200_000, 400_000)  # official lr_steps
+  config.kernel_loss_weight = 1.0  # official: d_kr + d_sr
   return config

@@ -32,7 +32,7 @@ _DEFAULT = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
 
 
 def get_config(arg: str = ""):
-  """The demo config ("v1" gives a DANv1 of similar size, not calibrated)."""
+  """The demo config ("v1": a DANv1 of similar size, not calibrated; "dcls": DCLS)."""
   config = _DEFAULT["get_config"]()
   model = config.model
   model.version = _DEFAULT["version_from_arg"](arg)
@@ -43,6 +43,9 @@ def get_config(arg: str = ""):
   model.kernel_size = 11  # degradation.kernel_size follows; sigma 1.6 needs +-5 px
   model.estimator_nf = 32
   model.estimator_nb = 2
+  if model.version == "DCLS":  # ":dcls": DCLS of similar size, one pass (see docstring)
+    model.loops = 1
+    model.input_para = 64  # the Estimator's latent (official 256)
 
   deg = config.degradation
   deg.sig_min, deg.sig_max = 0.8, 1.6  # Gaussian8 x2 (training on U(0.2, 4) is slower)

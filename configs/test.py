@@ -13,7 +13,7 @@ _DEFAULT = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
 
 
 def get_config(arg: str = ""):
-  """The default config shrunk (arg "v1" gives the smallest legal DANv1: nf 16)."""
+  """The default config shrunk (arg "v1": the smallest legal DANv1, nf 16; "dcls": DCLS)."""
   config = _DEFAULT["get_config"]()
   model = config.model
   model.version = _DEFAULT["version_from_arg"](arg)
@@ -26,6 +26,10 @@ def get_config(arg: str = ""):
   model.code_len = 4
   model.estimator_nf = 32 if model.version == "DANv1" else 8
   model.estimator_nb = 1
+
+  if model.version == "DCLS":  # kernel sizes are DCLS's filter stacks: 11 is the smallest
+    model.nf, model.loops, model.kernel_size = 16, 1, 11  # nf >= reduction^2 for attention
+    model.estimator_nf, model.input_para = 8, 8  # input_para: the Estimator's latent
 
   deg = config.degradation
   deg.sig_min, deg.sig_max = 0.2, 2.0  # what a 7x7 kernel can hold

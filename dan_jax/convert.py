@@ -1,4 +1,7 @@
-"""Official PyTorch DAN weights (github greatlog/DAN) -> dan_jax variables and checkpoints.
+"""Official PyTorch DAN and DCLS weights -> dan_jax variables and checkpoints.
+
+DAN: github greatlog/DAN; DCLS: github megvii-research/DCLS-SR (its weights carry no PCA
+matrix: `--pca` gives one for the `code` output, else codes are zero).
 
 Library use:
   model_config = model_config_from_official("DANv2", nf=64, nb=10, ng=5, upscale=4, loop=4)
@@ -244,6 +247,173 @@ def infer_official_options(state_dict: Mapping[str, Any]) -> tuple[str, dict]:
   return version, opts
 
 
+# ---------------------------------------------------------------------------------------
+# DCLS (github megvii-research/DCLS-SR)
+# ---------------------------------------------------------------------------------------
+
+
+def _dcls_pairs(spec: models.ModelSpec) -> Iterator[tuple[str, tuple[str, ...]]]:
+  """(official module name, our parameter path) for every conv/linear layer of DCLS."""
+  r, e = ("restorer",), ("estimator",)
+  yield "Estimator.head.0", e + ("head",)
+  for i in range(spec.estimator_nb):
+    for j in (1, 2):
+      yield f"Estimator.body.0.{i}.conv{j}", e + (f"block{i}", f"conv{j}")
+  yield "Estimator.tail.0", e + ("tail_conv1",)
+  yield "Estimator.tail.2", e + ("tail_conv2",)
+  yield "Estimator.tail.4", e + ("tail_latent",)
+  for i in range(len(models.FILTER_STRUCTURES[spec.kernel_size])):
+    yield f"Estimator.dec.{i}", e + (f"dec{i}",)
+  yield "Restorer.conv_first", r + ("conv_first",)
+  for i in range(3):
+    for j in (1, 2):
+      yield f"Restorer.feature_block.{i}.conv{j}", r + (f"feature{i}", f"conv{j}")
+  yield "Restorer.head1", r + ("head1",)
+  cls = "Restorer.head2"
+  yield f"{cls}.reduce_feature", r + ("cls", "reduce")
+  for i in range(3):
+    yield f"{cls}.grad_filter.{2 * i}", r + ("cls", f"grad_conv{i}")
+  yield f"{cls}.grad_filter.6", r + ("cls", "grad_out")
+  yield f"{cls}.expand_feature", r + ("cls", "expand")
+  for g in range(spec.ng):
+    for b in range(spec.nb):
+      t, path = f"Restorer.body.{g}.body.{b}", r + (f"group{g}", f"block{b}")
+      for a in (1, 2):
+        yield f"{t}.body{a}.0", path + (f"body{a}_conv1",)
+        yield f"{t}.body{a}.2", path + (f"body{a}_conv2",)
+      yield f"{t}.CA_body1.1", path + ("ca1_conv",)
+      for prefix, ours in ((f"{t}.CA_body1.2", "ca1_attention"),
+                           (f"{t}.CA_body2", "ca2_attention")):
+        yield f"{prefix}.conv_du.0", path + (ours, "squeeze")
+        yield f"{prefix}.conv_du.2", path + (ours, "excite")
+  yield "Restorer.fusion", r + ("fusion",)
+  up = ["conv0", "conv1", "out"] if spec.scale == 4 else ["conv0", "out"]
+  for i, name in enumerate(up):
+    yield f"Restorer.upscale.{2 * i}", r + ("upsample", name)
+
+
+def dcls_params_from_torch(state_dict: Mapping[str, Any], model_config: Any,
+                           pca_matrix: Optional[Any] = None) -> dict:
+  """Maps an official DCLS state_dict onto our variables.
+
+  Args:
+    state_dict: official names (optionally `module.`-prefixed) to numpy/torch arrays.
+    model_config: our model config with version "DCLS".
+    pca_matrix: [k*k, code_len] PCA matrix for the `code` output (official DCLS weights
+      carry none); default zeros, so `code` is zero.
+  Returns:
+    {'params': ..., 'pca': {'matrix': ...}} ready for `model.apply`.
+  Raises:
+    ConversionError: naming missing, unexpected or mis-shaped entries.
+  """
+  spec = models.spec_from_config(model_config)
+  sd = _strip_prefix(state_dict)
+  model = models.create_model(spec)
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), np.zeros((1, 8, 8, spec.in_nc), np.float32)))
+  params: dict = {}
+  used, problems = set(), []
+  for torch_name, path in _dcls_pairs(spec):
+    node = shapes["params"]
+    for p in path:
+      node = node[p]
+    for suffix, ours in (("weight", "kernel"), ("bias", "bias")):
+      key = f"{torch_name}.{suffix}"
+      if key not in sd:
+        problems.append(f"missing {key}")
+        continue
+      value = sd[key].astype(np.float32)
+      if suffix == "weight":  # conv OIHW -> HWIO; linear [out, in] -> [in, out]
+        value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+      if value.shape != node[ours].shape:
+        problems.append(f"{key}: shape {value.shape} does not fit the model config, "
+                        f"which needs {node[ours].shape}")
+        continue
+      used.add(key)
+      target = params
+      for p in path:
+        target = target.setdefault(p, {})
+      target[ours] = value
+  unexpected = sorted(set(sd) - used)
+  problems += [f"unexpected {u}" for u in unexpected[:10]]
+  if len(unexpected) > 10:
+    problems.append(f"... and {len(unexpected) - 10} more unexpected entries")
+  k = spec.kernel_size
+  if pca_matrix is None:
+    pca_matrix = np.zeros((k * k, spec.code_len), np.float32)
+  pca_matrix = np.asarray(pca_matrix, np.float32)
+  if pca_matrix.shape != (k * k, spec.code_len):
+    problems.append(f"pca matrix: shape {pca_matrix.shape}, needs {(k * k, spec.code_len)}")
+  if problems:
+    raise ConversionError(
+        f"official DCLS x{spec.scale} weights do not match the model config (nf={spec.nf}, "
+        f"nb={spec.nb}, ng={spec.ng}, kernel_size={k}, input_para={spec.input_para}): "
+        + "; ".join(problems[:12]))
+  return {"params": params, "pca": {"matrix": pca_matrix}}
+
+
+def infer_dcls_config(state_dict: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Our DCLS model config read off an official DCLS state_dict's names and shapes."""
+  sd = _strip_prefix(state_dict)
+  need = ("Restorer.conv_first.weight", "Restorer.head1.weight", "Estimator.head.0.weight",
+          "Estimator.tail.4.weight", "Restorer.upscale.0.weight")
+  missing = [n for n in need if n not in sd]
+  if missing:
+    raise ConversionError(f"this is not an official DCLS state_dict (missing {missing[0]})")
+  count = lambda pattern: len({m.group(1) for n in sd if (m := re.match(pattern, n))})
+  nf, in_nc = sd["Restorer.conv_first.weight"].shape[:2]
+  sizes = []
+  for i in range(count(r"Estimator\.dec\.(\d+)\.")):
+    w = sd[f"Estimator.dec.{i}.weight"]
+    last = i == count(r"Estimator\.dec\.(\d+)\.") - 1
+    channels = (in_nc if i == 0 else 16) * (in_nc if last else 16)
+    sizes.append(int(round((w.shape[0] / channels)**0.5)))
+  by_structure = {v: k for k, v in models.FILTER_STRUCTURES.items()}
+  if tuple(sizes) not in by_structure:
+    raise ConversionError(f"unknown DCLS filter structure {sizes}; known: "
+                          f"{sorted(by_structure)}")
+  ratio = sd["Restorer.upscale.0.weight"].shape[0] // nf
+  cfg = dict(version="DCLS", nf=int(nf), in_nc=int(in_nc),
+             nb=count(r"Restorer\.body\.0\.body\.(\d+)\."),
+             ng=count(r"Restorer\.body\.(\d+)\."),
+             reduction=int(nf // sd["Restorer.head1.weight"].shape[0]),
+             input_para=int(sd["Estimator.tail.4.weight"].shape[0]),
+             kernel_size=by_structure[tuple(sizes)],
+             estimator_nf=int(sd["Estimator.head.0.weight"].shape[0]),
+             estimator_nb=count(r"Estimator\.body\.0\.(\d+)\."), loops=1, code_len=10,
+             scale=4 if "Restorer.upscale.4.weight" in sd else int(round(ratio**0.5)))
+  config = ml_collections.ConfigDict(cfg)
+  models.spec_from_config(config)  # validates
+  return config
+
+
+def _is_dcls(state_dict: Mapping[str, Any]) -> bool:
+  return any(k.split("module.")[-1].startswith("Restorer.head2.grad_filter")
+             for k in state_dict)
+
+
+def _load_pca(path: str) -> np.ndarray:
+  """A PCA matrix [k*k, code_len] from a .npy, or a .npz/.pth holding one array."""
+  if not os.path.isfile(path):
+    raise ConversionError(f"no such PCA file: {path}")
+  try:
+    if path.endswith((".npy", ".npz")):
+      obj = np.load(path, allow_pickle=False)
+      if not isinstance(obj, np.ndarray):
+        with obj:
+          obj = {k: obj[k] for k in obj.files}
+    else:
+      import torch  # pylint: disable=g-import-not-at-top
+      obj = torch.load(path, map_location="cpu", weights_only=True)
+  except Exception as e:  # format errors surface differently per reader
+    raise ConversionError(f"{path} is not a readable PCA matrix: {e}") from e
+  if isinstance(obj, dict):
+    if len(obj) != 1:
+      raise ConversionError(f"{path} must hold one array (the PCA matrix)")
+    obj = next(iter(obj.values()))
+  return np.asarray(obj.numpy() if hasattr(obj, "numpy") else obj, np.float32)
+
+
 def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   """Reads an official .pth (a state_dict, or a dict holding one) into numpy arrays.
 
@@ -280,7 +450,8 @@ def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
 
 
 def convert_file(official_path: str, out_dir: str, model_config: Optional[Any] = None,
-                 loops: Optional[int] = None) -> ml_collections.ConfigDict:
+                 loops: Optional[int] = None, pca_path: Optional[str] = None
+                 ) -> ml_collections.ConfigDict:
   """Converts an official .pth into an orbax checkpoint under `out_dir`.
 
   Args:
@@ -288,10 +459,17 @@ def convert_file(official_path: str, out_dir: str, model_config: Optional[Any] =
     out_dir: output directory; the checkpoint goes to `out_dir/checkpoints/0`.
     model_config: our model config; default: read off the weights' names and shapes.
     loops: alternating iterations to store in the config (default: the config's, or 4).
+    pca_path: DCLS only: a PCA matrix file for the `code` output (default: zeros).
   Returns:
     The model config stored with the checkpoint.
   """
   sd = load_torch_checkpoint(official_path)
+  if _is_dcls(sd):
+    model_config = model_config or infer_dcls_config(sd)
+    pca = None if pca_path is None else _load_pca(pca_path)
+    checkpoint_lib.save_model(out_dir, dcls_params_from_torch(sd, model_config, pca),
+                              model_config)
+    return model_config
   if model_config is None:
     version, opts = infer_official_options(sd)
     opts["loop"] = 4
@@ -309,7 +487,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   import argparse  # pylint: disable=g-import-not-at-top
   parser = argparse.ArgumentParser(
       prog="python -m dan_jax.convert",
-      description="Convert official PyTorch DAN weights into a dan_jax checkpoint.")
+      description="Convert official PyTorch DAN or DCLS weights into a dan_jax checkpoint.")
   parser.add_argument("--official", required=True,
                       help="official .pth file (or a .npz of its state_dict)")
   parser.add_argument("--out", required=True, help="output directory (like a workdir)")
@@ -318,12 +496,15 @@ def main(argv: Optional[list[str]] = None) -> int:
                            "`model` must match the weights; default: read off the weights")
   parser.add_argument("--loops", type=int, default=None,
                       help="alternating iterations to store (default: the official 4)")
+  parser.add_argument("--pca", default=None,
+                      help="DCLS only: PCA matrix [k*k, code_len] (.npy, .npz or the official "
+                           ".pth) for the `code` output; default: zero codes")
   args = parser.parse_args(argv)
   try:
     model_config = None
     if args.config:
       model_config = checkpoint_lib.load_config_file(args.config).model
-    config = convert_file(args.official, args.out, model_config, args.loops)
+    config = convert_file(args.official, args.out, model_config, args.loops, args.pca)
   except (ConversionError, checkpoint_lib.CheckpointError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

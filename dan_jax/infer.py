@@ -95,6 +95,9 @@ def receptive_fields(spec: models.ModelSpec) -> tuple[int, int]:
   if spec.version == "DANv2":
     restorer = 1 + 2 * spec.nb * spec.ng + 1 + 2 + 1
     estimator = 2 + 2 * spec.estimator_nb + 1 + 1
+  elif spec.version == "DCLS":  # convolutions only: its Fourier deconvolution is global
+    restorer = 1 + 6 + 3 * spec.nb * spec.ng + 1 + 2 + 1
+    estimator = 3 + 2 * spec.estimator_nb + 2
   else:
     restorer = 1 + 2 * spec.nb + 1 + 2 + 1
     estimator = math.ceil(4 / spec.scale) + 1 + 2 * spec.estimator_nb + 1 + 1
@@ -222,6 +225,10 @@ class Predictor:
         raise InferenceError(f"{name} must be a non-negative integer, got {value!r}")
     if batch_size < 1:
       raise InferenceError(f"batch_size must be at least 1, got {batch_size}")
+    if tile and self.spec.version == "DCLS":
+      raise InferenceError("tiled inference is not available for DCLS: its Fourier "
+                           "deconvolution and kernel estimate see the whole image; run "
+                           "whole images (--tile 0)")
     self.rf_restorer, self.rf_estimator = receptive_fields(self.spec)
     if tile_overlap is None:
       tile_overlap = default_tile_overlap(self.spec) if tile else 0
@@ -250,7 +257,7 @@ class Predictor:
 
   @property
   def has_kernel(self) -> bool:
-    return self.spec.version == "DANv2"
+    return self.spec.version in ("DANv2", "DCLS")
 
   @property
   def tiled_is_exact(self) -> bool:

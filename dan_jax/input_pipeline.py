@@ -515,6 +515,7 @@ def _example_fn(plan: _Plan, config: ml_collections.ConfigDict,
   widths = tf.constant(plan.store.widths, tf.int64)
   pca = tf.constant(np.asarray(pca_matrix, np.float32))
   fold = tf.random.experimental.stateless_fold_in
+  dcls_pair = config.model.version == "DCLS"
 
   def make(n):
     _, _, seed, idx = plan.locate(n)
@@ -542,7 +543,11 @@ def _example_fn(plan: _Plan, config: ml_collections.ConfigDict,
     lr = lr[0]
     if deg.quantize_lr:
       lr = degradation.quantize_8bit(lr)
-    return dict(lr=lr, hr=hr, kernel=kernel[0], code=degradation.encode(kernel, pca)[0])
+    out = dict(lr=lr, hr=hr, kernel=kernel[0], code=degradation.encode(kernel, pca)[0])
+    if dcls_pair:  # DCLS's kernel loss: noise-free bicubic LR of the blurred and clean HR
+      out["lr_blurred"] = degradation.degrade(hr[None], kernel, scale)[0]
+      out["lr_clean"] = degradation.imresize(hr, 1.0 / scale)
+    return out
   return make
 
 

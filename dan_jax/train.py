@@ -75,7 +75,7 @@ VAL_SUBDIR = "val"
 BEST_METRIC = "val_psnr_y"
 # Fields whose change makes a checkpoint another model (not: dtype, scan_unroll, ...).
 _ARCH_FIELDS = ("version", "scale", "nf", "nb", "ng", "in_nc", "loops", "kernel_size",
-                "code_len", "estimator_nf", "estimator_nb")
+                "code_len", "estimator_nf", "estimator_nb", "input_para", "reduction")
 
 
 class TrainingError(ValueError):
@@ -184,10 +184,15 @@ def _iteration_losses(out: models.DANOutput, batch: dict) -> tuple[jax.Array, ja
   """Per-iteration ([n],[n]) L1 of SR vs HR and of the kernel term (official nn.L1Loss).
 
   The kernel term is L1(kernel, true kernel) for DANv2 (official `cri_pix(kernels[i],
-  real_kernel)`) and L1(code, true code) for DANv1, whose Estimator predicts the code.
+  real_kernel)`), L1(code, true code) for DANv1, whose Estimator predicts the code, and
+  L1(kernel, reformulated kernel) for DCLS (batch 'lr_blurred', 'lr_clean').
   """
   pix = jax.vmap(lambda sr: _l1(sr, batch["hr"]))(out.sr)
-  if out.kernel is not None:
+  if "lr_blurred" in batch:  # DCLS: L1 to the reformulated kernel (official CorrectionLoss)
+    target = models.reformulated_kernel(batch["lr_blurred"], batch["lr_clean"],
+                                        out.kernel.shape[-1])
+    ker = jax.vmap(lambda k: _l1(k, target))(out.kernel)
+  elif out.kernel is not None:
     ker = jax.vmap(lambda k: _l1(k, batch["kernel"]))(out.kernel)
   else:
     ker = jax.vmap(lambda c: _l1(c, batch["code"]))(out.code)
@@ -536,6 +541,8 @@ def _arch(model_config: Any) -> dict:
   d = checkpoint.model_config_to_dict(model_config)
   if d["version"] == "DANv1":
     d.pop("ng")  # unused by DANv1
+  if d["version"] != "DCLS":
+    d.pop("input_para", None), d.pop("reduction", None)  # DCLS-only fields
   return {k: d[k] for k in _ARCH_FIELDS if k in d}
 
 

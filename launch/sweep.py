@@ -10,7 +10,11 @@ generalized, plateau, motion, mixed); each run's PCA is built on its own kernel 
 Every trained model is tested on one fixed synthesized test set per test space (held-out
 photos, kernels drawn with a fixed seed, 8-bit LR), so all train spaces see the same
 images. Results: WORKDIR/results.csv, results.md (Y-PSNR table, and kernel error for
-DANv2) and heatmap.png. Extra arguments are config overrides (`num_train_steps=200`).
+DANv2 and DCLS) and heatmap.png. Extra arguments are config overrides (`num_train_steps=200`).
+
+Methods on an axis: `--methods=v2,dcls` trains the config file with each argument
+(`configs/demo.py:v2`, `configs/demo.py:dcls`) on each train space, into
+WORKDIR/train_<method>_<space>; the tables then have one row per (method, train space).
 """
 
 from __future__ import annotations
@@ -45,16 +49,29 @@ def train_config(config_spec: str, space: str, overrides: Sequence[str]):
   return config
 
 
+def plan_runs(args, overrides: Sequence[str]) -> list[tuple[str, str, str, str]]:
+  """(row label, config spec, run dir, train space) of every training run."""
+  runs = []
+  methods = [m for m in (args.methods or "").split(",") if m]
+  for method in methods or [None]:
+    spec = args.config if method is None else f"{args.config.partition(':')[0]}:{method}"
+    version = train_config(spec, "iso", overrides).model.version if method else ""
+    for space in args.train_spaces.split(","):
+      label = space if method is None else f"{version}/{space}"
+      run = f"train_{space}" if method is None else f"train_{method}_{space}"
+      runs.append((label, spec, _join(args.workdir, run), space))
+  return runs
+
+
 def plan_commands(args, overrides: Sequence[str]) -> list[list[str]]:
-  """One `python -m dan_jax.main` per train space, for a cluster's scheduler."""
+  """One `python -m dan_jax.main` per training run, for a cluster's scheduler."""
   commands = []
-  for space in args.train_spaces.split(","):
+  for _, spec, run_dir, space in plan_runs(args, overrides):
     # The kernel space's ranges depend on the kernel size of the config being launched.
-    kernel_size = train_config(args.config, space, overrides).model.kernel_size
+    kernel_size = train_config(spec, space, overrides).model.kernel_size
     extra = [f"degradation.{k}={v}" for k, v in space_overrides(space, kernel_size).items()
              if k != "kernel_size"]
-    commands.append(_common.train_command(
-        args.config, _join(args.workdir, f"train_{space}"), list(overrides) + extra))
+    commands.append(_common.train_command(spec, run_dir, list(overrides) + extra))
   return commands
 
 
@@ -80,7 +97,7 @@ def make_test_set(space: str, config, num_images: int, crop: int) -> dict:
 
 
 def evaluate_run(workdir: str, tests: dict) -> dict:
-  """Y-PSNR (and kernel error for DANv2) of one trained run on every test set."""
+  """Y-PSNR (and kernel error for DANv2/DCLS) of one trained run on every test set."""
   import jax  # pylint: disable=g-import-not-at-top
   from dan_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from dan_jax import metrics  # pylint: disable=g-import-not-at-top
@@ -95,8 +112,8 @@ def evaluate_run(workdir: str, tests: dict) -> dict:
     sr = np.asarray(res.sr[-1])
     psnr = [metrics.psnr_y(metrics.to_uint8(s), metrics.to_uint8(h), scale)
             for s, h in zip(sr, t["hr"])]
-    row = {"psnr_y": float(np.mean(psnr))}
-    if res.kernel is not None:
+    row = {"psnr_y": float(np.mean(psnr)), "method": model.spec.version}
+    if res.kernel is not None and res.kernel.shape[-1] == t["kernel"].shape[-1]:
       est = np.asarray(res.kernel[-1])
       row["kernel_mse"] = float(np.mean([metrics.kernel_error(e, k)["mse"]
                                          for e, k in zip(est, t["kernel"])]))
@@ -119,11 +136,11 @@ def write_results(workdir: str, results: dict, train_spaces, test_spaces) -> str
   """results.csv, results.md and heatmap.png; returns the Markdown."""
   f = io.StringIO(newline="")
   w = csv.writer(f)
-  w.writerow(["train_space", "test_space", "psnr_y", "kernel_mse"])
+  w.writerow(["method", "train_space", "test_space", "psnr_y", "kernel_mse"])
   for tr in train_spaces:
     for te in test_spaces:
       r = results[tr][te]
-      w.writerow([tr, te, f"{r['psnr_y']:.4f}",
+      w.writerow([r["method"], tr.rpartition("/")[2], te, f"{r['psnr_y']:.4f}",
                   f"{r['kernel_mse']:.6g}" if "kernel_mse" in r else ""])
   _write(_join(workdir, "results.csv"), f.getvalue().encode())
   lines = ["Y-PSNR (dB), rows: train kernel space, columns: test kernel space", "",
@@ -179,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--workdir", required=True, help="sweep directory")
   parser.add_argument("--train_spaces", default="iso,aniso,motion")
   parser.add_argument("--test_spaces", default="iso,aniso,motion")
+  parser.add_argument("--methods", default="",
+                      help="config arguments to compare, e.g. v2,dcls (default: --config's)")
   parser.add_argument("--mode", default="local", choices=("local", "plan", "collect"),
                       help="local: train one after another here, then evaluate; plan: "
                            "print the training commands; collect: evaluate existing runs")
@@ -201,16 +220,23 @@ def main(argv: list[str] | None = None) -> int:
     if not storage.is_url(args.workdir):  # object stores have no folders to create
       storage.path(args.workdir).mkdir(parents=True, exist_ok=True)
     results = {}
-    for space in train_spaces:
-      run_dir = _join(args.workdir, f"train_{space}")
+  f = io.StringIO(newline="")
+  w = csv.writer(f)
+  w.writerow(["method", "train_space", "test_space", "psnr_y", "kernel_mse"])
+  for tr in train_spaces:
+    for te in test_spaces:
+      r = results[tr][te]
+      w.writerow([r["method"], tr.rpartition("/")[2], te, f"{r['psnr_y']:.4f}",
+                  f"{r['kernel_mse']:.6g}" if "kernel_mse" in r else ""])
+  _write(_join(workdir, "results.csv"), f.getvalue().encode())
       if args.mode == "local":
-        print(f"== training on kernel space {space!r} -> {run_dir}", flush=True)
-        train.train_and_evaluate(train_config(args.config, space, overrides), run_dir)
-      results[space] = evaluate_run(run_dir, tests)
+        print(f"== training {label} on kernel space {space!r} -> {run_dir}", flush=True)
+        train.train_and_evaluate(train_config(spec, space, overrides), run_dir)
+      results[label] = evaluate_run(run_dir, tests)
   except (ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(write_results(args.workdir, results, train_spaces, test_spaces))
+  print(write_results(args.workdir, results, [r[0] for r in runs], test_spaces))
   print(f"wrote {args.workdir}/results.csv, results.md, heatmap.png")
   return 0
 

@@ -6,6 +6,7 @@ import shlex
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 import pytest
 
@@ -65,3 +66,25 @@ def test_sweep_plan_prints_one_command_per_train_space(tmp_path):
 
 def test_sweep_rejects_unknown_space(tmp_path):
   assert sweep.main([f"--workdir={tmp_path}", "--train_spaces=gaussian9"]) == 2
+
+
+@pytest.mark.slow  # ~95 s on 2 cores: trains and evaluates four tiny models
+def test_sweep_puts_methods_on_an_axis(tmp_path):
+  # DANv2 and DCLS x 2 train spaces x 3 test spaces; 11x11 kernels for both (DCLS's
+  # smallest filter stack), so both kernel estimates are scored on the same test sets.
+  status = sweep.main([f"--config={ROOT}/configs/test.py", f"--workdir={tmp_path}",
+                      "--methods=v2,dcls", "--train_spaces=iso,aniso",
+                      "--test_spaces=iso,aniso,motion", "--test_images=2", "--test_crop=32",
+                      "model.kernel_size=11", "num_train_steps=1", "eval_every_steps=0",
+                      "checkpoint_every_steps=1", "data.val_source=none"])
+  assert status == 0
+  with open(tmp_path / "results.csv") as f:
+    rows = list(csv.DictReader(f))
+  assert [(r["method"], r["train_space"], r["test_space"]) for r in rows] == [
+      (m, tr, te) for m in ("DANv2", "DCLS") for tr in ("iso", "aniso")
+      for te in ("iso", "aniso", "motion")]
+  assert all(5 < float(r["psnr_y"]) < 60 and float(r["kernel_mse"]) >= 0 for r in rows)
+  for run in ("train_v2_iso", "train_v2_aniso", "train_dcls_iso", "train_dcls_aniso"):
+    assert (tmp_path / run / "checkpoints").is_dir()
+  md = (tmp_path / "results.md").read_text()
+  assert "| DANv2/iso |" in md and "| DCLS/aniso |" in md and "Kernel MSE" in md

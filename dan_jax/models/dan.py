@@ -25,7 +25,7 @@ import numpy as np
 
 Array = jax.Array
 
-VERSIONS = ("DANv1", "DANv2")
+VERSIONS = ("DANv1", "DANv2", "DCLS")  # DCLS lives in models/dcls.py
 SCALES = (2, 3, 4)
 
 
@@ -36,7 +36,7 @@ class DANOutput:
   Attributes:
     sr: [iterations, B, s*H, s*W, C] super-resolved images, one per iteration.
     code: [iterations, B, code_len] kernel codes estimated at each iteration.
-    kernel: [iterations, B, k, k] estimated kernels (DANv2); None for DANv1, whose
+    kernel: [iterations, B, k, k] estimated kernels (DANv2, DCLS); None for DANv1, whose
       Estimator predicts the code directly.
   """
 
@@ -442,6 +442,13 @@ class ModelSpec:
   scan_unroll: int = 1
   dtype: Any = jnp.float32
   conv_backward: str = "auto"
+  input_para: int = 256  # DCLS: length of the Estimator's latent (official input_para)
+  reduction: int = 4  # DCLS: channel reduction of the CLS branch and the attention
+
+
+# DCLS defaults for the fields a config leaves out (one pass; the official Estimator has
+# 3 residual blocks).
+_DCLS_DEFAULTS = {"loops": 1, "estimator_nb": 3}
 
 
 def delta_code(pca: Array, kernel_size: int) -> Array:
@@ -520,6 +527,8 @@ def spec_from_config(model_config: Any) -> ModelSpec:
   unknown = sorted(keys - known)
   if unknown:
     raise ValueError(f"unknown model config field(s) {unknown}; known: {sorted(fields)}")
+  if _get(model_config, "version", fields["version"]) == "DCLS":
+    fields.update(_DCLS_DEFAULTS)
   values = {k: _get(model_config, k, d) for k, d in fields.items()}
   dtype = values["dtype"]
   if isinstance(dtype, str):
@@ -538,6 +547,8 @@ def spec_from_config(model_config: Any) -> ModelSpec:
       raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
   if spec.version == "DANv2" and (not isinstance(spec.ng, (int, np.integer)) or spec.ng < 1):
     raise ValueError(f"model.ng must be a positive integer, got {spec.ng!r}")
+  if spec.version == "DCLS":
+    _validate_dcls(spec)
   if spec.conv_backward not in ("auto", "gemm", "xla"):
     raise ValueError(f"model.conv_backward must be 'auto', 'gemm' or 'xla', got "
                      f"{spec.conv_backward!r}")
@@ -554,9 +565,33 @@ def spec_from_config(model_config: Any) -> ModelSpec:
   return spec
 
 
-def create_model(model_config: Any) -> DAN:
-  """Builds the DAN module described by `model_config` (see configs/default.py: `model`)."""
-  return DAN(spec_from_config(model_config))
+def _validate_dcls(spec: ModelSpec) -> None:
+  from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top (dcls imports dan)
+  if spec.loops != 1:
+    raise ValueError(f"model.loops must be 1 for DCLS (one pass), got {spec.loops!r}")
+  if spec.kernel_size not in dcls.FILTER_STRUCTURES:
+    raise ValueError(f"model.kernel_size must be one of {sorted(dcls.FILTER_STRUCTURES)} "
+                     f"for DCLS (its filter stacks), got {spec.kernel_size}")
+  for name in ("ng", "input_para", "reduction"):
+    v = getattr(spec, name)
+    if not isinstance(v, (int, np.integer)) or v < 1:
+      raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
+  if spec.nf % spec.reduction or spec.nf // spec.reduction < spec.reduction:
+    raise ValueError(f"model.nf must be a multiple of model.reduction with nf/reduction >= "
+                     f"reduction (channel attention), got nf={spec.nf}, "
+                     f"reduction={spec.reduction}")
+
+
+def create_model(model_config: Any) -> nn.Module:
+  """Builds the module described by `model_config` (see configs/default.py: `model`).
+
+  DANv1/DANv2 give a `DAN`, "DCLS" a `models.dcls.DCLS`; both are called the same way.
+  """
+  spec = spec_from_config(model_config)
+  if spec.version == "DCLS":
+    from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top (dcls imports dan)
+    return dcls.DCLS(spec)
+  return DAN(spec)
 
 
 def _torch_default_params(shapes: Any, seed: int) -> dict:
@@ -609,8 +644,11 @@ def init_variables(model: DAN, rng: Any, pca_matrix: Any) -> dict:
     rng = int(rng.reshape(-1)[-1] + (rng.reshape(-1)[0] << np.uint64(32)))
   lr = jax.ShapeDtypeStruct((1, 8, 8, s.in_nc), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, iterations=1), lr)
-  return {"params": _torch_default_params(flax.core.unfreeze(shapes["params"]), rng),
-          "pca": {"matrix": pca_matrix}}
+  params = _torch_default_params(flax.core.unfreeze(shapes["params"]), rng)
+  if s.version == "DCLS":  # the official DCLS constructors re-draw some layers
+    from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top (dcls imports dan)
+    params = dcls.official_init(params, rng)
+  return {"params": params, "pca": {"matrix": pca_matrix}}
 
 
 def count_params(params: Any) -> int:

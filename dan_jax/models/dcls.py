@@ -1,0 +1,377 @@
+"""DCLS-SR (Deep Constrained Least Squares, CVPR 2022) in Flax linen, NHWC.
+
+One pass, not alternating: the Estimator maps the LR image to a k x k kernel, the Restorer
+deconvolves LR features with that kernel (stop-gradiented) in the Fourier domain and
+upsamples. Every layer mirrors one layer of the official PyTorch code
+(github megvii-research/DCLS-SR, `dcls_arch.py`, `dcls_utils.py`), so official weights map
+one to one (see `convert`). Numerical quirks of the official forward that trained weights
+depend on are reproduced and named where they happen.
+
+The model returns the same `DANOutput` as DAN with one "iteration": `sr` [1,B,sH,sW,C]
+(clamped to [0, 1] as the official Restorer does), `kernel` [1,B,k,k] (sum-normalised, may
+have negative taps) and `code` [1,B,code_len], the PCA code of the estimated kernel
+(`kernel.flatten() @ pca`, as DANv2 defines it; the PCA matrix is a model variable).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dan_jax.models.dan import Conv2d, DANOutput, ModelSpec, Upsampler, _opts, \
+    _torch_uniform
+
+Array = jax.Array
+
+# The official per-kernel-size filter stacks composed into the estimated kernel
+# (`DCLS.__init__`): 21 for isotropic kernels (setting 1, every scale), 11 for anisotropic
+# x2 and 31 for anisotropic x4 (setting 2). Their sizes compose to k: sum(f - 1) = k - 1.
+FILTER_STRUCTURES = {21: (11, 7, 5, 1), 11: (7, 3, 3, 1), 31: (11, 9, 7, 5, 3)}
+# Channels between the composed filters (official `Estimator.G_chan`).
+G_CHAN = 16
+
+
+def lrelu(x: Array) -> Array:
+  """DCLS uses LeakyReLU(0.1) everywhere (DAN uses 0.2)."""
+  return nn.leaky_relu(x, negative_slope=0.1)
+
+
+class Linear(nn.Module):
+  """torch.nn.Linear with PyTorch's default init: params kernel [in, out], bias [out]."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    init = _torch_uniform(1.0 / np.sqrt(x.shape[-1]))
+    kernel = self.param("kernel", init, (x.shape[-1], self.features))
+    bias = self.param("bias", init, (self.features,))
+    return x.astype(jnp.float32) @ kernel + bias
+
+
+class ResBlock(nn.Module):
+  """ResidualBlock_noBN: x + conv2(lrelu(conv1(x)))."""
+
+  dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    nf = x.shape[-1]
+    y = Conv2d(nf, 3, padding=1, **_opts(self), name="conv1")(x)
+    return x + Conv2d(nf, 3, padding=1, **_opts(self), name="conv2")(lrelu(y))
+
+
+class CALayer(nn.Module):
+  """DCLS channel attention: x * sigmoid(conv(relu(conv(mean_hw(x))))), reduction 4."""
+
+  reduction: int = 4
+  dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    nf = x.shape[-1]
+    y = jnp.mean(x, axis=(1, 2), keepdims=True)
+    y = Conv2d(nf // self.reduction, 1, **_opts(self), name="squeeze")(y)
+    y = Conv2d(nf, 1, **_opts(self), name="excite")(nn.relu(y))
+    return x * nn.sigmoid(y)
+
+
+def adaptive_avg_pool_matrix(n: int, out: int) -> np.ndarray:
+  """[out, n] averaging matrix of PyTorch's AdaptiveAvgPool along one axis.
+
+  Bin i covers [floor(i*n/out), ceil((i+1)*n/out)), so bins overlap when `out` does not
+  divide `n` (e.g. n=4, out=3: [0,2), [1,3), [2,4)).
+  """
+  m = np.zeros((out, n), np.float32)
+  for i in range(out):
+    lo, hi = (i * n) // out, -((-(i + 1) * n) // out)
+    m[i, lo:hi] = 1.0 / (hi - lo)
+  return m
+
+
+def psf2otf(psf: Array, height: int, width: int) -> Array:
+  """Half-spectrum OTF [..., height, width//2+1] of k x k kernels `psf` [..., k, k].
+
+  The official `convert_psf2otf`: zero-pad to the image size and circularly shift the
+  kernel's centre tap to (0, 0), then FFT.
+  """
+  k = psf.shape[-1]
+  pad = [(0, 0)] * (psf.ndim - 2) + [(0, height - k), (0, width - k)]
+  shifted = jnp.roll(jnp.pad(psf, pad), (-(k // 2), -(k // 2)), axis=(-2, -1))
+  return jnp.fft.rfft2(shifted)
+
+
+def cls_deconvolution(x: Array, kernel: Array, smooth: Array) -> Array:
+  """Constrained least squares deconvolution of each channel of x, as the official CLS.
+
+  Replicate-pads x by k, applies conj(K) / (|K|^2 + |P|^2) in the Fourier domain (no
+  epsilon, as official: |K(0)| = 1 keeps DC finite) and crops the padding off. The
+  official `torch.rfft(x, 3, onesided=False)` is an FFT over (channel=1, H, W), i.e. a 2-D
+  FFT per channel; the real FFT here is the same transform.
+
+  Args:
+    x: [B, H, W, c] features.
+    kernel: [B, k, k] blur kernel.
+    smooth: [B, 3, 3, c] smoothness filter per channel.
+  Returns:
+    [B, H, W, c] float32.
+  """
+  k = kernel.shape[-1]
+  xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (k, k), (k, k), (0, 0)), mode="edge")
+  hp, wp = xp.shape[1:3]
+  feats = jnp.fft.rfft2(jnp.transpose(xp, (0, 3, 1, 2)))  # [B, c, hp, wp//2+1]
+  kf = psf2otf(kernel.astype(jnp.float32), hp, wp)[:, None]  # [B, 1, ...]
+  pf = psf2otf(jnp.transpose(smooth.astype(jnp.float32), (0, 3, 1, 2)), hp, wp)
+  denom = jnp.abs(kf)**2 + jnp.abs(pf)**2
+  out = jnp.fft.irfft2(jnp.conj(kf) / denom * feats, s=(hp, wp))
+  return jnp.transpose(out, (0, 2, 3, 1))[:, k:-k, k:-k]
+
+
+class CLS(nn.Module):
+  """The CLS branch: reduce, deconvolve with the kernel and a learned smoothness filter,
+  expand back to nf channels."""
+
+  reduction: int = 4
+  dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
+
+  @nn.compact
+  def __call__(self, x: Array, kernel: Array) -> Array:
+    nf = x.shape[-1]
+    c = nf // self.reduction
+    f = Conv2d(c, 1, **_opts(self), name="reduce")(x)
+    g = f
+    for i in range(3):  # three valid 3x3 convolutions: H-6 x W-6
+      g = Conv2d(c, 3, **_opts(self), name=f"grad_conv{i}")(lrelu(g) if i else g)
+    g = g.astype(jnp.float32)
+    rows = adaptive_avg_pool_matrix(g.shape[1], 3)
+    cols = adaptive_avg_pool_matrix(g.shape[2], 3)
+    g = jnp.einsum("ih,bhwc,jw->bijc", rows, g, cols)
+    g = jnp.exp(Conv2d(c, 1, name="grad_out")(g).astype(jnp.float32))
+    smooth = g - jnp.mean(g, axis=(1, 2), keepdims=True)  # zero-mean: |P(0)| = 0
+    clear = cls_deconvolution(f, kernel, smooth)
+    return Conv2d(nf, 1, **_opts(self), name="expand")(clear.astype(self.dtype))
+
+
+class DPCAB(nn.Module):
+  """Dual-path channel-attention block on (x0 [nf], x1 [nf2])."""
+
+  reduction: int = 4
+  dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
+
+  @nn.compact
+  def __call__(self, x0: Array, x1: Array) -> tuple[Array, Array]:
+    nf0, nf1 = x0.shape[-1], x1.shape[-1]
+    conv = lambda n, name: Conv2d(n, 3, padding=1, **_opts(self), name=name)
+    f0 = conv(nf0, "body1_conv2")(lrelu(conv(nf0, "body1_conv1")(x0)))
+    f1 = conv(nf1, "body2_conv2")(lrelu(conv(nf1, "body2_conv1")(x1)))
+    ca0 = conv(nf0, "ca1_conv")(lrelu(jnp.concatenate([f0, f1], axis=-1)))
+    ca0 = CALayer(self.reduction, **_opts(self), name="ca1_attention")(ca0)
+    ca1 = CALayer(self.reduction, **_opts(self), name="ca2_attention")(f1)
+    return x0 + ca0, x1 + ca1
+
+
+class DPCAG(nn.Module):
+  """A group of DPCABs with the official group 'residual'.
+
+  Like DANv2's DPCG, the official DPCAG's blocks update the input list in place, so its
+  `x + body(x)` equals `2 * body(x)`; trained weights depend on it.
+  """
+
+  nb: int
+  reduction: int = 4
+  dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
+
+  @nn.compact
+  def __call__(self, x0: Array, x1: Array) -> tuple[Array, Array]:
+    for i in range(self.nb):
+      x0, x1 = DPCAB(self.reduction, **_opts(self), name=f"block{i}")(x0, x1)
+    return 2 * x0, 2 * x1
+
+
+class Estimator(nn.Module):
+  """DCLS Estimator: conv head, residual blocks, a pooled latent, and linear layers that
+  emit a stack of filters composed into one k x k kernel, sum-normalised.
+
+  Returns [B, k, k]; not softmaxed, so taps can be negative (as official).
+  """
+
+  nf: int = 64
+  nb: int = 3
+  input_para: int = 256
+  kernel_size: int = 21
+  dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
+
+  @nn.compact
+  def __call__(self, lr: Array) -> Array:
+    b, c = lr.shape[0], lr.shape[-1]
+    f1 = Conv2d(self.nf, 7, padding=3, **_opts(self), name="head")(lr)
+    f = f1
+    for i in range(self.nb):
+      f = ResBlock(**_opts(self), name=f"block{i}")(f)
+    f = f + f1
+    f = Conv2d(self.nf, 3, **_opts(self), name="tail_conv1")(f)
+    f = Conv2d(self.nf, 3, **_opts(self), name="tail_conv2")(lrelu(f))
+    f = jnp.mean(f.astype(jnp.float32), axis=(1, 2), keepdims=True)
+    latent = Conv2d(self.input_para, 1, name="tail_latent")(f)[:, 0, 0]  # [B, para]
+    structure = FILTER_STRUCTURES[self.kernel_size]
+    filters = []
+    for i, size in enumerate(structure):
+      c_in = c if i == 0 else G_CHAN
+      c_out = c if i == len(structure) - 1 else G_CHAN
+      w = Linear(c_out * c_in * size * size, name=f"dec{i}")(latent)
+      filters.append(w.reshape(b, c_out, c_in, size, size))  # OIHW per image
+    return jax.vmap(self._compose)(filters)
+
+  def _compose(self, filters: Sequence[Array]) -> Array:
+    """The official `calc_curr_k`: the kernel the filter stack imitates, for one image."""
+    k = self.kernel_size
+    x = jnp.ones((1, filters[0].shape[1], 1, 1), jnp.float32)  # a delta per channel
+    for i, w in enumerate(filters):
+      pad = k - 1 if i == 0 else 0
+      x = jax.lax.conv_general_dilated(x, w, (1, 1), ((pad, pad), (pad, pad)),
+                                       dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                       precision=jax.lax.Precision.HIGHEST)
+    kernel = jnp.mean(x[0, :, ::-1, ::-1], axis=0)  # flip, then average the channels
+    return kernel / jnp.sum(kernel)
+
+
+class Restorer(nn.Module):
+  """DCLS Restorer: features, the CLS branch, DPCAGs, fusion, pixel-shuffle upsampling."""
+
+  nf: int = 64
+  nb: int = 10
+  ng: int = 5
+  scale: int = 4
+  out_nc: int = 3
+  reduction: int = 4
+  dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
+
+  @nn.compact
+  def __call__(self, lr: Array, kernel: Array) -> Array:
+    nf2 = self.nf // self.reduction
+    f = Conv2d(self.nf, 3, padding=1, **_opts(self), name="conv_first")(lr)
+    feature = f
+    for i in range(3):
+      feature = ResBlock(**_opts(self), name=f"feature{i}")(feature)
+    x1 = Conv2d(nf2, 3, padding=1, **_opts(self), name="head1")(feature)
+    x0 = CLS(self.reduction, **_opts(self), name="cls")(feature, kernel)
+    for g in range(self.ng):
+      x0, x1 = DPCAG(self.nb, self.reduction, **_opts(self), name=f"group{g}")(x0, x1)
+    # The official concatenates (head1 path, CLS path) in this order.
+    f = Conv2d(self.nf, 3, padding=1, **_opts(self),
+               name="fusion")(jnp.concatenate([x1, x0], axis=-1)) + f
+    out = Upsampler(self.nf, self.scale, self.out_nc, **_opts(self), name="upsample")(f)
+    return jnp.clip(out.astype(jnp.float32), 0.0, 1.0)
+
+
+class DCLS(nn.Module):
+  """DCLS-SR: `model.apply(variables, lr)` with lr [B, H, W, C] in [0, 1], H, W >= 7.
+
+  `initial_code` is ignored and `iterations` must be None or 1 (one pass); both exist so
+  DCLS is called like DAN. Returns a DANOutput with a leading axis of length 1.
+  """
+
+  spec: ModelSpec
+
+  @nn.compact
+  def __call__(self, lr: Array, initial_code: Optional[Array] = None,
+               iterations: Optional[int] = None) -> DANOutput:
+    del initial_code  # one pass: nothing to resume from
+    s = self.spec
+    if lr.ndim != 4 or lr.shape[-1] != s.in_nc:
+      raise ValueError(f"lr must be [B, H, W, {s.in_nc}], got shape {lr.shape}")
+    if min(lr.shape[1:3]) < 7:
+      raise ValueError(f"DCLS needs lr of at least 7x7 pixels, got {lr.shape[1:3]}")
+    if iterations not in (None, 1):
+      raise ValueError(f"DCLS runs one pass; iterations must be 1, got {iterations}")
+    pca = self.variable("pca", "matrix", jnp.zeros,
+                        (s.kernel_size**2, s.code_len), jnp.float32).value
+    gemm_grad = s.conv_backward == "gemm" or (s.conv_backward == "auto" and
+                                              jax.default_backend() == "cpu")
+    opts = dict(dtype=s.dtype, gemm_grad=gemm_grad)
+    lr = lr.astype(jnp.float32)
+    kernel = Estimator(s.estimator_nf, s.estimator_nb, s.input_para, s.kernel_size,
+                       **opts, name="estimator")(lr)
+    sr = Restorer(s.nf, s.nb, s.ng, s.scale, s.in_nc, s.reduction, **opts,
+                  name="restorer")(lr, jax.lax.stop_gradient(kernel))
+    code = kernel.reshape(kernel.shape[0], -1) @ pca
+    return DANOutput(sr=sr[None], code=code[None], kernel=kernel[None])
+
+
+def reformulated_kernel(lr_blurred: Array, lr_clean: Array, kernel_size: int,
+                        eps: float = 1e-20, keep: int = 40) -> Array:
+  """The DCLS kernel-loss target (official `CorrectionLoss`), from one training pair.
+
+  Per channel, the kernel that maps the bicubic-downsampled HR to the bicubic-downsampled
+  blurred HR: the Fourier ratio F(lr_blurred) conj(F(lr_clean)) / (|F(lr_clean)|^2 + eps),
+  back in space with the psf2otf shift undone and cropped to k x k. The channels are
+  averaged and zeroed where their product is not positive (official mask), then every tap
+  below 0.75x the (keep+1)-th largest is zeroed, the rest shifted down by that value, and
+  the result sum-normalised (official `zeroize_negligible_val`, including its 1e-20 added
+  at tap (k//2+1, k//2+1), one right of and below the centre).
+
+  Args:
+    lr_blurred: [B, h, w, C] noise-free bicubic LR of the blurred HR.
+    lr_clean: [B, h, w, C] bicubic LR of the HR.
+  Returns:
+    [B, k, k] float32 (no gradient flows to the images).
+  """
+  c = kernel_size // 2
+  blur = jnp.fft.rfft2(jnp.transpose(lr_blurred.astype(jnp.float32), (0, 3, 1, 2)))
+  clean = jnp.fft.rfft2(jnp.transpose(lr_clean.astype(jnp.float32), (0, 3, 1, 2)))
+  ratio = blur * jnp.conj(clean) / (jnp.abs(clean)**2 + eps)
+  psf = jnp.fft.irfft2(ratio, s=lr_clean.shape[1:3])  # [B, C, h, w]
+  # Undo the psf2otf shift: the last c rows/columns, then the first c+1 (as official, which
+  # reuses a row/column when the LR is smaller than the kernel).
+  psf = jnp.concatenate([psf[..., -c:, :], psf[..., :c + 1, :]], axis=-2)
+  per_channel = jnp.concatenate([psf[..., -c:], psf[..., :c + 1]], axis=-1)
+  mask = jnp.prod(per_channel, axis=1) > 0
+  kern = jnp.mean(per_channel, axis=1) * mask  # [B, k, k]
+  flat = kern.reshape(kern.shape[0], -1)
+  floor = 0.75 * jnp.sort(flat, axis=-1)[:, -keep - 1]
+  kern = jnp.clip(kern - floor[:, None, None], 0.0, 1.0)
+  kern = kern.at[:, c + 1, c + 1].add(1e-20)
+  kern = kern / jnp.sum(kern, axis=(1, 2), keepdims=True)
+  return jax.lax.stop_gradient(kern)
+
+
+def official_init(params: Any, seed: int) -> dict:
+  """Re-draws DCLS parameters as the official constructors do, on the host.
+
+  `params` holds PyTorch-default draws (see `init_variables`). The official Estimator
+  re-initialises all its layers with Kaiming-normal weights (fan_in, gain sqrt(2)) and zero
+  biases; the Restorer's residual blocks get Kaiming-normal weights scaled by 0.1 and zero
+  biases; every other Restorer layer keeps PyTorch's default.
+  """
+  rng = np.random.default_rng([seed, 1])
+
+  def kaiming(layer, scale):
+    shape = layer["kernel"].shape
+    std = np.sqrt(2.0 / np.prod(shape[:-1]))  # fan_in: all but the output axis
+    return {"kernel": (rng.normal(0.0, std, shape) * scale).astype(np.float32),
+            "bias": np.zeros(layer["bias"].shape, np.float32)}
+
+  def walk(node, scale):
+    if "kernel" in node and "bias" in node:
+      return kaiming(node, scale)
+    return {name: walk(child, scale) for name, child in sorted(node.items())}
+
+  out = dict(params)
+  out["estimator"] = walk(params["estimator"], 1.0)
+  restorer = dict(params["restorer"])
+  for name in sorted(restorer):
+    if name.startswith("feature"):
+      restorer[name] = walk(restorer[name], 0.1)
+  out["restorer"] = restorer
+  return out
