@@ -220,15 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if not storage.is_url(args.workdir):  # object stores have no folders to create
       storage.path(args.workdir).mkdir(parents=True, exist_ok=True)
     results = {}
-  f = io.StringIO(newline="")
-  w = csv.writer(f)
-  w.writerow(["method", "train_space", "test_space", "psnr_y", "kernel_mse"])
-  for tr in train_spaces:
-    for te in test_spaces:
-      r = results[tr][te]
-      w.writerow([r["method"], tr.rpartition("/")[2], te, f"{r['psnr_y']:.4f}",
-                  f"{r['kernel_mse']:.6g}" if "kernel_mse" in r else ""])
-  _write(_join(workdir, "results.csv"), f.getvalue().encode())
+    runs = plan_runs(args, overrides)
+    for label, spec, run_dir, space in runs:
       if args.mode == "local":
         print(f"== training {label} on kernel space {space!r} -> {run_dir}", flush=True)
         train.train_and_evaluate(train_config(spec, space, overrides), run_dir)
