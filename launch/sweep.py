@@ -110,13 +110,15 @@ def evaluate_run(workdir: str, tests: dict) -> dict:
   for space, t in tests.items():
     res = apply(variables, t["lr"])
     sr = np.asarray(res.sr[-1])
-    psnr = [metrics.psnr_y(metrics.to_uint8(s), metrics.to_uint8(h), scale)
-            for s, h in zip(sr, t["hr"])]
-    row = {"psnr_y": float(np.mean(psnr)), "method": model.spec.version}
-    if res.kernel is not None and res.kernel.shape[-1] == t["kernel"].shape[-1]:
-      est = np.asarray(res.kernel[-1])
-      row["kernel_mse"] = float(np.mean([metrics.kernel_error(e, k)["mse"]
-                                         for e, k in zip(est, t["kernel"])]))
+    # Kernel errors only when the estimate has the test kernels' size.
+    scored = res.kernel is not None and res.kernel.shape[-1] == t["kernel"].shape[-1]
+    est = np.asarray(res.kernel[-1]) if scored else [None] * len(sr)
+    scores = [metrics.score_prediction(s, h, scale, kernel=e, true_kernel=k)
+              for s, h, e, k in zip(sr, t["hr"], est, t["kernel"])]
+    row = {"psnr_y": float(np.mean([r["psnr_y"] for r in scores])),
+           "method": model.spec.version}
+    if scored:
+      row["kernel_mse"] = float(np.mean([r["kernel_mse"] for r in scores]))
     out[space] = row
   return out
 
@@ -220,15 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     if not storage.is_url(args.workdir):  # object stores have no folders to create
       storage.path(args.workdir).mkdir(parents=True, exist_ok=True)
     results = {}
-  f = io.StringIO(newline="")
-  w = csv.writer(f)
-  w.writerow(["method", "train_space", "test_space", "psnr_y", "kernel_mse"])
-  for tr in train_spaces:
-    for te in test_spaces:
-      r = results[tr][te]
-      w.writerow([r["method"], tr.rpartition("/")[2], te, f"{r['psnr_y']:.4f}",
-                  f"{r['kernel_mse']:.6g}" if "kernel_mse" in r else ""])
-  _write(_join(workdir, "results.csv"), f.getvalue().encode())
+    runs = plan_runs(args, overrides)
+    for label, spec, run_dir, space in runs:
       if args.mode == "local":
         print(f"== training {label} on kernel space {space!r} -> {run_dir}", flush=True)
         train.train_and_evaluate(train_config(spec, space, overrides), run_dir)
