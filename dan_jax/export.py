@@ -204,7 +204,7 @@ class ExportedPredictor:
   """Runs the StableHLO artifact of an export directory: no Flax model code involved.
 
   Offers what `infer`'s command line uses of `predict.Predictor`: `spec` (version, scale),
-  `has_kernel`, `tiled_is_exact` and `predict(lr [H, W, 3] float in [0, 1])`.
+  `has_kernel`, `tiled_is_exact`, `mesh` and `predict(lr [H, W, 3] float in [0, 1])`.
   """
 
   def __init__(self, directory: str):
@@ -228,6 +228,9 @@ class ExportedPredictor:
     self.step = self.manifest.get("step", 0)
     self.has_kernel = "kernel" in self.manifest["outputs"]
     self.tiled_is_exact = True  # never tiled
+    # What infer reports as the devices used: jit runs the artifact on the default device.
+    from dan_jax import parallel  # pylint: disable=g-import-not-at-top
+    self.mesh = parallel.create_mesh(jax.local_devices()[:1])
     self.input_dtype = self.manifest["input"]["dtype"]
     self._call = jax.jit(self.exported.call)
 
