@@ -46,7 +46,7 @@ import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dan_jax import checkpoint  # pylint: disable=wrong-import-position
 from dan_jax import convert  # pylint: disable=wrong-import-position
 from dan_jax import degradation  # pylint: disable=wrong-import-position
-from dan_jax import infer  # pylint: disable=wrong-import-position
+from dan_jax import predict  # pylint: disable=wrong-import-position
 from dan_jax import input_pipeline  # pylint: disable=wrong-import-position
 from dan_jax import models  # pylint: disable=wrong-import-position
 from dan_jax import parallel  # pylint: disable=wrong-import-position
@@ -307,13 +307,13 @@ def check_devices(report: Report, steps: int) -> None:
   images = np.random.default_rng(1).uniform(size=(3, 40, 48, 3)).astype(np.float32)
   preds = {}
   for label, devs in (("one", devices[:1]), ("all", devices)):
-    predictor = infer.Predictor(config.model, variables, devices=devs)
+    predictor = predict.Predictor(config.model, variables, devices=devs)
     preds[label] = predictor.predict_batch(images)
   sr_err = max(float(np.abs(a.sr - b.sr).max()) for a, b in zip(preds["one"], preds["all"]))
   report.add("## 4. One device vs all devices", "",
              f"configs/test.py, {steps} steps at precision 'highest', batch "
              f"{config.batch_size}: mesh of 1 device vs all {n}; inference of 3 images "
-             "(infer.Predictor, whole images) on 1 vs all devices.", "",
+             "(predict.Predictor, whole images) on 1 vs all devices.", "",
              "| quantity | max relative difference | bound | verdict |", "|---|---|---|---|",
              f"| training loss, every step | {loss_err:.2e} | 1e-4 | "
              f"{report.check(loss_err < 1e-4, 'devices: loss')} |",

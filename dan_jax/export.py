@@ -203,8 +203,8 @@ def onnx_bytes(fn: Callable, in_nc: int, input_dtype: str, names: Sequence[str])
 class ExportedPredictor:
   """Runs the StableHLO artifact of an export directory: no Flax model code involved.
 
-  Offers what `infer`'s command line uses of `infer.Predictor`: `spec` (version, scale),
-  `has_kernel`, `tiled_is_exact` and `predict(lr [H, W, 3] float in [0, 1])`.
+  Offers what `infer`'s command line uses of `predict.Predictor`: `spec` (version, scale),
+  `has_kernel`, `tiled_is_exact`, `mesh` and `predict(lr [H, W, 3] float in [0, 1])`.
   """
 
   def __init__(self, directory: str):
@@ -228,18 +228,21 @@ class ExportedPredictor:
     self.step = self.manifest.get("step", 0)
     self.has_kernel = "kernel" in self.manifest["outputs"]
     self.tiled_is_exact = True  # never tiled
+    # What infer reports as the devices used: jit runs the artifact on the default device.
+    from dan_jax import parallel  # pylint: disable=g-import-not-at-top
+    self.mesh = parallel.create_mesh(jax.local_devices()[:1])
     self.input_dtype = self.manifest["input"]["dtype"]
     self._call = jax.jit(self.exported.call)
 
   def predict(self, lr: np.ndarray):
-    """One LR image [H, W, 3] float in [0, 1] -> infer.Prediction."""
-    from dan_jax import infer  # pylint: disable=g-import-not-at-top
+    """One LR image [H, W, 3] float in [0, 1] -> predict.Prediction."""
+    from dan_jax import predict  # pylint: disable=g-import-not-at-top
     x = np.asarray(lr, np.float32)[None]
     if self.input_dtype == "uint8":
       x = np.round(np.clip(x, 0, 1) * 255.0).astype(np.uint8)
     out = jax.device_get(self._call(x))
-    return infer.Prediction(np.asarray(out["sr"][0]), np.asarray(out["code"][0]),
-                            np.asarray(out["kernel"][0]) if "kernel" in out else None)
+    return predict.Prediction(np.asarray(out["sr"][0]), np.asarray(out["code"][0]),
+                              np.asarray(out["kernel"][0]) if "kernel" in out else None)
 
 
 @dataclasses.dataclass(frozen=True)

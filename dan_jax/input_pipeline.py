@@ -21,40 +21,8 @@ Images are visited in epochs: global example g = i * batch_size + j takes image
 images per epoch (every image once per epoch, like a shuffled DataLoader). Changing
 `batch_size`, the image set or any degradation field changes the stream, as it should.
 
-Sources (`config.data.source`):
-
-* "folder": every .png/.jpg/.jpeg/.bmp below `data.train_dir` (recursive; several folders
-  may be given comma-separated, e.g. "/data/DIV2K_train_HR,/data/Flickr2K_HR"). Files are
-  read with tf.io (local or gs://) and decoded whole once per example (see the cost and
-  `data.cache_decoded` below).
-* "tfds": the `data.tfds_image_key` (default "hr") feature of `data.tfds_name`
-  (`div2k`: features "lr" and "hr") split `data.tfds_split`. The *encoded* images are
-  read once into host memory (DIV2K train HR: ~3.3 GB) because the stateless image choice
-  needs random access, and decoded per example. `data.tfds_download` (default True) lets
-  tfds download and prepare the dataset when it is missing.
-* "auto" (the official configs' default): "folder" when `data.train_dir` is set, else
-  "tfds" (DIV2K train HR, downloaded on first use; without internet the error says to give
-  `data.train_dir`).
-* "demo": the scikit-image sample photographs (`demo_images`), decoded once and cached in
-  memory (~12 MB); `DEMO_VAL_NAMES` are held out for validation and never used for training.
-
-Decoding a whole 2K PNG per example costs ~0.1-0.25 s of one core (the official code reads
-raw pixels from an lmdb instead). `data.cache_decoded = True` decodes every usable image
-once, up front, into host memory (the demo path; DIV2K+Flickr2K need ~30 GB per host,
-twice that while building) and then only crops; batches are bit-identical either way.
-Otherwise give enough `num_parallel_calls` cores, or train on pre-extracted sub-images.
-
-Image checks and error policy (errors are `DataError`, a `ValueError`, naming the field,
-folder or file):
-
-* Up front, every file's header is read with PIL (format and size only; ~0.1 ms per local
-  file, done in a thread pool). Files whose header is not a PNG/JPEG/BMP image are skipped
-  with one warning listing them; images smaller than the crop are skipped with one warning;
-  if nothing usable remains, `DataError`.
-* A file with a valid header but corrupt pixel data is found when it is decoded: up front
-  with `data.cache_decoded`, otherwise when tf.data first reaches it; the iterator then
-  finds the culprit among that step's images and raises `DataError` naming it. (Removing a
-  file changes N and so the image order from step 0: clean a dataset before training.)
+Sources (`config.data.source`: folder, tfds, auto, demo), decoding cost, `data.cache_decoded`
+and the image checks and error policy are `dan_jax.image_sources`' (see its docstring).
 
 Validation (`create_validation_set`): Gaussian8-style fixed LR made once from held-out HR
 images (see its docstring).
@@ -65,368 +33,34 @@ process index/count).
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import functools
-import io
-import logging
 import os
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
 
 from dan_jax import degradation
-from dan_jax import image_io
+# Image sources live in `image_sources`; their public names stay importable from here.
+from dan_jax.image_sources import DEMO_IMAGE_NAMES  # pylint: disable=unused-import
+from dan_jax.image_sources import DEMO_TRAIN_NAMES  # pylint: disable=unused-import
+from dan_jax.image_sources import DEMO_VAL_NAMES
+from dan_jax.image_sources import IMAGE_EXTENSIONS  # pylint: disable=unused-import
+from dan_jax.image_sources import SOURCES  # pylint: disable=unused-import
+from dan_jax.image_sources import DataError
+from dan_jax.image_sources import ImageStore
+from dan_jax.image_sources import demo_images
+from dan_jax.image_sources import list_image_files
+from dan_jax.image_sources import split_dirs
+from dan_jax.image_sources import train_source  # pylint: disable=unused-import
+from dan_jax.image_sources import train_store
+from dan_jax.image_sources import warn_list
 
-_log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = image_io.TF_IMAGE_EXTENSIONS  # what the training folders may hold
-SOURCES = ("auto", "folder", "tfds", "demo")
 VAL_SOURCES = ("folder", "demo", "none")
-
-# PIL format names that tf.io.decode_image reads (MPO: multi-picture JPEG from cameras).
-_DECODABLE_FORMATS = ("JPEG", "MPO", "PNG", "BMP")
-
-# (name, loader) of the scikit-image colour photographs shipped inside the package.
-_DEMO_LOADERS: tuple[tuple[str, Callable[[Any], np.ndarray]], ...] = (
-    ("astronaut", lambda d: d.astronaut()),
-    ("chelsea", lambda d: d.chelsea()),
-    ("coffee", lambda d: d.coffee()),
-    ("rocket", lambda d: d.rocket()),
-    ("immunohistochemistry", lambda d: d.immunohistochemistry()),
-    ("hubble_deep_field", lambda d: d.hubble_deep_field()),
-    ("retina", lambda d: d.retina()),
-    ("motorcycle", lambda d: d.stereo_motorcycle()[0]),
-)
-DEMO_IMAGE_NAMES = tuple(name for name, _ in _DEMO_LOADERS)
-# Held out for validation; never used for training. Every training demo image is >= 427 px.
-DEMO_VAL_NAMES = ("chelsea", "coffee")
-DEMO_TRAIN_NAMES = tuple(n for n in DEMO_IMAGE_NAMES if n not in DEMO_VAL_NAMES)
 
 # Separates the data streams from other users of config.seed (e.g. model init).
 _DATA_SALT = 0x44414E  # "DAN"
-
-
-class DataError(ValueError):
-  """Bad data configuration or unusable data (missing folder, no images, corrupt file...)."""
-
-
-# --------------------------------------------------------------------------
-# Demo images
-# --------------------------------------------------------------------------
-
-
-@functools.lru_cache(maxsize=1)
-def _demo_images_cached() -> tuple[np.ndarray, ...]:
-  import skimage.data  # pylint: disable=g-import-not-at-top
-  images = []
-  for name, load in _DEMO_LOADERS:
-    img = np.ascontiguousarray(load(skimage.data))
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
-      raise DataError(f"scikit-image demo image {name!r} is not uint8 RGB: "
-                      f"{img.dtype} {img.shape}")
-    img.setflags(write=False)  # shared between callers
-    images.append(img)
-  return tuple(images)
-
-
-def demo_images(split: str = "all") -> list[np.ndarray]:
-  """The scikit-image sample photographs as read-only uint8 HWC RGB arrays.
-
-  split: "all" (in `DEMO_IMAGE_NAMES` order), "train" (`DEMO_TRAIN_NAMES`) or "val"
-  (`DEMO_VAL_NAMES`, held out for validation).
-  """
-  names = {"all": DEMO_IMAGE_NAMES, "train": DEMO_TRAIN_NAMES, "val": DEMO_VAL_NAMES}
-  if split not in names:
-    raise DataError(f"demo split must be one of {sorted(names)}, got {split!r}")
-  by_name = dict(zip(DEMO_IMAGE_NAMES, _demo_images_cached()))
-  return [by_name[n] for n in names[split]]
-
-
-# --------------------------------------------------------------------------
-# Image listing and header probing
-# --------------------------------------------------------------------------
-
-
-def _split_dirs(value: Any, field: str) -> list[str]:
-  if isinstance(value, str):
-    dirs = [d.strip() for d in value.split(",") if d.strip()]
-  else:
-    dirs = [str(d).strip() for d in (value or ()) if str(d).strip()]
-  if not dirs:
-    raise DataError(f"config.{field} is not set: give the folder of HR images")
-  return dirs
-
-
-def list_image_files(directory: str, field: str = "data.train_dir") -> list[str]:
-  """Sorted paths of the .png/.jpg/.jpeg/.bmp files below `directory` (recursive)."""
-  if not tf.io.gfile.exists(directory):
-    raise DataError(f"config.{field}: folder {directory} does not exist")
-  if not tf.io.gfile.isdir(directory):
-    raise DataError(f"config.{field}: {directory} is not a folder")
-  paths = []
-  for root, _, files in tf.io.gfile.walk(directory):
-    paths.extend(os.path.join(root, f) for f in files
-                 if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
-  if not paths:
-    raise DataError(f"config.{field}: no {'/'.join(IMAGE_EXTENSIONS)} images in {directory}")
-  return sorted(paths)
-
-
-def _probe_header(read: Callable[[], Any]) -> tuple[int, int, str]:
-  """(height, width, PIL format) from the header only; raises on anything unreadable."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  with read() as f:
-    with Image.open(f) as im:
-      w, h = im.size
-      fmt = im.format
-  if fmt not in _DECODABLE_FORMATS:
-    raise ValueError(f"{fmt} files are not supported (PNG, JPEG or BMP)")
-  return h, w, fmt
-
-
-def _probe_all(names: Sequence[str], readers: Sequence[Callable[[], Any]]
-               ) -> tuple[list[int], list[tuple[int, int, str]], list[str]]:
-  """Probes headers in parallel (remote file systems pay one round trip per file)."""
-  def probe(read):
-    try:
-      return _probe_header(read), None
-    except Exception as e:  # pylint: disable=broad-except
-      return None, f"{type(e).__name__}: {e}"
-  with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
-    results = list(pool.map(probe, readers))
-  ok, infos, bad = [], [], []
-  for i, (info, err) in enumerate(results):
-    if info is None:
-      bad.append(f"{names[i]} ({err})")
-    else:
-      ok.append(i)
-      infos.append(info)
-  return ok, infos, bad
-
-
-def _warn_list(msg: str, items: Sequence[str], limit: int = 5) -> None:
-  more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
-  _log.warning("%s: %s%s", msg, ", ".join(items[:limit]), more)
-
-
-# --------------------------------------------------------------------------
-# Image stores: N images with known sizes and a graph-mode crop
-# --------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Store:
-  """N usable training images and how to crop one of them inside tf.data.
-
-  Exactly one of `paths` (files read per example), `encoded` (encoded bytes held in
-  memory) or `pixels` (decoded images concatenated into one flat uint8 buffer, with
-  `offsets`) is set.
-  """
-  names: list[str]
-  heights: np.ndarray
-  widths: np.ndarray
-  paths: Optional[list[str]] = None
-  encoded: Optional[list[bytes]] = None
-  pixels: Optional[np.ndarray] = None
-  offsets: Optional[np.ndarray] = None
-
-  def __len__(self) -> int:
-    return len(self.names)
-
-  def read_bytes(self, i: int) -> bytes:
-    if self.paths is not None:
-      with tf.io.gfile.GFile(self.paths[i], "rb") as f:
-        return f.read()
-    return self.encoded[i]
-
-  def crop_fn(self, crop: int) -> Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tf.Tensor]:
-    """Returns `(index, y0, x0) -> [crop, crop, 3] uint8` usable inside tf.data."""
-    widths = tf.constant(self.widths, tf.int64)
-    if self.pixels is not None:
-      buf = tf.constant(self.pixels)
-      offsets = tf.constant(self.offsets, tf.int64)
-
-      def crop_decoded(idx, y0, x0):
-        w = widths[idx]
-        # Only the crop's rows are sliced out of the flat buffer: no per-example copy of
-        # the whole image.
-        rows = tf.slice(buf, [offsets[idx] + y0 * w * 3], [crop * w * 3])
-        rows = tf.reshape(rows, tf.stack([tf.constant(crop, tf.int64), w, 3]))
-        return tf.slice(rows, tf.stack([0, x0, 0]), [crop, crop, 3])
-      return crop_decoded
-
-    if self.paths is not None:
-      paths = tf.constant(self.paths)
-      load = lambda idx: tf.io.read_file(paths[idx])
-    else:
-      # A captured eager tensor: handed to the map function as an input, not embedded
-      # as a graph constant (so the 2 GB GraphDef limit does not apply).
-      blobs = tf.constant(self.encoded, tf.string)
-      load = lambda idx: blobs[idx]
-
-    def crop_encoded(idx, y0, x0):
-      # The whole image is decoded, like the official cv2.imread: decode_and_crop_jpeg
-      # would be faster for JPEGs but differs from decode-then-crop near MCU borders.
-      img = tf.io.decode_image(load(idx), channels=3, dtype=tf.uint8, expand_animations=False)
-      return tf.ensure_shape(tf.slice(img, tf.stack([y0, x0, 0]), [crop, crop, 3]),
-                             [crop, crop, 3])
-    return crop_encoded
-
-
-def _folder_store(dirs: Sequence[str], field: str) -> tuple[_Store, list[str]]:
-  paths = []
-  for d in dirs:
-    paths.extend(list_image_files(d, field))
-  readers = [functools.partial(tf.io.gfile.GFile, p, "rb") for p in paths]
-  ok, infos, bad = _probe_all(paths, readers)
-  if not ok:
-    raise DataError(f"config.{field}: none of the {len(paths)} image files in "
-                    f"{', '.join(dirs)} is a readable PNG/JPEG/BMP image "
-                    f"(e.g. {bad[0]})")
-  paths = [paths[i] for i in ok]
-  return _Store(
-      names=paths,
-      heights=np.array([h for h, _, _ in infos], np.int64),
-      widths=np.array([w for _, w, _ in infos], np.int64),
-      paths=paths), bad
-
-
-def _tfds_store(data: ml_collections.ConfigDict) -> tuple[_Store, list[str]]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  name, split = data.tfds_name, data.tfds_split
-  key = data.get("tfds_image_key", "hr")
-  data_dir = data.tfds_data_dir or None
-  try:
-    builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f"config.data.tfds_name: cannot load tfds dataset {name!r}: {e}") from e
-  features = builder.info.features
-  if key not in features:
-    raise DataError(f"config.data.tfds_image_key: tfds dataset {name!r} has no feature "
-                    f"{key!r} (features: {sorted(features.keys())})")
-  if not isinstance(features[key], tfds.features.Image):
-    raise DataError(f"config.data.tfds_image_key: feature {key!r} of {name!r} is not an image")
-  # Keep every image feature encoded: we need the bytes of `key`, the rest is dropped.
-  decoders = {k: tfds.decode.SkipDecoding() for k, f in features.items()
-              if isinstance(f, tfds.features.Image)}
-  try:
-    if data.get("tfds_download", True):
-      builder.download_and_prepare()
-  except OSError as e:  # requests' ConnectionError (no internet) is an OSError
-    cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-    raise DataError(f"cannot download tfds dataset {name!r} (no internet?): "
-                    f"{type(e).__name__}: {cause}; give a folder of HR training images "
-                    "instead: --config.data.train_dir=FOLDER (data.source 'auto' or "
-                    "'folder')") from e
-  except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f"config.data.tfds_*: cannot read split {split!r} of tfds dataset "
-                    f"{name!r} (data_dir {data_dir or 'default'}): {e}") from e
-  try:
-    ds = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
-  except Exception as e:  # pylint: disable=broad-except
-    raise DataError(f"config.data.tfds_*: cannot read split {split!r} of tfds dataset "
-                    f"{name!r} (data_dir {data_dir or 'default'}): {e}") from e
-  encoded = [bytes(b) for b in ds.map(lambda ex: ex[key]).as_numpy_iterator()]
-  if not encoded:
-    raise DataError(f"config.data.tfds_split: split {split!r} of {name!r} is empty")
-  names = [f"{name}/{split}[{i}]" for i in range(len(encoded))]
-  readers = [functools.partial(io.BytesIO, b) for b in encoded]
-  ok, infos, bad = _probe_all(names, readers)
-  if not ok:
-    raise DataError(f"config.data.tfds_name: no readable image in {name!r} {split!r}")
-  return _Store(
-      names=[names[i] for i in ok],
-      heights=np.array([h for h, _, _ in infos], np.int64),
-      widths=np.array([w for _, w, _ in infos], np.int64),
-      encoded=[encoded[i] for i in ok]), bad
-
-
-def _pixel_store(names: list[str], images: Sequence[np.ndarray]) -> _Store:
-  sizes = np.array([img.size for img in images], np.int64)
-  return _Store(
-      names=names,
-      heights=np.array([img.shape[0] for img in images], np.int64),
-      widths=np.array([img.shape[1] for img in images], np.int64),
-      pixels=np.concatenate([img.reshape(-1) for img in images]),
-      offsets=np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64))
-
-
-def _demo_store() -> _Store:
-  return _pixel_store(list(DEMO_TRAIN_NAMES), demo_images("train"))
-
-
-def _decode_all(store: _Store) -> _Store:
-  """Decodes every image once into memory (`data.cache_decoded`); names any bad file."""
-  def decode(i):
-    try:
-      img = tf.io.decode_image(store.read_bytes(i), channels=3, dtype=tf.uint8,
-                               expand_animations=False).numpy()
-    except (tf.errors.OpError, OSError) as e:
-      raise DataError(f"corrupt training image {store.names[i]}: "
-                      f"{getattr(e, 'message', e)}") from e
-    if img.shape[:2] != (store.heights[i], store.widths[i]):
-      raise DataError(f"training image {store.names[i]} decodes to {img.shape[:2]}, "
-                      f"its header says {(store.heights[i], store.widths[i])}")
-    return img
-  # TF decoding releases the GIL, so threads decode in parallel.
-  with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as pool:
-    images = list(pool.map(decode, range(len(store))))
-  return _pixel_store(list(store.names), images)
-
-
-def _subset(store: _Store, keep: Sequence[int]) -> _Store:
-  pick = lambda xs: None if xs is None else [xs[i] for i in keep]
-  # A decoded store keeps its whole buffer; only the offsets of the kept images remain.
-  return dataclasses.replace(
-      store, names=pick(store.names), heights=store.heights[keep], widths=store.widths[keep],
-      paths=pick(store.paths), encoded=pick(store.encoded),
-      offsets=None if store.offsets is None else store.offsets[keep])
-
-
-def train_source(data: ml_collections.ConfigDict) -> str:
-  """`data.source` with "auto" resolved: "folder" if `data.train_dir` is set, else "tfds"."""
-  if data.source != "auto":
-    return data.source
-  return "folder" if str(data.train_dir or "").strip() else "tfds"
-
-
-def _train_store(config: ml_collections.ConfigDict, crop: int) -> _Store:
-  data = config.data
-  source = train_source(data)
-  if source == "folder":
-    store, bad = _folder_store(_split_dirs(data.train_dir, "data.train_dir"), "data.train_dir")
-    where = f"config.data.train_dir ({data.train_dir})"
-  elif source == "tfds":
-    store, bad = _tfds_store(data)
-    where = f"tfds {data.tfds_name!r} split {data.tfds_split!r}"
-  elif source == "demo":
-    store, bad = _demo_store(), []
-    where = "the demo images"
-  else:
-    raise DataError(f"config.data.source must be one of {SOURCES}, got {source!r}")
-  if bad:
-    _warn_list(f"skipping {len(bad)} unreadable image file(s) in {where}", bad)
-  keep = [i for i in range(len(store))
-          if store.heights[i] >= crop and store.widths[i] >= crop]
-  if not keep:
-    largest = max(zip(store.heights, store.widths), key=min)
-    raise DataError(
-        f"config.data.hr_crop = {crop}: no image in {where} is large enough "
-        f"({len(store)} images, the largest crop available is {min(largest)} "
-        f"from a {largest[0]}x{largest[1]} image)")
-  if len(keep) < len(store):
-    kept = set(keep)
-    small = [f"{store.names[i]} ({store.heights[i]}x{store.widths[i]})"
-             for i in range(len(store)) if i not in kept]
-    _warn_list(f"skipping {len(small)} of {len(store)} images in {where} smaller than the "
-               f"{crop}x{crop} crop (config.data.hr_crop)", small)
-    store = _subset(store, keep)
-  if data.get("cache_decoded", False) and store.pixels is None:
-    store = _decode_all(store)
-  return store
 
 
 # --------------------------------------------------------------------------
@@ -475,7 +109,7 @@ def _tf_autotune(value: int) -> int:
 @dataclasses.dataclass
 class _Plan:
   """Everything the per-example map needs (also used eagerly to locate corrupt files)."""
-  store: _Store
+  store: ImageStore
   seed: int
   global_batch: int
   local_batch: int
@@ -564,7 +198,7 @@ def _build(config, pca_matrix, start_step, process_index, process_count):
   _check_train_config(config, pca_matrix, process_index, process_count)
   if not isinstance(start_step, (int, np.integer)) or start_step < 0:
     raise DataError(f"start_step must be a non-negative int, got {start_step!r}")
-  store = _train_store(config, config.data.hr_crop)
+  store = train_store(config, config.data.hr_crop)
   local = config.batch_size // process_count
   plan = _Plan(store, int(config.seed), int(config.batch_size), local, process_index * local)
   ds = tf.data.Dataset.counter(int(start_step) * local, dtype=tf.int64)
@@ -661,7 +295,7 @@ def _val_images(config: ml_collections.ConfigDict) -> tuple[list[str], list[np.n
   if data.val_source == "demo":
     names, images = list(DEMO_VAL_NAMES), demo_images("val")
     return names[:limit], images[:limit]
-  dirs = _split_dirs(data.val_dir, "data.val_dir")
+  dirs = split_dirs(data.val_dir, "data.val_dir")
   found = [(d, p) for d in dirs for p in list_image_files(d, "data.val_dir")]
   stems = [os.path.splitext(os.path.basename(p))[0] for _, p in found]
   if len(set(stems)) < len(stems):  # same stem in two sub-folders: use relative paths
@@ -679,7 +313,7 @@ def _val_images(config: ml_collections.ConfigDict) -> tuple[list[str], list[np.n
     names.append(stem)
     images.append(img)
   if bad:
-    _warn_list(f"skipping {len(bad)} unreadable validation image(s) in {data.val_dir}", bad)
+    warn_list(f"skipping {len(bad)} unreadable validation image(s) in {data.val_dir}", bad)
   if not images:
     raise DataError(f"config.data.val_dir: no readable image in {data.val_dir}")
   return names, images
@@ -743,8 +377,8 @@ def create_validation_set(config: ml_collections.ConfigDict,
     hrs.append(img.astype(np.float32) / 255.0)
     lrs.append(lr.astype(np.float32) / 255.0)
   if small:
-    _warn_list(f"skipping {len(small)} validation image(s) smaller than "
-               f"{crop or k}x{crop or k}", small)
+    warn_list(f"skipping {len(small)} validation image(s) smaller than "
+              f"{crop or k}x{crop or k}", small)
   if not hrs:
     raise DataError(f"config.data.val_crop = {crop}: no validation image is large enough")
   kernel = degradation.isotropic_gaussian_kernel(k, float(config.data.val_sigma)).numpy()

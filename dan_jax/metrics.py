@@ -35,7 +35,7 @@ BGR-based ones.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Optional
 
 import numpy as np
 
@@ -49,6 +49,7 @@ __all__ = [
     'psnr_rgb',
     'ssim_rgb',
     'kernel_error',
+    'score_prediction',
     'average',
 ]
 
@@ -291,6 +292,38 @@ def kernel_error(est, true, normalize: bool = False) -> Dict[str, float]:
       'sad': float(np.sum(np.abs(diff))),
       'psnr': psnr,
   }
+
+
+def score_prediction(sr, hr, scale: int, *, crop_border: Optional[int] = None,
+                     kernel=None, true_kernel=None,
+                     rgb: bool = False) -> Dict[str, float]:
+  """One super-resolved image's scores by the official protocol (the one scoring rule).
+
+  Used by validation during training, `dan_jax.evaluate` and the kernel-space sweep.
+
+  Args:
+    sr: SR image [H, W, C]: uint8, or float in [0, 1] (rounded by `to_uint8`, the
+      official tensor2img rounding).
+    hr: ground truth of the same shape, uint8 or float in [0, 1].
+    scale: the SR scale.
+    crop_border: pixels cut on each side (default: `scale`, as official test.py).
+    kernel: the estimated kernel [k, k], or None.
+    true_kernel: the true kernel; with `kernel`, adds its `kernel_error` as
+      'kernel_mse', 'kernel_mae', 'kernel_sad', 'kernel_psnr'.
+    rgb: also 'psnr_rgb' and 'ssim_rgb' (all channels).
+
+  Returns:
+    {'psnr_y', 'ssim_y'} (MATLAB Y channel), plus the RGB and kernel entries asked for.
+  """
+  crop = scale if crop_border is None else crop_border
+  sr = sr if np.asarray(sr).dtype == np.uint8 else to_uint8(sr)
+  hr = hr if np.asarray(hr).dtype == np.uint8 else to_uint8(hr)
+  out = {'psnr_y': psnr_y(sr, hr, crop), 'ssim_y': ssim_y(sr, hr, crop)}
+  if rgb:
+    out.update(psnr_rgb=psnr_rgb(sr, hr, crop), ssim_rgb=ssim_rgb(sr, hr, crop))
+  if kernel is not None and true_kernel is not None:
+    out.update({f'kernel_{k}': v for k, v in kernel_error(kernel, true_kernel).items()})
+  return out
 
 
 def average(values: Iterable[float], ignore_inf: bool = False) -> float:

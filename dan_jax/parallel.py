@@ -1,7 +1,7 @@
 """Devices: the mesh, batch-size checks, and host <-> global arrays.
 
 Everything dan_jax runs on several devices uses one 1-D mesh with the axis 'data':
-training shards batches over it (parameters replicated), and inference (`infer.Predictor`,
+training shards batches over it (parameters replicated), and inference (`predict.Predictor`,
 `evaluate`, in-training validation) shards images or tiles over it. Images are independent,
 so a batch padded to a multiple of the device count and cut back afterwards gives exactly
 the numbers of one device.

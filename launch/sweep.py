@@ -110,13 +110,15 @@ def evaluate_run(workdir: str, tests: dict) -> dict:
   for space, t in tests.items():
     res = apply(variables, t["lr"])
     sr = np.asarray(res.sr[-1])
-    psnr = [metrics.psnr_y(metrics.to_uint8(s), metrics.to_uint8(h), scale)
-            for s, h in zip(sr, t["hr"])]
-    row = {"psnr_y": float(np.mean(psnr)), "method": model.spec.version}
-    if res.kernel is not None and res.kernel.shape[-1] == t["kernel"].shape[-1]:
-      est = np.asarray(res.kernel[-1])
-      row["kernel_mse"] = float(np.mean([metrics.kernel_error(e, k)["mse"]
-                                         for e, k in zip(est, t["kernel"])]))
+    # Kernel errors only when the estimate has the test kernels' size.
+    scored = res.kernel is not None and res.kernel.shape[-1] == t["kernel"].shape[-1]
+    est = np.asarray(res.kernel[-1]) if scored else [None] * len(sr)
+    scores = [metrics.score_prediction(s, h, scale, kernel=e, true_kernel=k)
+              for s, h, e, k in zip(sr, t["hr"], est, t["kernel"])]
+    row = {"psnr_y": float(np.mean([r["psnr_y"] for r in scores])),
+           "method": model.spec.version}
+    if scored:
+      row["kernel_mse"] = float(np.mean([r["kernel_mse"] for r in scores]))
     out[space] = row
   return out
 

@@ -193,17 +193,17 @@ def test_init_follows_the_official_constructors():
 
 
 def test_predictor_runs_dcls_whole_images_and_refuses_tiles():
-  from dan_jax import infer  # pylint: disable=g-import-not-at-top
+  from dan_jax import predict  # pylint: disable=g-import-not-at-top
   data = np.load(FIXTURES / "parity_dcls_x4_setting1.npz")
   config = convert.infer_dcls_config(_state_dict(data))
   variables = convert.dcls_params_from_torch(_state_dict(data), config)
-  predictor = infer.Predictor(config, variables)
+  predictor = predict.Predictor(config, variables)
   pred = predictor.predict(data["lr"][0])
   assert predictor.has_kernel and not predictor.tiled_is_exact
   assert _rel_err(pred.sr, data["sr"][0]) < 1e-4
   assert _rel_err(pred.kernel, data["kernel"][0]) < 1e-4
-  with pytest.raises(infer.InferenceError, match="tiled inference is not available for DCLS"):
-    infer.Predictor(config, variables, tile=8)
+  with pytest.raises(predict.InferenceError, match="tiled inference is not available for DCLS"):
+    predict.Predictor(config, variables, tile=8)
 
 
 @pytest.mark.slow  # ~25 s on 2 cores

@@ -11,6 +11,7 @@ from skimage import data
 from dan_jax import checkpoint
 from dan_jax import image_io
 from dan_jax import infer
+from dan_jax import predict
 
 from conftest import TINY_V1 as V1  # pylint: disable=g-bad-import-order
 from conftest import TINY_V2 as V2
@@ -29,8 +30,8 @@ def _photo(h, w, y=100, x=150):
 def test_tiled_equals_whole_image_on_a_photograph():
   variables = _variables(V2)
   lr = _photo(60, 70).astype(np.float32) / 255.0
-  whole = infer.Predictor(V2, variables).predict(lr)
-  tiled = infer.Predictor(V2, variables, tile=32, batch_size=4)
+  whole = predict.Predictor(V2, variables).predict(lr)
+  tiled = predict.Predictor(V2, variables, tile=32, batch_size=4)
   assert tiled.tiled_is_exact and tiled.uses_tiles(60, 70)
   got = tiled.predict(lr)
   assert got.sr.shape == whole.sr.shape == (120, 140, 3)
@@ -38,20 +39,20 @@ def test_tiled_equals_whole_image_on_a_photograph():
   np.testing.assert_allclose(got.code, whole.code, atol=1e-6)
   np.testing.assert_allclose(got.kernel, whole.kernel, atol=1e-7)
   # A too small overlap is feathered, and visibly differs: tiles really were used.
-  approx = infer.Predictor(V2, variables, tile=32, tile_overlap=4).predict(lr)
+  approx = predict.Predictor(V2, variables, tile=32, tile_overlap=4).predict(lr)
   assert approx.sr.shape == whole.sr.shape
   assert np.abs(approx.sr - whole.sr).max() > 1e-3
 
 
 def test_tile_windows_cover_every_pixel_once():
   for n, tile, overlap in [(70, 32, 14), (60, 32, 14), (33, 32, 4), (32, 32, 8)]:
-    starts = infer.tile_starts(n, tile, overlap)
+    starts = predict.tile_starts(n, tile, overlap)
     length = min(tile, n)
     assert starts[0] == 0 and starts[-1] + length == n
     assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
     total = np.zeros(n * 2)
     for a in starts:
-      w = infer.axis_window(length, a > 0, a + length < n, 2, *infer._margin_and_width(
+      w = predict.axis_window(length, a > 0, a + length < n, 2, *predict._margin_and_width(
           overlap, 5))
       total[a * 2:(a + length) * 2] += w
     assert np.all(total > 0)
@@ -60,20 +61,20 @@ def test_tile_windows_cover_every_pixel_once():
 def test_self_ensemble_is_flip_equivariant():
   variables = _variables(V2)
   lr = _photo(20, 26).astype(np.float32) / 255.0
-  ens = infer.Predictor(V2, variables, self_ensemble=True)
+  ens = predict.Predictor(V2, variables, self_ensemble=True)
   a = ens.predict(lr)
   b = ens.predict(lr[:, ::-1])
   # The 8 transforms form a group, so averaging over them commutes with a flip.
   np.testing.assert_allclose(b.sr[:, ::-1], a.sr, atol=1e-5)
   np.testing.assert_allclose(b.kernel[:, ::-1], a.kernel, atol=1e-6)
-  plain = infer.Predictor(V2, variables).predict(lr)
+  plain = predict.Predictor(V2, variables).predict(lr)
   assert np.abs(plain.sr - a.sr).max() > 1e-3
   np.testing.assert_allclose(a.kernel.sum(), 1.0, atol=1e-5)
 
 
 def test_bad_tile_overlap_is_one_clear_error():
-  with pytest.raises(infer.InferenceError, match="--tile_overlap"):
-    infer.Predictor(V2, _variables(V2), tile=10)  # default exact overlap is 14
+  with pytest.raises(predict.InferenceError, match="--tile_overlap"):
+    predict.Predictor(V2, _variables(V2), tile=10)  # default exact overlap is 14
 
 
 # ---------------------------------------------------------------------------------------

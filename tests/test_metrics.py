@@ -194,3 +194,21 @@ def test_average():
   assert math.isnan(metrics.average([float('inf')], ignore_inf=True))
   with pytest.raises(ValueError):
     metrics.average([])
+
+
+def test_score_prediction_is_the_protocol(ref):
+  sr, gt = ref['astronaut_sr'], ref['astronaut_gt']  # uint8
+  got = metrics.score_prediction(sr, gt, 4, rgb=True)  # crop border = scale by default
+  assert got == {'psnr_y': metrics.psnr_y(sr, gt, 4), 'ssim_y': metrics.ssim_y(sr, gt, 4),
+                 'psnr_rgb': metrics.psnr_rgb(sr, gt, 4),
+                 'ssim_rgb': metrics.ssim_rgb(sr, gt, 4)}
+  # Floats in [0, 1] are rounded as official tensor2img: k / 255 gives back the uint8.
+  assert metrics.score_prediction(sr / 255.0, gt.astype(np.float32) / 255.0, 4) == {
+      'psnr_y': got['psnr_y'], 'ssim_y': got['ssim_y']}
+  assert metrics.score_prediction(sr, gt, 4, crop_border=0)['psnr_y'] == \
+      metrics.psnr_y(sr, gt, 0)
+  est, true = np.eye(3) / 3, np.full((5, 5), 1 / 25)
+  with_kernel = metrics.score_prediction(sr, gt, 4, kernel=est, true_kernel=true)
+  assert {k: with_kernel[f'kernel_{k}'] for k in ('mse', 'mae', 'sad', 'psnr')} == \
+      metrics.kernel_error(est, true)
+  assert 'kernel_mse' not in metrics.score_prediction(sr, gt, 4, kernel=est)

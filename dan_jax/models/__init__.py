@@ -1,12 +1,12 @@
 """The networks: one module per method family, re-exported here.
 
 `from dan_jax import models; models.create_model(config)` is the entry point; the DAN
-family (DANv1, DANv2) lives in `models.dan`.
+family (DANv1, DANv2) lives in `models.dan`, DCLS-SR in `models.dcls`, the layers they
+share (PyTorch-compatible convolutions and default init) in `models.layers`.
 """
 
 from dan_jax.models.dan import AlternatingStep
 from dan_jax.models.dan import ChannelAttention
-from dan_jax.models.dan import Conv2d
 from dan_jax.models.dan import CRB
 from dan_jax.models.dan import DAN
 from dan_jax.models.dan import DANOutput
@@ -18,17 +18,18 @@ from dan_jax.models.dan import ModelSpec
 from dan_jax.models.dan import RestorerV1
 from dan_jax.models.dan import RestorerV2
 from dan_jax.models.dan import SCALES
-from dan_jax.models.dan import Upsampler
 from dan_jax.models.dan import VERSIONS
-from dan_jax.models.dan import constant_channels_conv
-from dan_jax.models.dan import conv_gemm_grad
 from dan_jax.models.dan import count_params
 from dan_jax.models.dan import create_model
 from dan_jax.models.dan import delta_code
 from dan_jax.models.dan import init_variables
-from dan_jax.models.dan import leaky_relu
-from dan_jax.models.dan import pixel_shuffle
 from dan_jax.models.dan import spec_from_config
 from dan_jax.models.dcls import DCLS
 from dan_jax.models.dcls import FILTER_STRUCTURES
 from dan_jax.models.dcls import reformulated_kernel
+from dan_jax.models.layers import Conv2d
+from dan_jax.models.layers import Upsampler
+from dan_jax.models.layers import constant_channels_conv
+from dan_jax.models.layers import conv_gemm_grad
+from dan_jax.models.layers import leaky_relu
+from dan_jax.models.layers import pixel_shuffle

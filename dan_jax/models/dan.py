@@ -13,15 +13,23 @@ The PCA matrix is a model variable (collection `pca`), so a checkpoint is self-c
 from __future__ import annotations
 
 import dataclasses
-import functools
-import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dan_jax.models import layers
+# The shared layers, importable from here too (as before they moved to `layers`).
+from dan_jax.models.layers import Conv2d
+from dan_jax.models.layers import Upsampler
+from dan_jax.models.layers import _opts
+from dan_jax.models.layers import constant_channels_conv  # pylint: disable=unused-import
+from dan_jax.models.layers import conv_gemm_grad  # pylint: disable=unused-import
+from dan_jax.models.layers import leaky_relu
+from dan_jax.models.layers import pixel_shuffle  # pylint: disable=unused-import
 
 Array = jax.Array
 
@@ -46,170 +54,8 @@ class DANOutput:
 
 
 # ---------------------------------------------------------------------------------------
-# Layers
+# Blocks (the shared layers are in `layers`)
 # ---------------------------------------------------------------------------------------
-
-
-def _torch_uniform(bound: float):
-  """PyTorch's default Conv2d init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), weight and bias."""
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-_DIMENSIONS = ("NHWC", "HWIO", "NHWC")
-
-
-def _conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride),
-                                      ((padding, padding), (padding, padding)),
-                                      dimension_numbers=_DIMENSIONS)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_gemm_grad(x: Array, kernel: Array, padding: int, stride: int = 1) -> Array:
-  """A convolution whose kernel gradient runs as one GEMM-shaped convolution.
-
-  XLA:CPU emits a convolution's kernel gradient (a "convolution" whose window is the
-  whole activation map, dim_labels f01b_i01o->01bf) with a generic loop emitter that ran
-  at 0.5-2 GFLOP/s inside DAN. The same sum, written as a convolution in the canonical
-  NHWC/HWIO layout over transposed operands (channels as the batch, the batch as the
-  features; the stride becomes a kernel dilation), goes to Eigen's GEMM-based
-  convolution at 60-100 GFLOP/s. Same values as the plain convolution (up to float
-  summation order).
-  """
-  return _conv(x, kernel, stride, padding)
-
-
-def _conv_gemm_grad_fwd(x, kernel, padding, stride):
-  return _conv(x, kernel, stride, padding), (x, kernel)
-
-
-def _conv_gemm_grad_bwd(padding, stride, residuals, g):
-  x, kernel = residuals
-  k = kernel.shape[0]
-  # Input gradient: XLA's own (a convolution with the rotated kernel; fast on CPU).
-  dx = jax.vjp(lambda v: _conv(v, kernel, stride, padding), x)[1](g)[0]
-  # Kernel gradient: dk[i, j, c, o] = sum_{b,y,x} x_pad[b, s*y + i, s*x + j, c] g[b, y, x, o],
-  # a convolution of x as [c, H, W, B] with g as an s-dilated [H', W', B, o] "kernel".
-  x_t = jnp.transpose(x, (3, 1, 2, 0))
-  g_t = jnp.transpose(g.astype(x.dtype), (1, 2, 0, 3))
-  dk = jax.lax.conv_general_dilated(x_t, g_t, (1, 1), ((padding, padding),) * 2,
-                                    rhs_dilation=(stride, stride),
-                                    dimension_numbers=_DIMENSIONS)
-  dk = jnp.transpose(dk[:, :k, :k], (1, 2, 0, 3))  # [c, k, k, o] -> HWIO
-  return dx.astype(x.dtype), dk.astype(kernel.dtype)
-
-
-conv_gemm_grad.defvjp(_conv_gemm_grad_fwd, _conv_gemm_grad_bwd)
-
-
-def constant_channels_conv(const: Array, kernel: Array, height: int, width: int,
-                           padding: int) -> Array:
-  """Stride-1 convolution of inputs that are constant over space, zero padded.
-
-  Equals `conv(broadcast(const, [B, H, W, c]), kernel)` exactly: in the interior every
-  tap sees the constant, at the border only the taps that fall inside the image do. It
-  costs O(B*H*W*k*out) instead of O(B*H*W*k*k*c*out).
-
-  Args:
-    const: [B, c] per-image values.
-    kernel: [k, k, c, out].
-  Returns:
-    [B, H, W, out]
-  """
-  k = kernel.shape[0]
-
-  def inside(n):  # [n, k]: does tap i of output position y read a real pixel?
-    # iota rather than np.arange: n may be a symbolic dimension (jax.export, dan_jax.export).
-    pos = (jax.lax.broadcasted_iota(jnp.int32, (n, k), 0) +
-           jax.lax.broadcasted_iota(jnp.int32, (n, k), 1) - padding)
-    return ((pos >= 0) & (pos < n)).astype(const.dtype)
-
-  per_tap = jnp.einsum("bc,ijco->bijo", const, kernel.astype(const.dtype))
-  rows = jnp.einsum("wj,bijo->biwo", inside(width), per_tap)
-  return jnp.einsum("hi,biwo->bhwo", inside(height), rows)
-
-
-class Conv2d(nn.Module):
-  """A 2-D convolution with PyTorch's padding, stride and default initialisation.
-
-  Params are `kernel` [kh, kw, in, out] (HWIO) and `bias` [out]. `const` ([B, c]) are extra
-  input channels that are constant over space (DANv1's stretched kernel code), appended
-  after x's channels; they are convolved in closed form rather than materialised.
-  """
-
-  features: int
-  kernel_size: int
-  stride: int = 1
-  padding: int = 0
-  dtype: Any = jnp.float32
-  gemm_grad: bool = False  # kernel gradient as one GEMM (see conv_gemm_grad)
-
-  @nn.compact
-  def __call__(self, x: Array, const: Optional[Array] = None) -> Array:
-    k, p = self.kernel_size, self.padding
-    in_ch = x.shape[-1] + (0 if const is None else const.shape[-1])
-    init = _torch_uniform(1.0 / math.sqrt(in_ch * k * k))
-    kernel = self.param("kernel", init, (k, k, in_ch, self.features))
-    bias = self.param("bias", init, (self.features,))
-    x, kernel, bias = (a.astype(self.dtype) for a in (x, kernel, bias))
-    if const is not None:
-      if self.stride != 1:
-        raise ValueError("constant input channels need a stride-1 convolution")
-      c = x.shape[-1]
-      y = constant_channels_conv(const.astype(self.dtype), kernel[:, :, c:], x.shape[1],
-                                 x.shape[2], p)
-      kernel = kernel[:, :, :c]
-      return self._conv(x, kernel) + y + bias
-    return self._conv(x, kernel) + bias
-
-  def _conv(self, x: Array, kernel: Array) -> Array:
-    k, p = self.kernel_size, self.padding
-    if k == 1 and self.stride == 1 and p == 0:
-      # A 1x1 convolution is a matmul; dot_general is cheaper than a conv on XLA:CPU.
-      return jnp.einsum("...c,cd->...d", x, kernel[0, 0])
-    if self.gemm_grad:
-      return conv_gemm_grad(x, kernel, p, self.stride)
-    return _conv(x, kernel, self.stride, p)
-
-
-def _opts(module: nn.Module) -> dict:
-  """The compute dtype and conv-gradient choice a layer passes to its sub-layers."""
-  return dict(dtype=module.dtype, gemm_grad=module.gemm_grad)
-
-
-def leaky_relu(x: Array) -> Array:
-  return nn.leaky_relu(x, negative_slope=0.2)
-
-
-def pixel_shuffle(x: Array, r: int) -> Array:
-  """torch.nn.PixelShuffle in NHWC: channel c*r*r + i*r + j goes to pixel (h*r+i, w*r+j)."""
-  b, h, w, c = x.shape
-  c_out = c // (r * r)
-  x = x.reshape(b, h, w, c_out, r, r)
-  x = x.transpose(0, 1, 4, 2, 5, 3)
-  return x.reshape(b, h * r, w * r, c_out)
-
-
-class Upsampler(nn.Module):
-  """The official tail: conv + PixelShuffle (x2, x3) or two (conv + PixelShuffle(2)) (x4)."""
-
-  nf: int
-  scale: int
-  out_nc: int
-  dtype: Any = jnp.float32
-  gemm_grad: bool = False  # see Conv2d
-
-  @nn.compact
-  def __call__(self, f: Array) -> Array:
-    steps = [2, 2] if self.scale == 4 else [self.scale]
-    for i, r in enumerate(steps):
-      f = Conv2d(self.nf * r * r, 3, padding=1, **_opts(self), name=f"conv{i}")(f)
-      f = pixel_shuffle(f, r)
-    return Conv2d(self.out_nc, 3, padding=1, **_opts(self), name="out")(f)
 
 
 # ---- DANv1 blocks ----
@@ -594,35 +440,6 @@ def create_model(model_config: Any) -> nn.Module:
   return DAN(spec)
 
 
-def _torch_default_params(shapes: Any, seed: int) -> dict:
-  """Draws PyTorch's default Conv2d init on the host for a tree of parameter shapes.
-
-  Host-side numpy keeps initialisation free of XLA compilation: on XLA:CPU, compiling
-  threefry random bits for every parameter shape costs seconds each (LLVM optimises the
-  unrolled hash), which made a tiny model's `init` take ~20 s.
-  """
-  rng = np.random.default_rng(seed)
-
-  def walk(node):
-    out = {}
-    for name in sorted(node):
-      child = node[name]
-      if isinstance(child, Mapping) and "kernel" in child and "bias" in child:
-        k_shape = child["kernel"].shape
-        bound = 1.0 / math.sqrt(int(np.prod(k_shape[:-1])))
-        out[name] = {
-            "kernel": rng.uniform(-bound, bound, k_shape).astype(np.float32),
-            "bias": rng.uniform(-bound, bound, child["bias"].shape).astype(np.float32),
-        }
-      elif isinstance(child, Mapping):
-        out[name] = walk(child)
-      else:
-        raise ValueError(f"unexpected parameter {name} of shape {child.shape}")
-    return out
-
-  return walk(shapes)
-
-
 def init_variables(model: DAN, rng: Any, pca_matrix: Any) -> dict:
   """Initialises parameters (PyTorch's default init) and installs the PCA matrix.
 
@@ -644,7 +461,7 @@ def init_variables(model: DAN, rng: Any, pca_matrix: Any) -> dict:
     rng = int(rng.reshape(-1)[-1] + (rng.reshape(-1)[0] << np.uint64(32)))
   lr = jax.ShapeDtypeStruct((1, 8, 8, s.in_nc), jnp.float32)
   shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, iterations=1), lr)
-  params = _torch_default_params(flax.core.unfreeze(shapes["params"]), rng)
+  params = layers.torch_default_params(flax.core.unfreeze(shapes["params"]), rng)
   if s.version == "DCLS":  # the official DCLS constructors re-draw some layers
     from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top (dcls imports dan)
     params = dcls.official_init(params, rng)

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dan_jax.models.dan import Conv2d, DANOutput, ModelSpec, Upsampler, _opts, \
-    _torch_uniform
+from dan_jax.models.dan import DANOutput, ModelSpec
+from dan_jax.models.layers import Conv2d, Upsampler, _opts, torch_uniform
 
 Array = jax.Array
 
@@ -47,7 +47,7 @@ class Linear(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    init = _torch_uniform(1.0 / np.sqrt(x.shape[-1]))
+    init = torch_uniform(x.shape[-1])
     kernel = self.param("kernel", init, (x.shape[-1], self.features))
     bias = self.param("bias", init, (self.features,))
     return x.astype(jnp.float32) @ kernel + bias
