@@ -26,6 +26,7 @@ The entry point that `main`, notebooks and tests share. One concept per module:
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable, Iterator, Optional
 
