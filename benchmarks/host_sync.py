@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dan_jax import checkpoint
 from dan_jax import input_pipeline
 from dan_jax import models
+from dan_jax import steps
 from dan_jax import train
 
 
@@ -72,9 +73,9 @@ def main() -> None:
   spec = train.validate_config(config)
   mesh = train.create_mesh(jax.devices()[:1])
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  model, _, tx, step_fn, _ = train._step_functions(  # pylint: disable=protected-access
+  model, _, tx, step_fn, _ = steps.step_functions(
       spec, tuple(tuple(config[f]) if f == "lr_milestones" else config.get(f, 0.0)
-                  for f in train._OPTIMIZER_FIELDS),  # pylint: disable=protected-access
+                  for f in steps.OPTIMIZER_FIELDS),
       mesh, float(config.kernel_loss_weight), bool(config.supervise_all_iterations),
       float(config.ema_decay))
   pca = np.linalg.qr(np.random.default_rng(0).normal(

@@ -18,11 +18,15 @@ from typing import Any, Optional
 
 import jax
 import ml_collections
+from jax.sharding import NamedSharding
 import numpy as np
 import orbax.checkpoint as ocp
 
 from dan_jax import models
+from dan_jax import parallel
 from dan_jax import storage
+from dan_jax.errors import TrainingError
+from dan_jax.train_state import COUNTERS, TrainState
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 ITEMS = ("state", "model_config", "meta")
@@ -206,3 +210,118 @@ def config_json(config: ml_collections.ConfigDict) -> str:
   """The config as JSON text (kept for callers of the old name: `config.to_json`)."""
   from dan_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   return config_lib.to_json(config)
+
+
+# ---------------------------------------------------------------------------------------
+# Training checkpoints: compatibility, restore, latest and best saves
+# ---------------------------------------------------------------------------------------
+
+# Fields whose change makes a checkpoint another model (not: dtype, scan_unroll, ...).
+ARCH_FIELDS = ("version", "scale", "nf", "nb", "ng", "in_nc", "loops", "kernel_size",
+               "code_len", "estimator_nf", "estimator_nb", "input_para", "reduction")
+
+
+def _arch(model_config: Any) -> dict:
+  d = model_config_to_dict(model_config)
+  if d["version"] == "DANv1":
+    d.pop("ng")  # unused by DANv1
+  if d["version"] != "DCLS":
+    d.pop("input_para", None), d.pop("reduction", None)  # DCLS-only fields
+  return {k: d[k] for k in ARCH_FIELDS if k in d}
+
+
+def _describe(arch: dict) -> str:
+  return f"{arch['version']} x{arch['scale']}"
+
+
+def check_compatible(stored_model_config: dict, spec: models.ModelSpec, where: str,
+                     what: str) -> None:
+  """Raises TrainingError unless the stored model config is the same model as `spec`.
+
+  `where` names the checkpoint in the message, `what` says what to do about it.
+  """
+  try:
+    have = _arch(stored_model_config)
+  except ValueError as e:
+    raise TrainingError(f"{where} has an unreadable model config: {e}") from e
+  want = _arch(spec)
+  if have != want:
+    diff = ", ".join(f"{k} {have.get(k)!r} vs {want.get(k)!r}" for k in want
+                     if have.get(k) != want.get(k))
+    raise TrainingError(f"{where} holds a {_describe(have)} model but the config trains "
+                        f"{_describe(want)} ({diff}); {what}")
+
+
+def _abstract(tree: Any, sharding: NamedSharding) -> Any:
+  return jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding),
+      tree)
+
+
+def read_info(manager: ocp.CheckpointManager, step: int, spec: models.ModelSpec) -> dict:
+  """The `meta` of a checkpoint, after checking that it holds the same model."""
+  where = f"{manager.directory}/{step}"
+  try:
+    info = manager.restore(step, args=ocp.args.Composite(
+        model_config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+  except Exception as e:  # pylint: disable=broad-except
+    raise TrainingError(f"cannot read the checkpoint {where}: {e}") from e
+  check_compatible(dict(info["model_config"]), spec, f"the checkpoint {where}",
+                   "refusing to resume: use another --workdir (nothing was deleted)")
+  return dict(info["meta"] or {})
+
+
+def restore_state(manager: ocp.CheckpointManager, step: int, template: TrainState,
+                  sharding: NamedSharding) -> TrainState:
+  """Restores the training state at `step` (checked with `read_info` first)."""
+  target = template.to_dict()
+  restore = lambda t: manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(_abstract(t, sharding))))
+  try:
+    restored = restore(target)
+  except Exception as e:  # pylint: disable=broad-except
+    try:  # a checkpoint saved before the recovery counters existed
+      restored = restore({k: v for k, v in target.items() if k not in COUNTERS})
+    except Exception:  # pylint: disable=broad-except
+      raise TrainingError(
+          f"cannot resume from {manager.directory}/{step}: its training state does not fit "
+          f"this config (e.g. ema_decay or weight_decay switched on or off): {e}") from e
+  state = dict(restored["state"])
+  for k in COUNTERS:
+    if k not in state:
+      state[k] = parallel.to_global(np.zeros((), np.int32), sharding)
+  return TrainState(**state)
+
+
+def save_state(manager: ocp.CheckpointManager, step: int, state: TrainState,
+               spec: models.ModelSpec, meta: dict) -> None:
+  """Saves `step`; a checkpoint of that step already there (a rerun) is replaced."""
+  if step in manager.all_steps():
+    manager.wait_until_finished()
+    manager.delete(step)
+  manager.save(step, args=save_args(state.to_dict(), spec, meta), force=True)
+
+
+def save_best(best_manager: ocp.CheckpointManager, manager: ocp.CheckpointManager,
+              step: int, state: TrainState, spec: models.ModelSpec, meta: dict) -> None:
+  """Saves the best checkpoint of `step`, after the latest checkpoint is complete on disk.
+
+  So a best checkpoint never exists without the latest checkpoint of its step: a run
+  killed in between resumes after that step. A best checkpoint of this or a later step
+  is from a rerun or an abandoned (rolled back) stretch and scored no better than this
+  one: it is replaced.
+  """
+  manager.wait_until_finished()
+  best_manager.wait_until_finished()
+  for s in best_manager.all_steps():
+    if s >= step:
+      best_manager.delete(s)
+  best_manager.save(step, args=save_args(state.to_dict(), spec, meta), force=True)
+
+
+def close(manager: Optional[ocp.CheckpointManager]) -> None:
+  """Waits for pending saves and closes the manager."""
+  if manager is None:
+    return
+  manager.wait_until_finished()
+  manager.close()

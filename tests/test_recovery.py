@@ -19,6 +19,7 @@ import tensorflow as tf
 from dan_jax import checkpoint
 from dan_jax import models
 from dan_jax import train
+from dan_jax import train_state
 
 ROOT = pathlib.Path(__file__).parents[1]
 TEST_CONFIG = str(ROOT / "configs" / "test.py")
@@ -237,11 +238,11 @@ def test_checkpoint_from_before_the_counters_resumes(tmp_path):
   mesh = train.create_mesh(jax.devices()[:1])
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
-  template = train._state_template(spec, models.create_model(spec), tx, True)  # pylint: disable=protected-access
-  state = train._restore(new, 2, template, sharding)  # pylint: disable=protected-access
+  template = train_state.state_template(spec, models.create_model(spec), tx, True)
+  state = checkpoint.restore_state(new, 2, template, sharding)
   new.close()
   old = checkpoint.create_manager(str(tmp_path / "old" / "checkpoints"), async_save=False)
-  old_state = {k: v for k, v in state.to_dict().items() if k not in train._COUNTERS}  # pylint: disable=protected-access
+  old_state = {k: v for k, v in state.to_dict().items() if k not in train_state.COUNTERS}
   old.save(2, args=checkpoint.save_args(old_state, spec, {"step": 2, "data_position": 2}))
   old.wait_until_finished()
   old.close()
