@@ -56,12 +56,10 @@ def evaluate(eval_fn: Callable, variables: dict, val: dict, scale: int,
       kernel = None if kernel is None else parallel.to_host(kernel)
       for j, i in enumerate(part):
         results[i] = (metrics.to_uint8(sr[j]), code[j], None if kernel is None else kernel[j])
-  psnr, ssim = [], []
-  for (sr, _, _), hr in zip(results, val["hr"]):
-    gt = metrics.to_uint8(hr)
-    psnr.append(metrics.psnr_y(sr, gt, crop_border=scale))
-    ssim.append(metrics.ssim_y(sr, gt, crop_border=scale))
-  return {"val_psnr_y": metrics.average(psnr), "val_ssim_y": metrics.average(ssim)}, results
+  scores = [metrics.score_prediction(sr, hr, scale)
+            for (sr, _, _), hr in zip(results, val["hr"])]
+  return {"val_psnr_y": metrics.average([s["psnr_y"] for s in scores]),
+          "val_ssim_y": metrics.average([s["ssim_y"] for s in scores])}, results
 
 
 def _display_kernel(kernel: np.ndarray, size: int = 128) -> np.ndarray:

@@ -17,7 +17,7 @@ def test_load_spec_with_argument_and_shipped_fallback(tmp_path, monkeypatch):
   assert config_lib.load("configs/x4.py").model.version == "DANv2"
   with pytest.raises(config_lib.ConfigError, match="no such config file: configs/nope.py"):
     config_lib.load("configs/nope.py")
-  with pytest.raises(config_lib.ConfigError, match="config argument must be v1 or v2"):
+  with pytest.raises(config_lib.ConfigError, match="config argument must be v1, v2 or dcls"):
     config_lib.load("configs/x4.py:v3")
 
 

@@ -68,7 +68,7 @@ def test_empty_or_missing_train_folder_is_one_error(tmp_path, make, message):
                                    "'scale'?)"),
     (["--config.model.scale=five"], 2, "--config.model.scale=five"),
     (["--config=configs/nonexistent.py"], 2, "no such config file: configs/nonexistent.py"),
-    (["--config=configs/x4.py:v3"], 2, "config argument must be v1 or v2"),
+    (["--config=configs/x4.py:v3"], 2, "config argument must be v1, v2 or dcls"),
     (["--config.model.scale=5"], 1, "config.model.scale must be one of (2, 3, 4)"),
     (["--config.learning_rate=-0.1"], 1, "config.learning_rate must be a positive number"),
 ])
