@@ -24,10 +24,10 @@ LOCAL_ONLY = {"open", "os.path.abspath", "os.path.realpath", "os.path.isdir",
               "shutil.copyfile", "shutil.move"}
 # (file, enclosing function, call): why it is not applied to a workdir/checkpoint/output.
 ALLOWED = {
-    ("dan_jax/checkpoint.py", "load_config_file", "os.path.isfile"):
+    ("dan_jax/config.py", "resolve_path", "os.path.isfile"):
         "a config .py file, imported with importlib (local code)",
-    ("dan_jax/main.py", "<module>", "os.path.abspath"): "__file__: the repository",
-    ("dan_jax/main.py", "_parse_flags", "os.path.isfile"): "the --config .py file",
+    ("dan_jax/convert.py", "_load_pca", "os.path.isfile"):
+        "--pca: a local PCA .npy/.npz/.pth input, read by numpy/torch like --official",
     ("dan_jax/convert.py", "load_torch_checkpoint", "os.path.isfile"):
         "--official: the official .npz/.pth input file, read by numpy/torch",
     ("dan_jax/train.py", "_prepare_workdir", "os.access"):
