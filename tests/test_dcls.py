@@ -101,6 +101,7 @@ def test_dcls_config_errors_name_the_field():
   assert models.create_model(dict(version="DCLS")).spec.estimator_nb == 3
 
 
+@pytest.mark.slow  # compiles train steps (~10 s): out of the fast lane
 def test_convert_cli_reads_the_architecture_off_dcls_weights(tmp_path):
   data = np.load(FIXTURES / "parity_dcls_x2_setting1.npz")
   official = tmp_path / "DCLS_x2.npz"

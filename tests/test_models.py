@@ -150,6 +150,7 @@ def test_iterations_resume_from_code():
   np.testing.assert_allclose(first.sr, full.sr[:2], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # compiles train steps (~10 s): out of the fast lane
 @pytest.mark.parametrize("version", ["DANv1", "DANv2"])
 def test_cheap_gradient_equals_full_scan_gradient(version):
   """The final-iteration loss differentiated through one iteration (after N-1 forward

@@ -58,6 +58,7 @@ def _meta(directory, step):
 # ----------------------------------------------------------------------------- the step
 
 
+@pytest.mark.slow  # compiles train steps (~10 s): out of the fast lane
 def test_nonfinite_step_is_skipped_on_the_device():
   config = _config()
   spec = models.spec_from_config(config.model)
@@ -227,6 +228,7 @@ def test_best_checkpoint_of_a_step_rerun_with_another_score_is_replaced(tmp_path
   assert _meta(workdir / "checkpoints", 4)["recovery"]["best_step"] in (2, 4)
 
 
+@pytest.mark.slow  # compiles train steps (~10 s): out of the fast lane
 def test_checkpoint_from_before_the_counters_resumes(tmp_path):
   # Write what older versions saved (no skipped / nonfinite_run / data_offset, no
   # 'recovery' meta) and resume from it.

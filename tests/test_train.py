@@ -455,6 +455,7 @@ def test_unwritable_workdir_is_an_error(tmp_path):
 # ----------------------------------------------------------------------------- precision
 
 
+@pytest.mark.slow  # compiles train steps (~10 s): out of the fast lane
 @pytest.mark.parametrize("version", ["DANv1", "DANv2"])
 def test_xla_conv_gradient_equals_gemm_in_a_train_step(version):
   """The accelerators' path (conv_backward 'xla') against the CPU's GEMM gradient, in a

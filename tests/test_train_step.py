@@ -80,6 +80,7 @@ def _l1(a, b):
   return jnp.mean(jnp.abs(a - b))
 
 
+@pytest.mark.slow  # compiles train steps (~10 s): out of the fast lane
 def test_supervise_all_iterations_through_train_step():
   """With plain SGD(1) the update is minus the gradient of the sum of every iteration's loss."""
   model = models.create_model(TINY_V2)
