@@ -3,12 +3,19 @@
   python benchmarks/run.py                       # ours, on whatever jax.devices() gives
   python benchmarks/run.py --official_checkout ~/src/DAN --official_python ~/torch/bin/python
   python benchmarks/run.py --models DANv2 --skip pipeline --dtype bfloat16   # e.g. on a GPU
+  python benchmarks/run.py --models DCLS --skip pipeline \
+      --official_dcls_checkout ~/src/DCLS-SR --official_python ~/torch/bin/python
 
 Figures (DANv1 x4 nf 64 nb 40 and DANv2 x4 nf 64 nb 10 ng 5, 4 iterations, fp32 unless
 --dtype): train-step throughput at batch 4 of 64x64 LR crops (the cheap gradient of the
 training loop), inference on a 180x320 LR image and time per output megapixel at 3 sizes,
 compile times, input-pipeline throughput (x4, 256x256 HR, settings 1 and 2, 1 and 2
 threads), and achieved GFLOP/s (XLA cost analysis) against the measured float32 GEMM rate.
+DCLS (x4 setting 1: nf 64 nb 10 ng 5, 21x21 kernels, one pass, 13.6M parameters) adds the
+train step's peak memory (resident-set high-water mark during one step minus the resident
+set before it, both sides measured the same way; Linux only) and the CLS Fourier
+deconvolution alone (forward, and forward + gradient), against the official code run by
+`official_dcls_side.py` from the user's checkout.
 Medians of --repeats timed runs after a warm-up. Never run as a test.
 """
 
@@ -40,6 +47,8 @@ from dan_jax import train
 MODELS = {
     "DANv1": dict(version="DANv1", scale=4, nf=64, nb=40, loops=4),
     "DANv2": dict(version="DANv2", scale=4, nf=64, nb=10, ng=5, loops=4),
+    "DCLS": dict(version="DCLS", scale=4, nf=64, nb=10, ng=5, input_para=256, kernel_size=21,
+                 loops=1),
 }
 
 
@@ -60,6 +69,45 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / _median(lambda: f(a), repeats) / 1e9
 
 
+def _kib(field: str) -> int:
+  with open("/proc/self/status") as f:
+    for line in f:
+      if line.startswith(field + ":"):
+        return int(line.split()[1])
+  raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def step_peak_bytes(step: Callable[[], Any]) -> int:
+  """Peak resident memory one call of `step` adds over the resident set before it.
+
+  The same measure as official_dcls_side.py: writing 5 to /proc/self/clear_refs resets the
+  high-water mark (VmHWM) to the current resident set (Linux >= 4.0).
+  """
+  with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+  before = _kib("VmRSS")
+  jax.block_until_ready(step())
+  return (_kib("VmHWM") - before) * 1024
+
+
+def bench_cls_fft(args: argparse.Namespace, channels: int, kernel_size: int) -> dict:
+  """DCLS's CLS Fourier deconvolution alone at the train-step feature shape."""
+  from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  b, s = args.batch, args.lr_size
+  x = jnp.asarray(rng.uniform(size=(b, s, s, channels)), jnp.float32)
+  k = rng.uniform(size=(b, kernel_size, kernel_size))
+  k = jnp.asarray(k / k.sum((1, 2), keepdims=True), jnp.float32)
+  smooth = jnp.asarray(rng.uniform(-0.5, 0.5, size=(b, 3, 3, channels)), jnp.float32)
+  fwd = jax.jit(dcls.cls_deconvolution)
+  grad = jax.jit(jax.grad(lambda x, sm: jnp.sum(dcls.cls_deconvolution(x, k, sm)),
+                          argnums=(0, 1)))
+  jax.block_until_ready(fwd(x, k, smooth))
+  jax.block_until_ready(grad(x, smooth))
+  return {"fft_forward_s": _median(lambda: fwd(x, k, smooth), args.repeats),
+          "fft_grad_s": _median(lambda: grad(x, smooth), args.repeats)}
+
+
 def _flops(compiled) -> float:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
@@ -71,16 +119,21 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
   """Train step, inference and compile times of one model."""
   cfg = dict(MODELS[name], dtype=args.dtype, scan_unroll=args.scan_unroll)
   model = models.create_model(cfg)
-  pca = np.random.default_rng(0).normal(size=(21 * 21, 10)).astype(np.float32) * 0.05
+  k = model.spec.kernel_size
+  pca = np.random.default_rng(0).normal(size=(k * k, 10)).astype(np.float32) * 0.05
   variables = models.init_variables(model, 0, pca)
   rng = np.random.default_rng(1)
   b, s = args.batch, args.lr_size
   batch = {
       "lr": rng.uniform(size=(b, s, s, 3)).astype(np.float32),
       "hr": rng.uniform(size=(b, 4 * s, 4 * s, 3)).astype(np.float32),
-      "kernel": rng.dirichlet(np.ones(441), size=b).reshape(b, 21, 21).astype(np.float32),
+      "kernel": rng.dirichlet(np.ones(k * k), size=b).reshape(b, k, k).astype(np.float32),
       "code": rng.normal(size=(b, 10)).astype(np.float32),
   }
+  if name == "DCLS":  # the reformulated-kernel loss needs the noise-free blurred/clean LR
+    batch["lr_clean"] = batch["lr"]
+    batch["lr_blurred"] = np.clip(batch["lr"] + 0.01 * rng.uniform(size=batch["lr"].shape),
+                                  0, 1).astype(np.float32)
   out: dict = {"model": name, "params": models.count_params(variables["params"])}
 
   # Model FLOPs from XLA's cost analysis of ONE iteration (the cost analysis counts the
@@ -114,6 +167,12 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
   out["train_step_s"] = step_s
   out["train_samples_per_s"] = b / step_s
   out["train_gflops"] = out["train_flops"] / step_s / 1e9
+  out["train_step_peak_bytes"] = step_peak_bytes(one_step)
+  mem = compiled.memory_analysis()
+  if mem is not None:  # XLA's own figure: temporaries of one step (buffers it allocates)
+    out["train_step_xla_temp_bytes"] = int(mem.temp_size_in_bytes)
+  if name == "DCLS":
+    out.update(bench_cls_fft(args, model.spec.nf // 4, k))
 
   infer = {}
   for size in args.infer_sizes.split(","):
@@ -160,6 +219,17 @@ def bench_pipeline(setting: int, threads: int, batches: int) -> float:
 
 def official(args: argparse.Namespace, name: str) -> dict:
   cfg = MODELS[name]
+  if name == "DCLS":
+    cmd = [args.official_python, os.path.join(os.path.dirname(__file__), "official_dcls_side.py"),
+           "--checkout", args.official_dcls_checkout, "--nf", str(cfg["nf"]), "--nb",
+           str(cfg["nb"]), "--ng", str(cfg["ng"]), "--input_para", str(cfg["input_para"]),
+           "--kernel_size", str(cfg["kernel_size"]), "--scale", str(cfg["scale"]),
+           "--batch", str(args.batch), "--lr_size", str(args.lr_size),
+           "--infer_sizes", args.infer_sizes, "--repeats", str(args.repeats)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode:
+      raise SystemExit(f"error: the official DCLS benchmark failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
   cmd = [args.official_python, os.path.join(os.path.dirname(__file__), "official_side.py"),
          "--checkout", args.official_checkout, "--version", name, "--nf", str(cfg["nf"]),
          "--nb", str(cfg["nb"]), "--ng", str(cfg.get("ng", 5)), "--batch", str(args.batch),
@@ -183,6 +253,8 @@ def main() -> None:
   ap.add_argument("--skip", default="", help="comma list of: model,pipeline,gemm")
   ap.add_argument("--pipeline_batches", type=int, default=8)
   ap.add_argument("--official_checkout", default="", help="checkout of greatlog/DAN")
+  ap.add_argument("--official_dcls_checkout", default="",
+                  help="checkout of megvii-research/DCLS-SR (official side of the DCLS rows)")
   ap.add_argument("--official_python", default=sys.executable,
                   help="a Python with torch for the official side")
   ap.add_argument("--json", default="", help="also write all figures to this file")
@@ -203,7 +275,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
       r = bench_model(name, args)
-      if args.official_checkout:
+      if args.official_dcls_checkout if name == "DCLS" else args.official_checkout:
         r["official"] = official(args, name)
       results["models"].append(r)
       first = args.infer_sizes.split(",")[0]
@@ -221,6 +293,21 @@ def main() -> None:
         print(f"| ratio ours/official (speed) | | {o['forward_s'] / r['forward_s']:.2f} | | "
               f"{r['train_samples_per_s'] / o['train_samples_per_s']:.2f} | | | "
               f"{o['infer_s'][first] / r['infer'][first]['s']:.2f} | | | |")
+  for r in results["models"]:
+    if "fft_forward_s" not in r:
+      continue
+    o = r.get("official", {})
+    mib = lambda v: f"{v / 2**20:.0f} MiB"
+    print(f"| {r['model']} | ours | official | ratio |")
+    print("|---|---|---|---|")
+    print(f"| train-step peak memory | {mib(r['train_step_peak_bytes'])} (XLA temporaries "
+          f"{mib(r.get('train_step_xla_temp_bytes', float('nan')))}) | "
+          + (f"{mib(o['train_step_peak_bytes'])} | official/ours "
+             f"{o['train_step_peak_bytes'] / r['train_step_peak_bytes']:.2f} |" if o else "| |"))
+    for key, label in (("fft_forward_s", "CLS FFT deconvolution, forward (s)"),
+                       ("fft_grad_s", "CLS FFT deconvolution, forward + gradient (s)")):
+      print(f"| {label} | {r[key]:.4f} | "
+            + (f"{o[key]:.4f} | speed {o[key] / r[key]:.2f} |" if o else "| |"))
   if "pipeline" not in skip:
     print("| input pipeline (x4, 256 HR crops) | 1 thread | 2 threads |")
     print("|---|---|---|")
