@@ -81,13 +81,33 @@ def step_peak_bytes(step: Callable[[], Any]) -> int:
   """Peak resident memory one call of `step` adds over the resident set before it.
 
   The same measure as official_dcls_side.py: writing 5 to /proc/self/clear_refs resets the
-  high-water mark (VmHWM) to the current resident set (Linux >= 4.0).
+  high-water mark (VmHWM) to the current resident set (Linux >= 4.0). Meaningful only in a
+  process started with MALLOC_ENV (see `_memory_child`).
   """
   with open("/proc/self/clear_refs", "w") as f:
     f.write("5")
   before = _kib("VmRSS")
   jax.block_until_ready(step())
   return (_kib("VmHWM") - before) * 1024
+
+
+# glibc keeps freed blocks for reuse (its mmap threshold grows as large blocks are freed),
+# so after a warm-up step the next one allocates little that is new and the resident set
+# barely moves. A fixed threshold (setting it disables the growth) maps every block over
+# 128 KiB on its own and unmaps it when freed: the resident set then follows the live
+# buffers, for XLA (aligned malloc) and PyTorch (malloc) alike.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+
+
+def _memory_child(args: argparse.Namespace, name: str) -> int:
+  """Train-step peak memory of `name`, measured in a fresh process with MALLOC_ENV."""
+  cmd = [sys.executable, os.path.abspath(__file__), "--memory_child", name, "--batch",
+         str(args.batch), "--lr_size", str(args.lr_size), "--dtype", args.dtype]
+  res = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                       env=dict(os.environ, **MALLOC_ENV))
+  if res.returncode:
+    raise SystemExit(f"error: the memory benchmark failed:\n{res.stderr[-2000:]}")
+  return int(json.loads(res.stdout.strip().splitlines()[-1])["train_step_peak_bytes"])
 
 
 def bench_cls_fft(args: argparse.Namespace, channels: int, kernel_size: int) -> dict:
@@ -140,17 +160,18 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
   # body of the scan over iterations once): a forward pass is `loops` iterations; the train
   # step runs loops-1 iterations forward and differentiates the last (backward = 2x its
   # forward, the usual convention); inference scales with the pixel count.
-  lr_batch = jnp.asarray(batch["lr"])
-  one = jax.jit(lambda v, x: model.apply(v, x, iterations=1)).lower(variables, lr_batch)
-  iter_flops = _flops(one.compile())
-  loops = model.spec.loops
-  out["forward_flops"] = loops * iter_flops
-  out["train_flops"] = (loops + 2) * iter_flops
-  apply = jax.jit(model.apply)
-  fwd = apply.lower(variables, lr_batch).compile()
-  jax.block_until_ready(fwd(variables, lr_batch))
-  out["forward_s"] = _median(lambda: fwd(variables, lr_batch), args.repeats)
-  out["forward_gflops"] = out["forward_flops"] / out["forward_s"] / 1e9
+  if not args.memory_child:
+    lr_batch = jnp.asarray(batch["lr"])
+    one = jax.jit(lambda v, x: model.apply(v, x, iterations=1)).lower(variables, lr_batch)
+    iter_flops = _flops(one.compile())
+    loops = model.spec.loops
+    out["forward_flops"] = loops * iter_flops
+    out["train_flops"] = (loops + 2) * iter_flops
+    apply = jax.jit(model.apply)
+    fwd = apply.lower(variables, lr_batch).compile()
+    jax.block_until_ready(fwd(variables, lr_batch))
+    out["forward_s"] = _median(lambda: fwd(variables, lr_batch), args.repeats)
+    out["forward_gflops"] = out["forward_flops"] / out["forward_s"] / 1e9
 
   step_fn, state, batch = train.benchmark_step(model, variables, batch)
   t = time.perf_counter()
@@ -163,15 +184,17 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     holder[0], metrics = compiled(holder[0], batch)
     return metrics
 
+  if args.memory_child:  # right after the warm-up step, as official_dcls_side.py
+    return {"train_step_peak_bytes": step_peak_bytes(one_step)}
   step_s = _median(one_step, args.repeats)
   out["train_step_s"] = step_s
   out["train_samples_per_s"] = b / step_s
   out["train_gflops"] = out["train_flops"] / step_s / 1e9
-  out["train_step_peak_bytes"] = step_peak_bytes(one_step)
   mem = compiled.memory_analysis()
   if mem is not None:  # XLA's own figure: temporaries of one step (buffers it allocates)
     out["train_step_xla_temp_bytes"] = int(mem.temp_size_in_bytes)
   if name == "DCLS":
+    out["train_step_peak_bytes"] = _memory_child(args, name)
     out.update(bench_cls_fft(args, model.spec.nf // 4, k))
 
   infer = {}
@@ -226,10 +249,15 @@ def official(args: argparse.Namespace, name: str) -> dict:
            "--kernel_size", str(cfg["kernel_size"]), "--scale", str(cfg["scale"]),
            "--batch", str(args.batch), "--lr_size", str(args.lr_size),
            "--infer_sizes", args.infer_sizes, "--repeats", str(args.repeats)]
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if res.returncode:
-      raise SystemExit(f"error: the official DCLS benchmark failed:\n{res.stderr[-2000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
+    res = subprocess.run(cmd + ["--only", "train,forward,infer,fft"], capture_output=True,
+                         text=True, check=False)
+    mem = subprocess.run(cmd + ["--only", "memory"], capture_output=True, text=True,
+                         check=False, env=dict(os.environ, **MALLOC_ENV))
+    for r in (res, mem):
+      if r.returncode:
+        raise SystemExit(f"error: the official DCLS benchmark failed:\n{r.stderr[-2000:]}")
+    return dict(json.loads(res.stdout.strip().splitlines()[-1]),
+                **json.loads(mem.stdout.strip().splitlines()[-1]))
   cmd = [args.official_python, os.path.join(os.path.dirname(__file__), "official_side.py"),
          "--checkout", args.official_checkout, "--version", name, "--nf", str(cfg["nf"]),
          "--nb", str(cfg["nb"]), "--ng", str(cfg.get("ng", 5)), "--batch", str(args.batch),
@@ -258,7 +286,11 @@ def main() -> None:
   ap.add_argument("--official_python", default=sys.executable,
                   help="a Python with torch for the official side")
   ap.add_argument("--json", default="", help="also write all figures to this file")
+  ap.add_argument("--memory_child", default="", help=argparse.SUPPRESS)  # see _memory_child
   args = ap.parse_args()
+  if args.memory_child:
+    print(json.dumps(bench_model(args.memory_child, args)))
+    return
   skip = set(filter(None, args.skip.split(",")))
 
   print(f"# dan_jax benchmarks, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
