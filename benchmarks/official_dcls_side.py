@@ -118,6 +118,9 @@ def main() -> None:
   ap.add_argument("--lr_size", type=int, default=64)
   ap.add_argument("--infer_sizes", default="180x320")
   ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--threads", type=int, default=0,
+                  help="torch intra-op threads (0: one per core). On a shared, busy CPU "
+                  "PyTorch's threads wait on each other at every op: 1 can be far faster")
   ap.add_argument("--only", default="", help="comma list of: train,forward,infer,fft,memory")
   args = ap.parse_args()
   only = set(filter(None, args.only.split(","))) or {"train", "forward", "infer", "fft",
@@ -125,7 +128,7 @@ def main() -> None:
 
   import torch  # pylint: disable=g-import-not-at-top
   install_shim(torch)
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(args.threads or os.cpu_count() or 1)
   arch, loss_module, utils = load_official(args.checkout)
   torch.manual_seed(0)
   k, scale, b, s = args.kernel_size, args.scale, args.batch, args.lr_size
