@@ -248,7 +248,8 @@ def official(args: argparse.Namespace, name: str) -> dict:
            str(cfg["nb"]), "--ng", str(cfg["ng"]), "--input_para", str(cfg["input_para"]),
            "--kernel_size", str(cfg["kernel_size"]), "--scale", str(cfg["scale"]),
            "--batch", str(args.batch), "--lr_size", str(args.lr_size),
-           "--infer_sizes", args.infer_sizes, "--repeats", str(args.repeats)]
+           "--infer_sizes", args.infer_sizes, "--repeats", str(args.repeats),
+           "--threads", str(args.official_threads)]
     res = subprocess.run(cmd + ["--only", "train,forward,infer,fft"], capture_output=True,
                          text=True, check=False)
     mem = subprocess.run(cmd + ["--only", "memory"], capture_output=True, text=True,
@@ -283,6 +284,9 @@ def main() -> None:
   ap.add_argument("--official_checkout", default="", help="checkout of greatlog/DAN")
   ap.add_argument("--official_dcls_checkout", default="",
                   help="checkout of megvii-research/DCLS-SR (official side of the DCLS rows)")
+  ap.add_argument("--official_threads", type=int, default=0,
+                  help="torch threads of the official DCLS side (0: one per core; on a busy "
+                  "CPU 1 can be much faster, see RESULTS.md)")
   ap.add_argument("--official_python", default=sys.executable,
                   help="a Python with torch for the official side")
   ap.add_argument("--json", default="", help="also write all figures to this file")
