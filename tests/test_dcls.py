@@ -8,19 +8,26 @@ sides), their inputs, the estimated kernel, the CLS branch output, the pre-clamp
 upsampler output and the SR image.
 """
 
+import json
+import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 from dan_jax import checkpoint
 from dan_jax import convert
 from dan_jax import models
 from dan_jax.models import dcls
+
+import test_notebooks  # pylint: disable=g-bad-import-order (nbclient runner, kernel fixture)
+from test_notebooks import kernel_env  # pylint: disable=unused-import,g-bad-import-order
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 CASES = ("x4_setting1", "x4_setting2", "x2_setting1")
@@ -224,3 +231,143 @@ def test_dcls_resumed_run_matches_uninterrupted_run(tmp_path):
   b = checkpoint.load_model(str(tmp_path / "resumed"))[1]["params"]
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=True):
     np.testing.assert_array_equal(x, y)
+
+
+# ------------------------------------------------------------ every tool takes DCLS
+
+# The smallest DCLS of configs/test.py:dcls (x2, 11x11 kernels: the smallest filter stack).
+TINY_DCLS = dict(version="DCLS", scale=2, nf=16, nb=1, ng=1, loops=1, kernel_size=11,
+                 code_len=10, estimator_nf=8, estimator_nb=1, input_para=8)
+
+
+@pytest.fixture(scope="module")
+def ckpt_dcls(tmp_path_factory) -> str:
+  """A checkpoint of TINY_DCLS (official init, seed 0) with an orthonormal PCA."""
+  d = tmp_path_factory.mktemp("ckpt_dcls")
+  pca = np.linalg.qr(np.random.default_rng(0).normal(size=(121, 10)))[0]
+  model = models.create_model(TINY_DCLS)
+  checkpoint.save_model(str(d), models.init_variables(model, 0, pca), TINY_DCLS)
+  return str(d)
+
+
+@pytest.mark.slow  # ~30 s on 2 cores: compiles the tiny DCLS for 4 image sizes
+def test_evaluate_scores_dcls_kernels_like_danv2(tmp_path, ckpt_dcls, capsys):
+  import test_evaluate  # pylint: disable=g-import-not-at-top (its Gaussian8/DIV2KRK makers)
+  from dan_jax import evaluate, metrics  # pylint: disable=g-import-not-at-top
+  test_evaluate._make_hr(tmp_path / "hr")  # pylint: disable=protected-access
+  kernels = test_evaluate._make_div2krk(tmp_path / "krk")  # pylint: disable=protected-access
+  work = tmp_path / "work"
+  rc = evaluate.main(["--checkpoint", ckpt_dcls, "--dataset", f"Tiny={tmp_path / 'hr'}",
+                      "--div2krk", str(tmp_path / "krk"), "--out", str(work),
+                      "--save_images", "--batch_size", "4"])
+  out, err = capsys.readouterr()
+  assert rc == 0, err
+  (run_dir,) = [p for p in work.iterdir() if p.name.startswith("eval-")]
+  rows = test_evaluate._read_csv(run_dir / "metrics.csv")  # pylint: disable=protected-access
+  assert len(rows) == 8 * 2 + 2 and rows[16]["dataset"] == "DIV2KRK"
+  # Every row has kernel errors (Gaussian8: the isotropic kernel; DIV2KRK: the .mat one),
+  # computed from the saved estimate, which is what the model gives for that LR image.
+  assert all(r["kernel_mse"] and r["kernel_psnr"] for r in rows)
+  model_config, variables, _ = checkpoint.load_model(ckpt_dcls)
+  model = models.create_model(model_config)
+  for n, row in ((1, rows[16]), (2, rows[17])):
+    est = np.load(run_dir / "images" / "DIV2KRK" / f"im_{n}_x2_kernel.npy")
+    assert float(row["kernel_mse"]) == pytest.approx(
+        metrics.kernel_error(est, kernels[n])["mse"], rel=1e-9)
+    lr = np.asarray(Image.open(tmp_path / "krk" / "lr_x2" / f"im_{n}.png"), np.float32) / 255
+    direct = np.asarray(jax.jit(model.apply)(variables, lr[None]).kernel[0, 0])
+    np.testing.assert_allclose(est, direct, atol=1e-5)
+    assert est.shape == (11, 11) and est.sum() == pytest.approx(1.0, abs=1e-4)
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert summary["model"]["version"] == "DCLS"
+  assert summary["datasets"]["DIV2KRK"]["all"]["kernel_mse"] == pytest.approx(
+      np.mean([float(r["kernel_mse"]) for r in rows[16:]]), rel=1e-9)
+  assert any(l.startswith("DIV2KRK") for l in out.splitlines())
+
+
+# Runs in a fresh process with N fake CPU devices; prints one JSON line.
+_SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax
+    import numpy as np
+    from dan_jax import checkpoint, models, parallel, train
+    ckpt, out, n = sys.argv[1:4]
+    assert jax.device_count() == int(n), jax.devices()
+    model_config, variables, _ = checkpoint.load_model(ckpt)
+    model = models.create_model(model_config)
+    mesh = train.create_mesh()
+    # Validation: the eval step sharded over the mesh (3 images of one size, 1 of another).
+    rng = np.random.default_rng(0)
+    lrs = [rng.uniform(size=s).astype(np.float32) for s in [(12, 10, 3)] * 3 + [(9, 14, 3)]]
+    val = {"lr": lrs, "hr": [np.kron(x, np.ones((2, 2, 1), np.float32)) for x in lrs]}
+    scores, outputs = train.evaluate(
+        train.make_eval_step(model, mesh), train.to_global(variables, parallel.replicated(mesh)),
+        val, 2, parallel.data_sharded(mesh))
+    # Training: 2 steps of the official optimizer on a global batch of 4 (the reformulated
+    # kernel loss needs the noise-free blurred and clean LR).
+    lr = rng.uniform(size=(4, 12, 12, 3)).astype(np.float32)
+    batch = {"lr": lr, "hr": rng.uniform(size=(4, 24, 24, 3)).astype(np.float32),
+             "kernel": np.full((4, 11, 11), 1 / 121, np.float32),
+             "code": np.zeros((4, 10), np.float32), "lr_clean": lr,
+             "lr_blurred": np.clip(lr + 0.02 * rng.uniform(size=lr.shape), 0, 1
+                                   ).astype(np.float32)}
+    step, state, batch = train.benchmark_step(model, variables, batch)
+    losses = []
+    for _ in range(2):
+      state, metrics = step(state, batch)
+      losses.append(float(metrics["loss"]))
+    params = jax.tree_util.tree_leaves(jax.device_get(state.params))
+    np.savez(out, *[o[0] for o in outputs], *params)
+    print("RESULT " + json.dumps({"val": scores, "loss": losses,
+                                  "devices": len(state.params["restorer"]["head1"]["kernel"]
+                                                 .sharding.device_set)}))
+""")
+
+
+# On 4 devices both the eval step and the train step fail to compile: the Estimator's
+# per-image filter composition (`jax.vmap` over a convolution whose weights differ per
+# image) becomes a grouped convolution that XLA's SPMD partitioner splits into an invalid
+# one ("Expected output feature dimension (value 3) to be divisible by feature_group_count
+# (value 4)"). The fix belongs in dan_jax/models/dcls.py (`Estimator._compose`: patches
+# and a per-image dot instead of the vmapped convolution). With that fix (tried outside
+# this branch) validation shards, but the sharded train step then stops in XLA:CPU's FFT
+# ("RET_CHECK failure fft_thunk.cc:168 IsMonotonicWithDim0Major": an FFT operand given a
+# non-default layout). Remove this mark when both are fixed.
+@pytest.mark.xfail(strict=True, reason="DCLS does not shard yet: Estimator._compose (XLA "
+                   "SPMD grouped convolution) and XLA:CPU FFT layout; see the comment")
+@pytest.mark.slow  # ~100 s on 2 cores: two processes compile the tiny DCLS train/eval steps
+def test_dcls_sharded_over_four_devices_equals_one(tmp_path, ckpt_dcls):
+  results = {}
+  for n in (1, 4):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", _SHARDED, ckpt_dcls, str(tmp_path / f"{n}.npz"),
+                           str(n)], env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    results[n] = json.loads(line[len("RESULT "):])
+  assert results[1]["devices"] == 1 and results[4]["devices"] == 4
+  assert results[4]["val"] == pytest.approx(results[1]["val"], rel=1e-6)
+  assert results[4]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
+  a, b = np.load(tmp_path / "1.npz"), np.load(tmp_path / "4.npz")
+  assert a.files == b.files and len(a.files) > 4
+  for k in a.files:  # validation SR images, then every parameter after 2 updates
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow  # ~20-25 s on 2 cores: a Jupyter kernel, the tiny DCLS compiled twice
+def test_inference_notebook_takes_a_dcls_checkpoint(tmp_path, ckpt_dcls, kernel_env):
+  # CPU_TEST makes its own DANv2, so the notebook runs as a user would: CHECKPOINT set.
+  del kernel_env  # a Jupyter kernel of this interpreter (test_notebooks' fixture)
+  nb = test_notebooks._execute("inference.ipynb", {  # pylint: disable=protected-access
+      "CPU_TEST": False, "CHECKPOINT": ckpt_dcls, "IMAGE_PATH": "sample", "HR_CROP": 48,
+      "WORKDIR": str(tmp_path / "work"), "REPO_DIR": str(ROOT)})
+  text = test_notebooks._text  # pylint: disable=protected-access
+  assert "DCLS x2, 1 alternating iterations" in text(test_notebooks._cell(nb, "checkpoint"))
+  assert "Y-PSNR: bicubic" in text(test_notebooks._cell(nb, "run"))
+  strip = text(test_notebooks._cell(nb, "strip"))
+  lines = [l for l in strip.splitlines() if l.startswith("iteration ")]
+  assert len(lines) == 1 and "kernel PSNR" in lines[0], strip
+  (kernel,) = (tmp_path / "work" / "results").glob("*_kernel.npy")
+  assert np.load(kernel).shape == (11, 11)
