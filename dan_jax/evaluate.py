@@ -387,7 +387,7 @@ def main(argv: Optional[list[str]] = None) -> int:
       "precision": args.precision, "devices": predictor.num_devices,
       "protocol": "PSNR/SSIM on the MATLAB Y channel of uint8 images (official "
                   "tensor2img rounding), crop border as given; kernel errors from "
-                  "metrics.kernel_error (DANv2 only)",
+                  "metrics.kernel_error (DANv2 and DCLS)",
       "datasets": summary, "failures": failures,
       "seconds": round(time.perf_counter() - start, 3),
   }
