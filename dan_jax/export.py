@@ -360,6 +360,120 @@ def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
   return h, w
 
 
+def _check_request(formats: Sequence[str], out_dir: epath.Path, size, input_dtype: str,
+                   overwrite: bool) -> None:
+  """Refuses bad arguments and missing packages before anything is loaded or written."""
+  if input_dtype not in ("float32", "uint8"):
+    raise ExportError(f"--input_dtype must be float32 or uint8, got {input_dtype!r}")
+  fixed = [f for f in formats if not SYMBOLIC[f]]
+  if fixed and size is None:
+    raise ExportError(f"{', '.join(fixed)} needs a fixed LR size: pass --size HxW "
+                      "(e.g. --size 180x320)")
+  if "onnx" in formats:
+    _need("jax2onnx", "ONNX export")
+    _need("onnxruntime", "Running ONNX")
+  if "tflite" in formats:
+    _need("ai_edge_litert.interpreter", "Running TFLite (the LiteRT runtime)")
+  if out_dir.exists() and not out_dir.is_dir():
+    raise ExportError(f"--out {out_dir} exists and is not a directory")
+  existing = [FILES[f] for f in formats if (out_dir / FILES[f]).exists()]
+  if existing and not overwrite:
+    raise ExportError(f"{out_dir} already holds {', '.join(existing)} (pass --overwrite to "
+                      "replace them; nothing was changed)")
+
+
+def _conventions(spec: Any, names: Sequence[str], input_dtype: str) -> dict:
+  """The manifest's input/output conventions (names, layouts, shapes, dtypes, ranges)."""
+  s = spec.scale
+  shapes = {"sr": ["b", f"{s}*h", f"{s}*w", spec.in_nc], "code": ["b", spec.code_len],
+            "kernel": ["b", spec.kernel_size, spec.kernel_size]}
+  return {
+      "input": {"name": "lr", "layout": "NHWC", "shape": ["b", "h", "w", spec.in_nc],
+                "dtype": input_dtype, "range": [0, 255] if input_dtype == "uint8" else [0, 1],
+                "color": "RGB"},
+      "outputs": {k: {"layout": "NHWC" if k == "sr" else None, "shape": shapes[k],
+                      "dtype": "float32",
+                      "range": "[0, 1], unclipped" if k == "sr" else None} for k in names},
+  }
+
+
+def _write_artifact(fmt: str, path: epath.Path, fn: Callable, spec: Any, input_dtype: str,
+                    platforms: Sequence[str], in_shape: list, names: Sequence[str]) -> None:
+  """Writes one format's artifact to `path`."""
+  if fmt == "stablehlo":
+    path.write_bytes(stablehlo_bytes(fn, spec.in_nc, input_dtype, platforms))
+  elif fmt == "savedmodel":
+    write_savedmodel(fn, str(path), [None, None, None, spec.in_nc], input_dtype, platforms)
+  elif fmt == "tflite":
+    path.write_bytes(tflite_bytes(fn, in_shape, input_dtype))
+  else:
+    path.write_bytes(onnx_bytes(fn, spec.in_nc, input_dtype, names))
+
+
+def _differences(fmt: str, run: Callable, reference: Callable, images: Sequence[np.ndarray],
+                 names: Sequence[str]) -> tuple[dict, dict]:
+  """(max |artifact - model.apply|, max(1, max |model.apply|)) per output over `images`."""
+  diffs, scales = {k: 0.0 for k in names}, {k: 1.0 for k in names}
+  for x in images:
+    want = jax.device_get(reference(x))
+    got = run(x)
+    for k in names:
+      if got[k].shape != want[k].shape:
+        raise ExportError(f"{fmt}: output {k} has shape {got[k].shape}, expected "
+                          f"{want[k].shape} for input {x.shape}")
+      diffs[k] = max(diffs[k], float(np.max(np.abs(got[k] - want[k]))))
+      scales[k] = max(scales[k], float(np.max(np.abs(want[k]))))
+  return diffs, scales
+
+
+def _export_one(fmt: str, out_dir: epath.Path, fn: Callable, reference: Callable, spec: Any,
+                names: Sequence[str], *, size, input_dtype: str, platforms: Sequence[str],
+                check_sizes: Sequence[tuple[int, int]], tol: float,
+                log: Callable[[str], None]) -> dict:
+  """Writes and checks one artifact; returns its manifest entry (removed if it fails)."""
+  path = out_dir / FILES[fmt]
+  if SYMBOLIC[fmt]:
+    images = check_images(check_sizes, input_dtype)
+    images[-1] = np.concatenate([images[-1], images[-1][:, ::-1, ::-1]])  # batch 2
+    in_shape = ["b", "h", "w", spec.in_nc]
+  else:
+    images = check_images([size, size], input_dtype)
+    in_shape = [1, size[0], size[1], spec.in_nc]
+  log(f"{fmt}: writing {path}")
+  start = time.perf_counter()
+  _remove(path)
+  try:
+    _write_artifact(fmt, path, fn, spec, input_dtype, platforms, in_shape, names)
+    seconds = time.perf_counter() - start
+    diffs, scales = _differences(fmt, load_runner(fmt, path), reference, images, names)
+  except ExportError:
+    _remove(path)
+    raise
+  except Exception as e:  # converters and runtimes raise many types
+    _remove(path)
+    first = str(e).strip().splitlines()
+    raise ExportError(f"{fmt}: export or check failed ({type(e).__name__}: "
+                      f"{first[0][:300] if first else ''}); {path} was removed, "
+                      "earlier artifacts are kept") from e
+  checked = [list(x.shape) for x in images]
+  line = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+  relative = {k: diffs[k] / scales[k] for k in names}
+  worst = max(relative.values())
+  log(f"{fmt}: max |difference| from model.apply on {len(images)} photographs "
+      f"{checked}: {line}; relative to max(1, max |output|): {worst:.2e} (tolerance "
+      f"{tol:g})")
+  if not np.isfinite(worst) or worst > tol:
+    _remove(path)
+    raise ExportError(f"{fmt}: the artifact differs from model.apply by {worst:.3g} "
+                      f"(relative to max(1, max |output|)) > tolerance {tol:g} ({line}); "
+                      f"{path} was removed, earlier artifacts are kept")
+  return {"file": FILES[fmt], "bytes": _size_bytes(path), "input_shape": in_shape,
+          "symbolic": SYMBOLIC[fmt],
+          "platforms": list(platforms) if fmt in ("stablehlo", "savedmodel") else ["cpu"],
+          "max_abs_diff": diffs, "max_rel_diff": relative, "tolerance": tol,
+          "checked_input_shapes": checked, "export_seconds": round(seconds, 1)}
+
+
 def export(checkpoint: str, out: str, formats: Sequence[str], *,
            size: Optional[tuple[int, int]] = None, input_dtype: str = "float32",
            platforms: Sequence[str] = DEFAULT_PLATFORMS,
@@ -385,25 +499,8 @@ def export(checkpoint: str, out: str, formats: Sequence[str], *,
   from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from dan_jax import models  # pylint: disable=g-import-not-at-top
   formats = parse_formats(",".join(formats))
-  if input_dtype not in ("float32", "uint8"):
-    raise ExportError(f"--input_dtype must be float32 or uint8, got {input_dtype!r}")
-  fixed = [f for f in formats if not SYMBOLIC[f]]
-  if fixed and size is None:
-    raise ExportError(f"{', '.join(fixed)} needs a fixed LR size: pass --size HxW "
-                      "(e.g. --size 180x320)")
-  if "onnx" in formats:
-    _need("jax2onnx", "ONNX export")
-    _need("onnxruntime", "Running ONNX")
-  if "tflite" in formats:
-    _need("ai_edge_litert.interpreter", "Running TFLite (the LiteRT runtime)")
   out_dir = epath.Path(out)
-  if out_dir.exists() and not out_dir.is_dir():
-    raise ExportError(f"--out {out} exists and is not a directory")
-  existing = [FILES[f] for f in formats if (out_dir / FILES[f]).exists()]
-  if existing and not overwrite:
-    raise ExportError(f"{out} already holds {', '.join(existing)} (pass --overwrite to "
-                      "replace them; nothing was changed)")
-
+  _check_request(formats, out_dir, size, input_dtype, overwrite)
   model_config, variables, step = checkpoint_lib.load_model(checkpoint, use_ema=use_ema)
   model = models.create_model(model_config)
   spec = model.spec
@@ -413,87 +510,16 @@ def export(checkpoint: str, out: str, formats: Sequence[str], *,
   out_dir.mkdir(parents=True, exist_ok=True)
   manifest_path = out_dir / MANIFEST
   manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-  probe = reference(check_images([(8, 8)], input_dtype)[0])
-  names = sorted(probe)
-  s = spec.scale
-  shapes = {"sr": ["b", f"{s}*h", f"{s}*w", spec.in_nc], "code": ["b", spec.code_len],
-            "kernel": ["b", spec.kernel_size, spec.kernel_size]}
-  manifest.update({
-      "checkpoint": str(checkpoint), "step": step,
-      "model_config": checkpoint_lib.model_config_to_dict(model_config),
-      "input": {"name": "lr", "layout": "NHWC", "shape": ["b", "h", "w", spec.in_nc],
-                "dtype": input_dtype, "range": [0, 255] if input_dtype == "uint8" else [0, 1],
-                "color": "RGB"},
-      "outputs": {k: {"layout": "NHWC" if k == "sr" else None, "shape": shapes[k],
-                      "dtype": "float32",
-                      "range": "[0, 1], unclipped" if k == "sr" else None} for k in names},
-      "tolerance": tol,
-      "versions": _versions(formats),
-  })
+  names = sorted(reference(check_images([(8, 8)], input_dtype)[0]))
+  manifest.update({"checkpoint": str(checkpoint), "step": step,
+                   "model_config": checkpoint_lib.model_config_to_dict(model_config),
+                   **_conventions(spec, names, input_dtype),
+                   "tolerance": tol, "versions": _versions(formats)})
   manifest.setdefault("artifacts", {})
-
   for fmt in formats:
-    path = out_dir / FILES[fmt]
-    if SYMBOLIC[fmt]:
-      images = check_images(check_sizes, input_dtype)
-      images[-1] = np.concatenate([images[-1], images[-1][:, ::-1, ::-1]])  # batch 2
-      in_shape = ["b", "h", "w", spec.in_nc]
-    else:
-      images = check_images([size, size], input_dtype)
-      in_shape = [1, size[0], size[1], spec.in_nc]
-    log(f"{fmt}: writing {path}")
-    start = time.perf_counter()
-    _remove(path)
-    try:
-      if fmt == "stablehlo":
-        path.write_bytes(stablehlo_bytes(fn, spec.in_nc, input_dtype, platforms))
-      elif fmt == "savedmodel":
-        write_savedmodel(fn, str(path), [None, None, None, spec.in_nc], input_dtype,
-                         platforms)
-      elif fmt == "tflite":
-        path.write_bytes(tflite_bytes(fn, in_shape, input_dtype))
-      else:
-        path.write_bytes(onnx_bytes(fn, spec.in_nc, input_dtype, names))
-      seconds = time.perf_counter() - start
-      run = load_runner(fmt, path)
-      diffs, scales = {k: 0.0 for k in names}, {k: 1.0 for k in names}
-      for x in images:
-        want = jax.device_get(reference(x))
-        got = run(x)
-        for k in names:
-          if got[k].shape != want[k].shape:
-            raise ExportError(f"{fmt}: output {k} has shape {got[k].shape}, expected "
-                              f"{want[k].shape} for input {x.shape}")
-          diffs[k] = max(diffs[k], float(np.max(np.abs(got[k] - want[k]))))
-          scales[k] = max(scales[k], float(np.max(np.abs(want[k]))))
-    except ExportError:
-      _remove(path)
-      raise
-    except Exception as e:  # converters and runtimes raise many types
-      _remove(path)
-      first = str(e).strip().splitlines()
-      raise ExportError(f"{fmt}: export or check failed ({type(e).__name__}: "
-                        f"{first[0][:300] if first else ''}); {path} was removed, "
-                        "earlier artifacts are kept") from e
-    checked = [list(x.shape) for x in images]
-    line = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
-    relative = {k: diffs[k] / scales[k] for k in names}
-    worst = max(relative.values())
-    log(f"{fmt}: max |difference| from model.apply on {len(images)} photographs "
-        f"{checked}: {line}; relative to max(1, max |output|): {worst:.2e} (tolerance "
-        f"{tol:g})")
-    if not np.isfinite(worst) or worst > tol:
-      _remove(path)
-      raise ExportError(f"{fmt}: the artifact differs from model.apply by {worst:.3g} "
-                        f"(relative to max(1, max |output|)) > tolerance {tol:g} ({line}); "
-                        f"{path} was removed, earlier artifacts are kept")
-    manifest["artifacts"][fmt] = {
-        "file": FILES[fmt], "bytes": _size_bytes(path), "input_shape": in_shape,
-        "symbolic": SYMBOLIC[fmt],
-        "platforms": list(platforms) if fmt in ("stablehlo", "savedmodel") else ["cpu"],
-        "max_abs_diff": diffs, "max_rel_diff": relative, "tolerance": tol,
-        "checked_input_shapes": checked,
-        "export_seconds": round(seconds, 1)}
+    manifest["artifacts"][fmt] = _export_one(
+        fmt, out_dir, fn, reference, spec, names, size=size, input_dtype=input_dtype,
+        platforms=platforms, check_sizes=check_sizes, tol=tol, log=log)
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
   return manifest
 
