@@ -199,44 +199,37 @@ def _exported_predictor(args) -> tuple[Any, int]:
   return predictor, predictor.step
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-  """The command line; returns the exit status (0 ok, 1 some images failed, 2 fatal)."""
-  args = _build_parser().parse_args(argv)
-  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
-  # Before JAX starts. TensorFlow is imported only for alpha channels (upscale_alpha,
-  # which hides the accelerators from it first), so it is not imported here.
-  runtime.setup_entry_point(tensorflow=False)
+def _setup(args) -> tuple[list[str], list[str], Any, int]:
+  """(inputs, skipped files, predictor, step); raises ValueError/OSError on bad input."""
   from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  try:
-    inputs, skipped = list_inputs(args.input)
-    output = storage.path(args.output)
-    if storage.path(args.input).is_dir() and output.exists() and _same_path(
-        args.input, args.output):
-      raise InferenceError(f"--output {args.output} is the input folder; choose another "
-                           "folder (inputs are never overwritten)")
-    if output.exists() and not output.is_dir():
-      raise InferenceError(f"--output {args.output} exists and is not a folder")
-    if (args.checkpoint is None) == (args.exported is None):
-      raise InferenceError("give exactly one of --checkpoint and --exported")
-    if args.exported is not None:
-      predictor, step = _exported_predictor(args)
-    else:
-      model_config, variables, step = checkpoint_lib.load_model(args.checkpoint,
-                                                                use_ema=args.use_ema)
-      predictor = Predictor(model_config, variables, self_ensemble=args.self_ensemble,
-                            tile=args.tile, tile_overlap=args.tile_overlap,
-                            batch_size=args.batch_size,
-                            pad_to_multiple=args.pad_to_multiple,
-                            precision=args.precision)
-    if not storage.is_url(output):  # object stores have no folders to create
-      output.mkdir(parents=True, exist_ok=True)
-  except (ValueError, OSError) as e:  # CheckpointError, InferenceError, ImageError
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  inputs, skipped = list_inputs(args.input)
+  output = storage.path(args.output)
+  if storage.path(args.input).is_dir() and output.exists() and _same_path(
+      args.input, args.output):
+    raise InferenceError(f"--output {args.output} is the input folder; choose another "
+                         "folder (inputs are never overwritten)")
+  if output.exists() and not output.is_dir():
+    raise InferenceError(f"--output {args.output} exists and is not a folder")
+  if (args.checkpoint is None) == (args.exported is None):
+    raise InferenceError("give exactly one of --checkpoint and --exported")
+  if args.exported is not None:
+    predictor, step = _exported_predictor(args)
+  else:
+    model_config, variables, step = checkpoint_lib.load_model(args.checkpoint,
+                                                              use_ema=args.use_ema)
+    predictor = Predictor(model_config, variables, self_ensemble=args.self_ensemble,
+                          tile=args.tile, tile_overlap=args.tile_overlap,
+                          batch_size=args.batch_size,
+                          pad_to_multiple=args.pad_to_multiple,
+                          precision=args.precision)
+  if not storage.is_url(output):  # object stores have no folders to create
+    output.mkdir(parents=True, exist_ok=True)
+  return inputs, skipped, predictor, step
+
+
+def _print_notes(args, predictor: Any, skipped: list[str]) -> None:
+  """Skipped files and the approximations the chosen flags make."""
   spec = predictor.spec
-  print(f"{spec.version} x{spec.scale} (step {step}) on {len(inputs)} image(s) -> "
-        f"{args.output}; {parallel.describe(predictor.mesh)}, precision {args.precision}",
-        file=sys.stderr)
   for f in skipped:
     print(f"note: skipping {f}: not an image file (supported: "
           f"{', '.join(image_io.IMAGE_EXTENSIONS)})", file=sys.stderr)
@@ -249,22 +242,57 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("note: --pad_to_multiple results are approximate (padding changes borders and "
           "the kernel estimate)", file=sys.stderr)
 
+
+def _check_outputs(path: str, paths: dict, input_set: set, claimed: dict,
+                   overwrite: bool) -> None:
+  """Refuses outputs that would replace an input, another image's output or a file."""
+  for p in paths.values():
+    if storage.canonical(p) in input_set:
+      raise InferenceError(f"{path}: output {p} would replace an input file")
+    if storage.canonical(p) in claimed:
+      raise InferenceError(f"{path}: output {p} is already written for "
+                           f"{claimed[storage.canonical(p)]} (same file stem)")
+    if not overwrite and storage.path(p).exists():
+      raise InferenceError(f"{path}: output {p} exists (pass --overwrite to replace)")
+
+
+def _print_speed(args, n_inputs: int, times: list[float], megapixels: list[float]) -> None:
+  total_t, total_mp = sum(times), sum(megapixels)
+  line = (f"wrote {len(times)} of {n_inputs} image(s) to {args.output} in {total_t:.1f} s: "
+          f"{total_t / total_mp:.2f} s per output megapixel")
+  if len(times) > 1:
+    line += (f" ({sum(times[1:]) / sum(megapixels[1:]):.2f} s/MP after the first image, "
+             "which includes compilation)")
+  print(line, file=sys.stderr)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  """The command line; returns the exit status (0 ok, 1 some images failed, 2 fatal)."""
+  args = _build_parser().parse_args(argv)
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  # Before JAX starts. TensorFlow is imported only for alpha channels (upscale_alpha,
+  # which hides the accelerators from it first), so it is not imported here.
+  runtime.setup_entry_point(tensorflow=False)
+  try:
+    inputs, skipped, predictor, step = _setup(args)
+  except (ValueError, OSError) as e:  # CheckpointError, InferenceError, ImageError
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  spec = predictor.spec
+  print(f"{spec.version} x{spec.scale} (step {step}) on {len(inputs)} image(s) -> "
+        f"{args.output}; {parallel.describe(predictor.mesh)}, precision {args.precision}",
+        file=sys.stderr)
+  _print_notes(args, predictor, skipped)
+
   from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   input_set = {storage.canonical(f) for f in inputs}
   claimed: dict[str, str] = {}
-  failed, done, times, megapixels = 0, 0, [], []
+  failed, times, megapixels = 0, [], []
   for path in tqdm(inputs, unit="img", file=sys.stderr, disable=None):
     start = time.perf_counter()
     try:
       paths = output_paths(path, args.output, spec.scale, predictor.has_kernel)
-      for p in paths.values():
-        if storage.canonical(p) in input_set:
-          raise InferenceError(f"{path}: output {p} would replace an input file")
-        if storage.canonical(p) in claimed:
-          raise InferenceError(f"{path}: output {p} is already written for "
-                               f"{claimed[storage.canonical(p)]} (same file stem)")
-        if not args.overwrite and storage.path(p).exists():
-          raise InferenceError(f"{path}: output {p} exists (pass --overwrite to replace)")
+      _check_outputs(path, paths, input_set, claimed, args.overwrite)
       image = image_io.read_image(path)
       pred = predictor.predict(image.rgb)
       save_prediction(pred, paths, image, spec.scale, args.overwrite)
@@ -281,17 +309,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                  f"{image.width} image; use --tile (e.g. --tile 256)", file=sys.stderr)
       failed += 1
       continue
-    done += 1
     times.append(time.perf_counter() - start)
     megapixels.append(pred.sr.shape[0] * pred.sr.shape[1] / 1e6)
-  if done:
-    total_t, total_mp = sum(times), sum(megapixels)
-    line = (f"wrote {done} of {len(inputs)} image(s) to {args.output} in {total_t:.1f} s: "
-            f"{total_t / total_mp:.2f} s per output megapixel")
-    if done > 1:
-      line += (f" ({sum(times[1:]) / sum(megapixels[1:]):.2f} s/MP after the first image, "
-               "which includes compilation)")
-    print(line, file=sys.stderr)
+  if times:
+    _print_speed(args, len(inputs), times, megapixels)
   if failed:
     print(f"error: {failed} of {len(inputs)} image(s) failed", file=sys.stderr)
     return 1
