@@ -48,7 +48,7 @@ import math
 import io
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
@@ -313,78 +313,60 @@ def _build_parser():
   return p
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-  """The command line; returns the exit status (0 ok, 1 some images failed, 2 fatal)."""
-  args = _build_parser().parse_args(argv)
-  log = lambda msg: print(msg, file=sys.stderr)
-  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
-  # Before JAX starts: XLA:CPU flag on CPU-only hosts; TensorFlow (Gaussian8 synthesis)
-  # kept off the accelerators.
-  runtime.setup_entry_point()
+def _setup(args, log: Callable[[str], None]) -> dict:
+  """Checks the flags, loads the checkpoint, builds the predictor and the jobs (test sets
+  synthesized or read); raises ValueError/OSError on bad input."""
   from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   from dan_jax import infer  # pylint: disable=g-import-not-at-top
-  start = time.perf_counter()
-  try:
-    hr_sets = parse_datasets(args.dataset, args.hr_dirs)
-    if not hr_sets and not args.div2krk:
-      raise EvaluationError("nothing to evaluate: give --dataset NAME=HR_DIR, --hr_dirs "
-                            "or --div2krk")
-    model_config, variables, step = checkpoint_lib.load_model(args.checkpoint,
-                                                              use_ema=args.use_ema)
-    scale = int(model_config.scale)
-    if args.scale is not None and args.scale != scale:
-      raise EvaluationError(f"--scale {args.scale} does not match the checkpoint, which is "
-                            f"a x{scale} model")
-    crop = scale if args.crop_border is None else args.crop_border
-    if crop < 0:
-      raise EvaluationError(f"--crop_border must be >= 0, got {crop}")
-    predictor = infer.Predictor(model_config, variables, self_ensemble=args.self_ensemble,
-                                batch_size=args.batch_size,
-                                pad_to_multiple=args.pad_to_multiple, tile=args.tile,
-                                tile_overlap=args.tile_overlap,
-                                precision=args.precision)
-    jobs = []
-    if args.div2krk:
-      jobs += div2krk_jobs(args.div2krk, scale, log)
-    if not storage.is_url(args.out):  # object stores have no folders to create
-      storage.path(args.out).mkdir(parents=True, exist_ok=True)
-    for name, hr_dir in hr_sets.items():
-      jobs += gaussian8_jobs(name, prepare_gaussian8(name, hr_dir, args.out, scale, log),
-                             scale)
-    run_dir = _new_run_dir(args.out, scale, args.self_ensemble)
-  except (ValueError, OSError) as e:  # EvaluationError, CheckpointError, InferenceError
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  spec = predictor.spec
-  ensemble = ", x8 self-ensemble" if args.self_ensemble else ""
-  title = f"{spec.version} x{scale} (step {step}{ensemble})"
-  from dan_jax import parallel  # pylint: disable=g-import-not-at-top
-  log(f"evaluating {title} on {len(jobs)} LR image(s) with {parallel.describe(predictor.mesh)}"
-      f", precision {args.precision}; results in {run_dir}")
-  if args.pad_to_multiple > 1:
-    log("note: --pad_to_multiple gives APPROXIMATE results (padding changes the borders and "
-        "the kernel estimate)")
-  if args.tile and not predictor.tiled_is_exact:
-    log("note: tiled results are approximate (see python -m dan_jax.infer --help)")
-  image_dir = storage.join(run_dir, "images") if args.save_images else None
-  try:
-    rows, failures = run_jobs(predictor, jobs, crop, image_dir, log)
-  except EvaluationError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  hr_sets = parse_datasets(args.dataset, args.hr_dirs)
+  if not hr_sets and not args.div2krk:
+    raise EvaluationError("nothing to evaluate: give --dataset NAME=HR_DIR, --hr_dirs "
+                          "or --div2krk")
+  model_config, variables, step = checkpoint_lib.load_model(args.checkpoint,
+                                                            use_ema=args.use_ema)
+  scale = int(model_config.scale)
+  if args.scale is not None and args.scale != scale:
+    raise EvaluationError(f"--scale {args.scale} does not match the checkpoint, which is "
+                          f"a x{scale} model")
+  crop = scale if args.crop_border is None else args.crop_border
+  if crop < 0:
+    raise EvaluationError(f"--crop_border must be >= 0, got {crop}")
+  predictor = infer.Predictor(model_config, variables, self_ensemble=args.self_ensemble,
+                              batch_size=args.batch_size,
+                              pad_to_multiple=args.pad_to_multiple, tile=args.tile,
+                              tile_overlap=args.tile_overlap,
+                              precision=args.precision)
+  jobs = []
+  if args.div2krk:
+    jobs += div2krk_jobs(args.div2krk, scale, log)
+  if not storage.is_url(args.out):  # object stores have no folders to create
+    storage.path(args.out).mkdir(parents=True, exist_ok=True)
+  for name, hr_dir in hr_sets.items():
+    jobs += gaussian8_jobs(name, prepare_gaussian8(name, hr_dir, args.out, scale, log),
+                           scale)
+  return dict(hr_sets=hr_sets, model_config=model_config, step=step, scale=scale,
+              crop=crop, predictor=predictor, jobs=jobs,
+              run_dir=_new_run_dir(args.out, scale, args.self_ensemble))
+
+
+def _write_report(args, run: dict, rows: list[dict], failures: list, title: str,
+                  start: float) -> str:
+  """Sorts the rows, writes metrics.csv, table.txt and summary.json; returns the table."""
+  from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+  run_dir, scale, crop = run["run_dir"], run["scale"], run["crop"]
   # Gaussian8 before DIV2KRK, datasets in the order given, images in name order.
-  rank = {name: i for i, name in enumerate(list(hr_sets) + [DIV2KRK_NAME])}
+  rank = {name: i for i, name in enumerate(list(run["hr_sets"]) + [DIV2KRK_NAME])}
   rows.sort(key=lambda r: (rank[r["dataset"]], r["subset"], r["image"]))
   summary = summarize(rows)
   table = format_tables(summary, scale, title, crop)
   _write_csv(storage.join(run_dir, "metrics.csv"), rows)
   storage.write_bytes(storage.join(run_dir, "table.txt"), (table + "\n").encode())
   info = {
-      "checkpoint": str(storage.path(args.checkpoint)), "step": step,
-      "model": checkpoint_lib.model_config_to_dict(model_config), "scale": scale,
+      "checkpoint": str(storage.path(args.checkpoint)), "step": run["step"],
+      "model": checkpoint_lib.model_config_to_dict(run["model_config"]), "scale": scale,
       "crop_border": crop, "self_ensemble": args.self_ensemble, "use_ema": args.use_ema,
       "pad_to_multiple": args.pad_to_multiple, "tile": args.tile,
-      "precision": args.precision, "devices": predictor.num_devices,
+      "precision": args.precision, "devices": run["predictor"].num_devices,
       "protocol": "PSNR/SSIM on the MATLAB Y channel of uint8 images (official "
                   "tensor2img rounding), crop border as given; kernel errors from "
                   "metrics.kernel_error (DANv2 and DCLS)",
@@ -393,7 +375,41 @@ def main(argv: Optional[list[str]] = None) -> int:
   }
   storage.write_bytes(storage.join(run_dir, "summary.json"),
                       json.dumps(_json_safe(info), indent=1).encode())
-  print(table)
+  return table
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  """The command line; returns the exit status (0 ok, 1 some images failed, 2 fatal)."""
+  args = _build_parser().parse_args(argv)
+  log = lambda msg: print(msg, file=sys.stderr)
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  # Before JAX starts: XLA:CPU flag on CPU-only hosts; TensorFlow (Gaussian8 synthesis)
+  # kept off the accelerators.
+  runtime.setup_entry_point()
+  start = time.perf_counter()
+  try:
+    run = _setup(args, log)
+  except (ValueError, OSError) as e:  # EvaluationError, CheckpointError, InferenceError
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  predictor, run_dir = run["predictor"], run["run_dir"]
+  ensemble = ", x8 self-ensemble" if args.self_ensemble else ""
+  title = f"{predictor.spec.version} x{run['scale']} (step {run['step']}{ensemble})"
+  from dan_jax import parallel  # pylint: disable=g-import-not-at-top
+  log(f"evaluating {title} on {len(run['jobs'])} LR image(s) with "
+      f"{parallel.describe(predictor.mesh)}, precision {args.precision}; results in {run_dir}")
+  if args.pad_to_multiple > 1:
+    log("note: --pad_to_multiple gives APPROXIMATE results (padding changes the borders and "
+        "the kernel estimate)")
+  if args.tile and not predictor.tiled_is_exact:
+    log("note: tiled results are approximate (see python -m dan_jax.infer --help)")
+  image_dir = storage.join(run_dir, "images") if args.save_images else None
+  try:
+    rows, failures = run_jobs(predictor, run["jobs"], run["crop"], image_dir, log)
+  except EvaluationError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(_write_report(args, run, rows, failures, title, start))
   log(f"wrote {run_dir}/metrics.csv, summary.json, table.txt")
   if failures:
     log(f"error: {len(failures)} image(s) failed")
