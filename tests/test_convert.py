@@ -15,6 +15,7 @@ from dan_jax import models
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 
+@pytest.mark.slow  # ~6-18 s on 2 cores: out of the fast lane
 def test_convert_cli_writes_a_loadable_checkpoint_with_the_official_outputs(tmp_path):
   data = np.load(FIXTURES / "parity_danv2_x4.npz")
   meta = ast.literal_eval(str(data["meta"]))

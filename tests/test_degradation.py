@@ -327,6 +327,7 @@ def test_pca_matches_official_and_round_trip():
   assert one.shape == (21, 21) and _maxerr(one, rec[0]) < 1e-6
 
 
+@pytest.mark.slow  # ~6-18 s on 2 cores: out of the fast lane
 def test_build_pca_setting2_deterministic():
   sampler = deg.make_kernel_sampler(deg.setting2_spec())
   a = deg.build_pca(sampler, n=3000, code_len=10, seed=3)

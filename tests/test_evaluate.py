@@ -52,6 +52,7 @@ def _read_csv(path):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # ~6-18 s on 2 cores: out of the fast lane
 def test_evaluate_end_to_end(tmp_path, ckpt_v2, capsys):
   _make_hr(tmp_path / "hr")
   kernels = _make_div2krk(tmp_path / "krk")

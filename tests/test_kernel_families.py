@@ -219,6 +219,7 @@ def _pca_error(spec, test, n=1500):
   return np.mean(np.linalg.norm(rec - test, axis=(1, 2)) / np.linalg.norm(test, axis=(1, 2)))
 
 
+@pytest.mark.slow  # ~6-18 s on 2 cores: out of the fast lane
 @pytest.mark.parametrize("name", ["generalized", "plateau", "motion"])
 def test_each_family_gets_its_own_pca(name):
   spec = deg.kernel_space(name)

@@ -212,6 +212,7 @@ def test_bfloat16_compute_keeps_float32_params(tmp_path):
 # ----------------------------------------------------------------------------- resume
 
 
+@pytest.mark.slow  # ~6-18 s on 2 cores: out of the fast lane
 def test_resumed_run_matches_uninterrupted_run(tmp_path):
   # configs/test.py has EMA on, so its state must be resumed too. No validation (quick).
   assert _config().ema_decay > 0
