@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from dan_jax import checkpoint
 from dan_jax import convert
