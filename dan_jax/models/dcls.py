@@ -238,9 +238,17 @@ class Estimator(nn.Module):
     x = jnp.ones((1, filters[0].shape[1], 1, 1), jnp.float32)  # a delta per channel
     for i, w in enumerate(filters):
       pad = k - 1 if i == 0 else 0
-      x = jax.lax.conv_general_dilated(x, w, (1, 1), ((pad, pad), (pad, pad)),
-                                       dimension_numbers=("NCHW", "OIHW", "NCHW"),
-                                       precision=jax.lax.Precision.HIGHEST)
+      # A convolution whose weights differ per image becomes, under vmap, a grouped
+      # convolution that XLA's SPMD partitioner mis-shards over a batch-sharded mesh
+      # ("output feature dimension not divisible by feature_group_count"). Patches (a
+      # convolution with fixed weights) and a dot with the image's weights are the same sum.
+      s = w.shape[-1]
+      patches = jax.lax.conv_general_dilated_patches(
+          x, (s, s), (1, 1), ((pad, pad), (pad, pad)),
+          dimension_numbers=("NCHW", "OIHW", "NCHW"),
+          precision=jax.lax.Precision.HIGHEST)  # [1, Cin*s*s, H, W], (c, kh, kw) order
+      x = jnp.einsum("npyx,op->noyx", patches, w.reshape(w.shape[0], -1),
+                     precision=jax.lax.Precision.HIGHEST)
     kernel = jnp.mean(x[0, :, ::-1, ::-1], axis=0)  # flip, then average the channels
     return kernel / jnp.sum(kernel)
 
