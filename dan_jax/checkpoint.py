@@ -12,7 +12,6 @@ Layout (the same for training workdirs and converted official weights):
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any, Optional
 
