@@ -134,6 +134,49 @@ def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
   return out
 
 
+def _map_weights(sd: dict[str, np.ndarray], shapes: Any,
+                 pairs: Iterator[tuple[str, tuple[str, ...]]], shape_note: str = ""
+                 ) -> tuple[dict, set[str], list[str]]:
+  """(params, official keys used, problems): each official `NAME.weight`/`NAME.bias` put at
+  its path in our params (conv OIHW -> HWIO, linear [out, in] -> [in, out]), checked
+  against the model's abstract `shapes`."""
+  params: dict = {}
+  used: set[str] = set()
+  problems: list[str] = []
+  for torch_name, path in pairs:
+    node = shapes
+    for p in path:
+      node = node[p]
+    for suffix, ours in (("weight", "kernel"), ("bias", "bias")):
+      key = f"{torch_name}.{suffix}"
+      if key not in sd:
+        problems.append(f"missing {key}")
+        continue
+      value = sd[key].astype(np.float32)
+      if suffix == "weight":
+        value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
+      if value.shape != node[ours].shape:
+        problems.append(f"{key}: shape {value.shape}{shape_note} does not fit the model "
+                        f"config, which needs {node[ours].shape}")
+        continue
+      used.add(key)
+      target = params
+      for p in path:
+        target = target.setdefault(p, {})
+      target[ours] = value
+  return params, used, problems
+
+
+def _unexpected(sd: dict[str, np.ndarray], used: set[str]) -> list[str]:
+  """Problems for official keys nothing used: layers the config lacks (e.g. more blocks)
+  mean the config is wrong."""
+  unexpected = sorted(set(sd) - used)
+  problems = [f"unexpected {u}" for u in unexpected[:10]]
+  if len(unexpected) > 10:
+    problems.append(f"... and {len(unexpected) - 10} more unexpected entries")
+  return problems
+
+
 def params_from_torch(state_dict: Mapping[str, Any], model_config: Any) -> dict:
   """Maps an official DAN state_dict onto our variables.
 
@@ -157,30 +200,8 @@ def params_from_torch(state_dict: Mapping[str, Any], model_config: Any) -> dict:
   shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
                                              np.zeros((1, 8, 8, spec.in_nc), np.float32),
                                              iterations=1))
-  params: dict = {}
-  used = set()
-  problems = []
-  for torch_name, path in _conv_pairs(spec):
-    node = shapes["params"]
-    for p in path:
-      node = node[p]
-    for suffix, ours in (("weight", "kernel"), ("bias", "bias")):
-      key = f"{torch_name}.{suffix}"
-      if key not in sd:
-        problems.append(f"missing {key}")
-        continue
-      value = sd[key].astype(np.float32)
-      if suffix == "weight":
-        value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
-      if value.shape != node[ours].shape:
-        problems.append(f"{key}: shape {value.shape} (as HWIO) does not fit the model "
-                        f"config, which needs {node[ours].shape}")
-        continue
-      used.add(key)
-      target = params
-      for p in path:
-        target = target.setdefault(p, {})
-      target[ours] = value
+  params, used, problems = _map_weights(sd, shapes["params"], _conv_pairs(spec),
+                                        " (as HWIO)")
   k, code_len = spec.kernel_size, spec.code_len
   if "encoder" not in sd:
     problems.append("missing encoder (the PCA matrix buffer)")
@@ -190,11 +211,7 @@ def params_from_torch(state_dict: Mapping[str, Any], model_config: Any) -> dict:
       problems.append(f"encoder: shape {encoder.shape} does not fit kernel_size {k} and "
                       f"code_len {code_len}, which need {(k * k, code_len)}")
   used.update(b for b in _BUFFERS if b in sd)
-  unexpected = sorted(set(sd) - used)
-  # Keys of layers the config lacks (e.g. more blocks) mean the config is wrong.
-  problems += [f"unexpected {u}" for u in unexpected[:10]]
-  if len(unexpected) > 10:
-    problems.append(f"... and {len(unexpected) - 10} more unexpected entries")
+  problems += _unexpected(sd, used)
   if problems:
     raise ConversionError(
         f"official {spec.version} x{spec.scale} weights do not match the model config "
@@ -311,33 +328,8 @@ def dcls_params_from_torch(state_dict: Mapping[str, Any], model_config: Any,
   model = models.create_model(spec)
   shapes = jax.eval_shape(lambda: model.init(
       jax.random.key(0), np.zeros((1, 8, 8, spec.in_nc), np.float32)))
-  params: dict = {}
-  used, problems = set(), []
-  for torch_name, path in _dcls_pairs(spec):
-    node = shapes["params"]
-    for p in path:
-      node = node[p]
-    for suffix, ours in (("weight", "kernel"), ("bias", "bias")):
-      key = f"{torch_name}.{suffix}"
-      if key not in sd:
-        problems.append(f"missing {key}")
-        continue
-      value = sd[key].astype(np.float32)
-      if suffix == "weight":  # conv OIHW -> HWIO; linear [out, in] -> [in, out]
-        value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
-      if value.shape != node[ours].shape:
-        problems.append(f"{key}: shape {value.shape} does not fit the model config, "
-                        f"which needs {node[ours].shape}")
-        continue
-      used.add(key)
-      target = params
-      for p in path:
-        target = target.setdefault(p, {})
-      target[ours] = value
-  unexpected = sorted(set(sd) - used)
-  problems += [f"unexpected {u}" for u in unexpected[:10]]
-  if len(unexpected) > 10:
-    problems.append(f"... and {len(unexpected) - 10} more unexpected entries")
+  params, used, problems = _map_weights(sd, shapes["params"], _dcls_pairs(spec))
+  problems += _unexpected(sd, used)
   k = spec.kernel_size
   if pca_matrix is None:
     pca_matrix = np.zeros((k * k, spec.code_len), np.float32)
