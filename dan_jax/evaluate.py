@@ -299,11 +299,8 @@ def _build_parser():
   p.add_argument("--batch_size", type=int, default=8,
                  help="same-sized images per call, sharded over all devices (rounded up to "
                       "a multiple of the device count)")
-  p.add_argument("--precision", default="highest", choices=("highest", "default", "bfloat16"),
-                 help="matmul/convolution precision: highest (default) = float32 on every "
-                      "platform, the paper protocol's numbers; default = the platform's fast "
-                      "float32 (one bf16 pass on TPU, TF32 on GPU); bfloat16 = bfloat16 "
-                      "activations")
+  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.add_precision_flag(p)
   p.add_argument("--pad_to_multiple", type=int, default=0,
                  help="pad LR to a multiple of N to share compilations (APPROXIMATE)")
   p.add_argument("--tile", type=int, default=0,

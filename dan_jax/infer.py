@@ -177,11 +177,7 @@ def _build_parser():
   p.add_argument("--batch_size", type=int, default=8,
                  help="tiles per call, sharded over all devices (rounded up to a multiple "
                       "of the device count)")
-  p.add_argument("--precision", default="highest", choices=("highest", "default", "bfloat16"),
-                 help="matmul/convolution precision: highest (default) = float32 on every "
-                      "platform, the paper protocol's numbers; default = the platform's fast "
-                      "float32 (one bf16 pass on TPU, TF32 on GPU); bfloat16 = bfloat16 "
-                      "activations")
+  runtime.add_precision_flag(p)
   p.add_argument("--overwrite", action="store_true",
                  help="replace existing output files (never the inputs)")
   return p

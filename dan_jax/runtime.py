@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import sys
-from typing import Iterator
+from typing import Any, Iterator
 
 # name -> (jax default_matmul_precision, compute dtype or None for the model's own).
 # 'highest': float32 matmuls and convolutions on every platform (TPUs run 6 bf16 passes,
@@ -108,6 +108,15 @@ def setup_entry_point(tensorflow: bool = True) -> None:
   from dan_jax import xla_cpu  # pylint: disable=g-import-not-at-top
   xla_cpu.configure()
   hide_accelerators_from_tensorflow(import_tensorflow=tensorflow)
+
+
+def add_precision_flag(parser: Any) -> None:
+  """`--precision` of the inference command lines (evaluate, infer): one of PRECISIONS."""
+  parser.add_argument(
+      "--precision", default="highest", choices=tuple(PRECISIONS),
+      help="matmul/convolution precision: highest (default) = float32 on every platform, "
+           "the paper protocol's numbers; default = the platform's fast float32 (one bf16 "
+           "pass on TPU, TF32 on GPU); bfloat16 = bfloat16 activations")
 
 
 def check_precision(name: str) -> str:
