@@ -357,20 +357,22 @@ def test_dcls_validation_sharded_over_four_devices_equals_one(tmp_path, ckpt_dcl
     assert diff.max() <= 1 and np.mean(diff > 0) < 0.01, (k, diff.max(), np.mean(diff > 0))
 
 
-# On 4 devices the sharded DCLS train step stops in XLA:CPU's FFT ("RET_CHECK failure
-# fft_thunk.cc:168 IsMonotonicWithDim0Major": an FFT operand given a non-default layout).
-# Remove this mark when that is fixed.
-@pytest.mark.xfail(strict=True, reason="the sharded DCLS train step fails in XLA:CPU's FFT "
-                   "(operand layout); see the comment")
-@pytest.mark.slow  # ~100 s on 2 cores: two processes compile the tiny DCLS train/eval steps
+@pytest.mark.slow  # ~45 s on 2 cores: two processes compile the tiny DCLS train/eval steps
 def test_dcls_training_sharded_over_four_devices_equals_one(tmp_path, ckpt_dcls):
+  # The Fourier transforms are DFT matrix products (models/dft.py): an FFT in the sharded
+  # step was gathered onto every device and then refused by XLA:CPU's FFT runtime.
   results = _run_sharded(tmp_path, ckpt_dcls, "train")
   assert results[1]["devices"] == 1 and results[4]["devices"] == 4
   assert results[4]["val"] == pytest.approx(results[1]["val"], rel=1e-6)
-  assert results[4]["loss"] == pytest.approx(results[1]["loss"], rel=1e-5)
+  # The tiny Estimator's kernel sums to nearly 0 at initialisation (first kernel loss ~6,
+  # gradient norm ~7e4), so the summation order of 1 vs 4 devices shows at 1e-4 there.
+  assert results[4]["loss"] == pytest.approx(results[1]["loss"], rel=1e-4)
   a, b = np.load(tmp_path / "train1.npz"), np.load(tmp_path / "train4.npz")
   assert a.files == b.files and len(a.files) > 4
-  for k in a.files:  # validation SR images, then every parameter after 2 updates
+  for k in a.files[:4]:  # the validation SR images, uint8: float rounding may flip a level
+    diff = np.abs(a[k].astype(int) - b[k].astype(int))
+    assert diff.max() <= 1 and np.mean(diff > 0) < 0.01, (k, diff.max(), np.mean(diff > 0))
+  for k in a.files[4:]:  # every parameter after 2 updates
     np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dan_jax.models import dft
 from dan_jax.models.dan import DANOutput, ModelSpec
 from dan_jax.models.layers import Conv2d, Upsampler, _opts, torch_uniform
 
@@ -99,12 +100,9 @@ def psf2otf(psf: Array, height: int, width: int) -> Array:
   """Half-spectrum OTF [..., height, width//2+1] of k x k kernels `psf` [..., k, k].
 
   The official `convert_psf2otf`: zero-pad to the image size and circularly shift the
-  kernel's centre tap to (0, 0), then FFT.
+  kernel's centre tap to (0, 0), then FFT (here one DFT with the pad and shift folded in).
   """
-  k = psf.shape[-1]
-  pad = [(0, 0)] * (psf.ndim - 2) + [(0, height - k), (0, width - k)]
-  shifted = jnp.roll(jnp.pad(psf, pad), (-(k // 2), -(k // 2)), axis=(-2, -1))
-  return jnp.fft.rfft2(shifted)
+  return dft.rfft2(psf, height, width, shift=psf.shape[-1] // 2)
 
 
 def cls_deconvolution(x: Array, kernel: Array, smooth: Array) -> Array:
@@ -113,7 +111,8 @@ def cls_deconvolution(x: Array, kernel: Array, smooth: Array) -> Array:
   Replicate-pads x by k, applies conj(K) / (|K|^2 + |P|^2) in the Fourier domain (no
   epsilon, as official: |K(0)| = 1 keeps DC finite) and crops the padding off. The
   official `torch.rfft(x, 3, onesided=False)` is an FFT over (channel=1, H, W), i.e. a 2-D
-  FFT per channel; the real FFT here is the same transform.
+  FFT per channel; the real DFT here is the same transform (`dft`: matrix products, which
+  shard over the batch where an FFT would be gathered onto every device).
 
   Args:
     x: [B, H, W, c] features.
@@ -125,11 +124,11 @@ def cls_deconvolution(x: Array, kernel: Array, smooth: Array) -> Array:
   k = kernel.shape[-1]
   xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (k, k), (k, k), (0, 0)), mode="edge")
   hp, wp = xp.shape[1:3]
-  feats = jnp.fft.rfft2(jnp.transpose(xp, (0, 3, 1, 2)))  # [B, c, hp, wp//2+1]
+  feats = dft.rfft2(jnp.transpose(xp, (0, 3, 1, 2)))  # [B, c, hp, wp//2+1]
   kf = psf2otf(kernel.astype(jnp.float32), hp, wp)[:, None]  # [B, 1, ...]
   pf = psf2otf(jnp.transpose(smooth.astype(jnp.float32), (0, 3, 1, 2)), hp, wp)
   denom = jnp.abs(kf)**2 + jnp.abs(pf)**2
-  out = jnp.fft.irfft2(jnp.conj(kf) / denom * feats, s=(hp, wp))
+  out = dft.irfft2(jnp.conj(kf) / denom * feats, hp, wp)
   return jnp.transpose(out, (0, 2, 3, 1))[:, k:-k, k:-k]
 
 
@@ -336,10 +335,10 @@ def reformulated_kernel(lr_blurred: Array, lr_clean: Array, kernel_size: int,
     [B, k, k] float32 (no gradient flows to the images).
   """
   c = kernel_size // 2
-  blur = jnp.fft.rfft2(jnp.transpose(lr_blurred.astype(jnp.float32), (0, 3, 1, 2)))
-  clean = jnp.fft.rfft2(jnp.transpose(lr_clean.astype(jnp.float32), (0, 3, 1, 2)))
+  blur = dft.rfft2(jnp.transpose(lr_blurred.astype(jnp.float32), (0, 3, 1, 2)))
+  clean = dft.rfft2(jnp.transpose(lr_clean.astype(jnp.float32), (0, 3, 1, 2)))
   ratio = blur * jnp.conj(clean) / (jnp.abs(clean)**2 + eps)
-  psf = jnp.fft.irfft2(ratio, s=lr_clean.shape[1:3])  # [B, C, h, w]
+  psf = dft.irfft2(ratio, *lr_clean.shape[1:3])  # [B, C, h, w]
   # Undo the psf2otf shift: the last c rows/columns, then the first c+1 (as official, which
   # reuses a row/column when the LR is smaller than the kernel).
   psf = jnp.concatenate([psf[..., -c:, :], psf[..., :c + 1, :]], axis=-2)
