@@ -4,7 +4,7 @@
   python benchmarks/accelerator_check.py --small --out /tmp/check.md               # CPU, CI
 
 Sections (each with its verdict; exit status 1 when any check is outside its tolerance):
-1. Parity: the official-forward fixtures (tests/fixtures/parity_*.npz) at 'highest'
+1. Parity: the official-forward fixtures (tests/fixtures/parity_*.npz, DAN and DCLS) at 'highest'
    precision (must stay < 1e-4 relative, as on the CPU), and at 'default' for information.
 2. Gradients: one training step's gradient (conv_backward 'xla', the accelerator path) at
    precision highest, default and bfloat16 activations, against a float32 reference
@@ -134,27 +134,41 @@ class Report:
 # ---------------------------------------------------------------------------------------
 
 
+def _parity_errors(name: str, data, precision: str) -> tuple[float, float]:
+  """Max relative errors (SR, code or kernel) of one fixture's outputs at `precision`."""
+  if name.startswith("dcls_"):  # NHWC fixtures with the kernel estimate (tests/test_dcls.py)
+    state_dict = {k[2:]: data[k].astype(np.float32) for k in data.files if k.startswith("w/")}
+    config = convert.infer_dcls_config(state_dict)
+    variables = convert.dcls_params_from_torch(state_dict, config)
+    with runtime.precision_scope(precision):
+      out = jax.jit(models.create_model(config).apply)(variables, jnp.asarray(data["lr"]))
+    return _rel(out.sr[0], data["sr"]), _rel(out.kernel[0], data["kernel"])
+  meta = ast.literal_eval(str(data["meta"]))
+  version = meta.pop("version")
+  config = convert.model_config_from_official(version, **meta)
+  state_dict = {k[3:]: data[k] for k in data.files if k.startswith("sd/")}
+  variables = convert.params_from_torch(state_dict, config)
+  model = models.create_model(config)
+  lr = jnp.asarray(data["lr"].transpose(0, 2, 3, 1))
+  with runtime.precision_scope(precision):
+    out = jax.jit(model.apply)(variables, lr)
+  sr = np.asarray(out.sr).transpose(0, 1, 4, 2, 3)
+  return (max(_rel(sr[i], data["sr"][i]) for i in range(sr.shape[0])),
+          max(_rel(out.code[i], data["code"][i]) for i in range(sr.shape[0])))
+
+
 def check_parity(report: Report, names: list[str], precisions: list[str]) -> None:
   report.add("## 1. Parity with the official PyTorch forward pass", "",
-             f"Max relative error of every iteration's SR image and code against the "
-             f"official outputs (tests/fixtures); bound {PARITY_TOL:g} at 'highest'.", "",
-             "| fixture | precision | SR rel. err | code rel. err | verdict |",
+             f"Max relative error of every iteration's SR image and code (DCLS: the kernel "
+             f"estimate; its Fourier deconvolution is DFT products at 'highest' whatever "
+             f"the precision) against the official outputs (tests/fixtures); bound "
+             f"{PARITY_TOL:g} at 'highest'.", "",
+             "| fixture | precision | SR rel. err | code/kernel rel. err | verdict |",
              "|---|---|---|---|---|")
   for name in names:
     data = np.load(FIXTURES / f"parity_{name}.npz")
-    meta = ast.literal_eval(str(data["meta"]))
-    version = meta.pop("version")
-    config = convert.model_config_from_official(version, **meta)
-    state_dict = {k[3:]: data[k] for k in data.files if k.startswith("sd/")}
-    variables = convert.params_from_torch(state_dict, config)
-    model = models.create_model(config)
-    lr = jnp.asarray(data["lr"].transpose(0, 2, 3, 1))
     for precision in precisions:
-      with runtime.precision_scope(precision):
-        out = jax.jit(model.apply)(variables, lr)
-      sr = np.asarray(out.sr).transpose(0, 1, 4, 2, 3)
-      e_sr = max(_rel(sr[i], data["sr"][i]) for i in range(sr.shape[0]))
-      e_code = max(_rel(out.code[i], data["code"][i]) for i in range(sr.shape[0]))
+      e_sr, e_code = _parity_errors(name, data, precision)
       verdict = (report.check(max(e_sr, e_code) < PARITY_TOL, f"parity {name}")
                  if precision == "highest" else "(information)")
       report.add(f"| {name} | {precision} | {e_sr:.2e} | {e_code:.2e} | {verdict} |")
@@ -403,8 +417,9 @@ def main(argv: list[str] | None = None) -> int:
                      code_len=10, estimator_nf=8, estimator_nb=1)
   sections = [
       ("parity", lambda: check_parity(
-          report, ["danv2_x2"] if args.small else
-          ["danv1_x2", "danv1_x3", "danv1_x4", "danv2_x2", "danv2_x4"],
+          report, ["danv2_x2", "dcls_x2_setting1"] if args.small else
+          ["danv1_x2", "danv1_x3", "danv1_x4", "danv2_x2", "danv2_x4", "dcls_x2_setting1",
+           "dcls_x4_setting1", "dcls_x4_setting2"],
           ["highest"] if args.small else ["highest", "default"])),
       ("gradients", lambda: check_gradients(
           report, small_model if args.small else OFFICIAL_V2_X4, 2,

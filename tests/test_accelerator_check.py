@@ -25,7 +25,7 @@ def test_accelerator_check_small_on_two_cpu_devices(tmp_path):
   for heading in ("## 1. Parity", "## 2. One training step's gradient", "## 3. Loss curves",
                   "## 4. One device vs all devices", "## 5. Benchmarks"):
     assert heading in report, heading
-  assert "| danv2_x2 | highest |" in report
+  assert "| danv2_x2 | highest |" in report and "| dcls_x2_setting1 | highest |" in report
   for precision in ("highest", "default", "bfloat16"):
     assert any(l.startswith(f"| {precision} |") and l.endswith("PASS |")
                for l in report.splitlines()), precision
