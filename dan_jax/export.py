@@ -17,6 +17,8 @@ Formats (file in --out; runtime that checks it; shapes):
                               the TFLite converter cannot lower the dynamic slices that
                               symbolic shapes produce
   onnx        dan.onnx        onnxruntime (jax2onnx, opset 21)   symbolic batch, height, width
+DCLS's artifacts take one LR size (--size), with a symbolic batch where the format has one:
+its Fourier deconvolution is built for the image size (`fixed_image_size`).
 
 Every artifact is checked when written: loaded back with its own runtime and run on two
 crops of real photographs of different sizes (the symbolic formats also at batch 2); the
@@ -132,33 +134,39 @@ def _in_dtype(input_dtype: str):
   return jnp.uint8 if input_dtype == "uint8" else jnp.float32
 
 
-def stablehlo_bytes(fn: Callable, in_nc: int, input_dtype: str,
+def _input_spec(in_shape: Sequence[int | str], input_dtype: str, upper: bool = False):
+  """The input's ShapeDtypeStruct: names in `in_shape` ('b', 'h', 'w') become symbolic."""
+  dims = ", ".join(str(d).upper() if upper else str(d) for d in in_shape)
+  return jax.ShapeDtypeStruct(jax.export.symbolic_shape(dims), _in_dtype(input_dtype))
+
+
+def stablehlo_bytes(fn: Callable, in_shape: Sequence[int | str], input_dtype: str,
                     platforms: Sequence[str]) -> bytes:
-  """jax.export of `fn` with symbolic batch, height and width, serialised."""
-  b, h, w = jax.export.symbolic_shape("b, h, w")
-  spec = jax.ShapeDtypeStruct((b, h, w, in_nc), _in_dtype(input_dtype))
+  """jax.export of `fn` at `in_shape` (e.g. ['b', 'h', 'w', 3]: symbolic), serialised."""
+  spec = _input_spec(in_shape, input_dtype)
   return bytes(jax.export.export(jax.jit(fn), platforms=tuple(platforms))(spec).serialize())
 
 
-def _tf_function(fn: Callable, shape: Sequence[Optional[int]], input_dtype: str,
+def _tf_function(fn: Callable, in_shape: Sequence[int | str], input_dtype: str,
                  platforms: Sequence[str]):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
-  symbolic = any(d is None for d in shape)
+  symbolic = any(isinstance(d, str) for d in in_shape)
   converted = jax2tf.convert(
-      fn, polymorphic_shapes=[f"(b, h, w, {shape[-1]})"] if symbolic else None,
+      fn, polymorphic_shapes=[f"({', '.join(map(str, in_shape))})"] if symbolic else None,
       native_serialization_platforms=tuple(platforms))
   dtype = tf.uint8 if input_dtype == "uint8" else tf.float32
+  shape = [None if isinstance(d, str) else d for d in in_shape]
   return tf.function(converted, autograph=False,
-                     input_signature=[tf.TensorSpec(list(shape), dtype, name="lr")])
+                     input_signature=[tf.TensorSpec(shape, dtype, name="lr")])
 
 
-def write_savedmodel(fn: Callable, path: str, shape: Sequence[Optional[int]],
+def write_savedmodel(fn: Callable, path: str, in_shape: Sequence[int | str],
                      input_dtype: str, platforms: Sequence[str]) -> None:
   """A TF SavedModel (signature 'serving_default', input 'lr') of `fn` at `path`."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   module = tf.Module()
-  module.serve = _tf_function(fn, shape, input_dtype, platforms)
+  module.serve = _tf_function(fn, in_shape, input_dtype, platforms)
   tf.saved_model.save(module, path,
                       signatures={"serving_default": module.serve.get_concrete_function()})
 
@@ -178,8 +186,10 @@ def tflite_bytes(fn: Callable, shape: Sequence[int], input_dtype: str) -> bytes:
     return bytes(converter.convert())
 
 
-def onnx_bytes(fn: Callable, in_nc: int, input_dtype: str, names: Sequence[str]) -> bytes:
-  """An ONNX model (opset 21, input 'lr', symbolic B, H, W) of `fn` via jax2onnx."""
+def onnx_bytes(fn: Callable, in_shape: Sequence[int | str], input_dtype: str,
+               names: Sequence[str]) -> bytes:
+  """An ONNX model (opset 21, input 'lr' of `in_shape`, names symbolic: B, H, W) of `fn`
+  via jax2onnx."""
   jax2onnx = _need("jax2onnx", "ONNX export")
 
   def unpatched(lr):
@@ -193,9 +203,7 @@ def onnx_bytes(fn: Callable, in_nc: int, input_dtype: str, names: Sequence[str])
       jnp.shape = patched
     return tuple(out[k] for k in names)
 
-  b, h, w = jax.export.symbolic_shape("B, H, W")
-  spec = jax.ShapeDtypeStruct((b, h, w, in_nc), _in_dtype(input_dtype))
-  proto = jax2onnx.to_onnx(unpatched, [spec], model_name="dan", opset=21,
+  proto = jax2onnx.to_onnx(unpatched, [_input_spec(in_shape, input_dtype, upper=True)], model_name="dan", opset=21,
                            input_names=["lr"], output_names=list(names))
   return proto.SerializeToString()
 
@@ -232,11 +240,20 @@ class ExportedPredictor:
     from dan_jax import parallel  # pylint: disable=g-import-not-at-top
     self.mesh = parallel.create_mesh(jax.local_devices()[:1])
     self.input_dtype = self.manifest["input"]["dtype"]
+    # (H, W) when the artifact takes one LR size only (DCLS), else None.
+    h, w = self.manifest["artifacts"]["stablehlo"]["input_shape"][1:3]
+    self.fixed_size = (h, w) if isinstance(h, int) else None
     self._call = jax.jit(self.exported.call)
 
   def predict(self, lr: np.ndarray):
     """One LR image [H, W, 3] float in [0, 1] -> predict.Prediction."""
     from dan_jax import predict  # pylint: disable=g-import-not-at-top
+    if self.fixed_size is not None and tuple(lr.shape[:2]) != self.fixed_size:
+      h, w = self.fixed_size
+      raise predict.InferenceError(
+          f"this {self.spec.version} artifact takes {h}x{w} LR images only, got "
+          f"{lr.shape[0]}x{lr.shape[1]} (export again with --size "
+          f"{lr.shape[0]}x{lr.shape[1]}, or use --checkpoint)")
     x = np.asarray(lr, np.float32)[None]
     if self.input_dtype == "uint8":
       x = np.round(np.clip(x, 0, 1) * 255.0).astype(np.uint8)
@@ -382,13 +399,24 @@ def _check_request(formats: Sequence[str], out_dir: epath.Path, size, input_dtyp
                       "replace them; nothing was changed)")
 
 
-def _conventions(spec: Any, names: Sequence[str], input_dtype: str) -> dict:
+def fixed_image_size(spec: Any) -> bool:
+  """Whether the model's artifacts take one LR size only (symbolic batch at most).
+
+  DCLS deconvolves in the Fourier domain with DFT matrices built for the image size
+  (`models/dft.py`); an FFT would need static lengths as well.
+  """
+  return spec.version == "DCLS"
+
+
+def _conventions(spec: Any, names: Sequence[str], input_dtype: str, size) -> dict:
   """The manifest's input/output conventions (names, layouts, shapes, dtypes, ranges)."""
   s = spec.scale
-  shapes = {"sr": ["b", f"{s}*h", f"{s}*w", spec.in_nc], "code": ["b", spec.code_len],
+  h, w = size if fixed_image_size(spec) else ("h", "w")
+  sr_hw = [s * h, s * w] if fixed_image_size(spec) else [f"{s}*h", f"{s}*w"]
+  shapes = {"sr": ["b", *sr_hw, spec.in_nc], "code": ["b", spec.code_len],
             "kernel": ["b", spec.kernel_size, spec.kernel_size]}
   return {
-      "input": {"name": "lr", "layout": "NHWC", "shape": ["b", "h", "w", spec.in_nc],
+      "input": {"name": "lr", "layout": "NHWC", "shape": ["b", h, w, spec.in_nc],
                 "dtype": input_dtype, "range": [0, 255] if input_dtype == "uint8" else [0, 1],
                 "color": "RGB"},
       "outputs": {k: {"layout": "NHWC" if k == "sr" else None, "shape": shapes[k],
@@ -400,14 +428,15 @@ def _conventions(spec: Any, names: Sequence[str], input_dtype: str) -> dict:
 def _write_artifact(fmt: str, path: epath.Path, fn: Callable, spec: Any, input_dtype: str,
                     platforms: Sequence[str], in_shape: list, names: Sequence[str]) -> None:
   """Writes one format's artifact to `path`."""
+  del spec  # the input shape says it all
   if fmt == "stablehlo":
-    path.write_bytes(stablehlo_bytes(fn, spec.in_nc, input_dtype, platforms))
+    path.write_bytes(stablehlo_bytes(fn, in_shape, input_dtype, platforms))
   elif fmt == "savedmodel":
-    write_savedmodel(fn, str(path), [None, None, None, spec.in_nc], input_dtype, platforms)
+    write_savedmodel(fn, str(path), in_shape, input_dtype, platforms)
   elif fmt == "tflite":
     path.write_bytes(tflite_bytes(fn, in_shape, input_dtype))
   else:
-    path.write_bytes(onnx_bytes(fn, spec.in_nc, input_dtype, names))
+    path.write_bytes(onnx_bytes(fn, in_shape, input_dtype, names))
 
 
 def _differences(fmt: str, run: Callable, reference: Callable, images: Sequence[np.ndarray],
@@ -432,10 +461,14 @@ def _export_one(fmt: str, out_dir: epath.Path, fn: Callable, reference: Callable
                 log: Callable[[str], None]) -> dict:
   """Writes and checks one artifact; returns its manifest entry (removed if it fails)."""
   path = out_dir / FILES[fmt]
-  if SYMBOLIC[fmt]:
+  if SYMBOLIC[fmt] and not fixed_image_size(spec):
     images = check_images(check_sizes, input_dtype)
     images[-1] = np.concatenate([images[-1], images[-1][:, ::-1, ::-1]])  # batch 2
     in_shape = ["b", "h", "w", spec.in_nc]
+  elif SYMBOLIC[fmt]:  # symbolic batch, the image size fixed
+    images = check_images([size, size], input_dtype)
+    images[-1] = np.concatenate([images[-1], images[-1][:, ::-1, ::-1]])  # batch 2
+    in_shape = ["b", size[0], size[1], spec.in_nc]
   else:
     images = check_images([size, size], input_dtype)
     in_shape = [1, size[0], size[1], spec.in_nc]
@@ -486,7 +519,8 @@ def export(checkpoint: str, out: str, formats: Sequence[str], *,
     checkpoint: a workdir, checkpoints directory or step directory.
     out: output directory (local or gs://); created if missing.
     formats: a subset of FORMATS.
-    size: LR (H, W) of the fixed-shape formats (tflite); required for them.
+    size: LR (H, W) of the fixed-shape formats (tflite), and of every format for models
+      with `fixed_image_size` (DCLS); required for them.
     input_dtype: 'float32' (in [0, 1]) or 'uint8' (in [0, 255]).
     platforms: lowering platforms of the StableHLO and SavedModel artifacts.
     check_sizes: two LR sizes the symbolic formats are checked at.
@@ -504,16 +538,20 @@ def export(checkpoint: str, out: str, formats: Sequence[str], *,
   model_config, variables, step = checkpoint_lib.load_model(checkpoint, use_ema=use_ema)
   model = models.create_model(model_config)
   spec = model.spec
+  if fixed_image_size(spec) and size is None:
+    raise ExportError(f"{spec.version} artifacts take one LR size (its Fourier "
+                      "deconvolution is built for the image size): pass --size HxW, e.g. "
+                      "--size 180x320; the batch stays symbolic. Nothing was written")
   fn = serving_fn(model, variables, input_dtype)
   reference = jax.jit(fn)
   tol = TOLERANCE[np.dtype(spec.dtype).name]
   out_dir.mkdir(parents=True, exist_ok=True)
   manifest_path = out_dir / MANIFEST
   manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
-  names = sorted(reference(check_images([(8, 8)], input_dtype)[0]))
+  names = sorted(reference(check_images([size or (8, 8)], input_dtype)[0]))
   manifest.update({"checkpoint": str(checkpoint), "step": step,
                    "model_config": checkpoint_lib.model_config_to_dict(model_config),
-                   **_conventions(spec, names, input_dtype),
+                   **_conventions(spec, names, input_dtype, size),
                    "tolerance": tol, "versions": _versions(formats)})
   manifest.setdefault("artifacts", {})
   for fmt in formats:
@@ -537,7 +575,8 @@ def _build_parser():
   p.add_argument("--format", default="stablehlo",
                  help=f"comma-separated subset of {','.join(FORMATS)} (default stablehlo)")
   p.add_argument("--size", default=None,
-                 help="LR HxW of the fixed-shape formats (tflite), e.g. 180x320")
+                 help="LR HxW of the fixed-shape formats (tflite; every format for DCLS), "
+                      "e.g. 180x320")
   p.add_argument("--input_dtype", default="float32", choices=("float32", "uint8"),
                  help="input: float32 in [0, 1] (default) or uint8 in [0, 255]")
   p.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS),

@@ -290,7 +290,10 @@ def main(argv: Optional[list[str]] = None) -> int:
       paths = output_paths(path, args.output, spec.scale, predictor.has_kernel)
       _check_outputs(path, paths, input_set, claimed, args.overwrite)
       image = image_io.read_image(path)
-      pred = predictor.predict(image.rgb)
+      try:
+        pred = predictor.predict(image.rgb)
+      except InferenceError as e:  # an image this model or artifact cannot take
+        raise InferenceError(f"{path}: {e}") from e
       save_prediction(pred, paths, image, spec.scale, args.overwrite)
       for p in paths.values():
         claimed[storage.canonical(p)] = path

@@ -391,3 +391,46 @@ def test_inference_notebook_takes_a_dcls_checkpoint(tmp_path, ckpt_dcls, kernel_
   assert len(lines) == 1 and "kernel PSNR" in lines[0], strip
   (kernel,) = (tmp_path / "work" / "results").glob("*_kernel.npy")
   assert np.load(kernel).shape == (11, 11)
+
+
+@pytest.mark.slow  # ~60 s on 2 cores: four formats converted and run, infer twice
+def test_dcls_exports_at_one_size_and_infer_runs_it(tmp_path, ckpt_dcls, capsys):
+  from dan_jax import export, infer  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "export"
+  # Without --size: one error line, nothing written.
+  assert export.main(["--checkpoint", ckpt_dcls, "--out", str(out),
+                      "--format", "stablehlo"]) == 2
+  err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert len(err) == 1 and "DCLS artifacts take one LR size" in err[0] and not out.exists()
+  # Every format, at 20x24 with a symbolic batch where the format has one.
+  assert export.main(["--checkpoint", ckpt_dcls, "--out", str(out), "--size", "20x24",
+                      "--format", "stablehlo,savedmodel,tflite,onnx"]) == 0, \
+      capsys.readouterr().err
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["input"]["shape"] == ["b", 20, 24, 3]
+  assert manifest["outputs"]["sr"]["shape"] == ["b", 40, 48, 3]
+  for fmt in ("stablehlo", "savedmodel", "tflite", "onnx"):
+    a = manifest["artifacts"][fmt]
+    assert a["input_shape"][1:] == [20, 24, 3] and max(a["max_rel_diff"].values()) < 1e-3
+    shapes = a["checked_input_shapes"]
+    assert [s[1:3] for s in shapes] == [[20, 24]] * 2
+    if fmt != "tflite":  # the batch stays symbolic: checked at 1 and 2
+      assert a["input_shape"][0] == "b" and sorted(s[0] for s in shapes) == [1, 2]
+  # infer --exported equals infer --checkpoint at that size, and refuses another size.
+  rng = np.random.default_rng(0)
+  src = tmp_path / "in"
+  src.mkdir()
+  Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(src / "fits.png")
+  capsys.readouterr()
+  assert infer.main(["--exported", str(out), "--input", str(src / "fits.png"),
+                     "--output", str(tmp_path / "a")]) == 0, capsys.readouterr().err
+  assert infer.main(["--checkpoint", ckpt_dcls, "--input", str(src / "fits.png"),
+                     "--output", str(tmp_path / "b")]) == 0, capsys.readouterr().err
+  a, b = (np.asarray(Image.open(tmp_path / d / "fits_x2.png")).astype(int) for d in "ab")
+  assert a.shape == (40, 48, 3) and np.abs(a - b).max() <= 1
+  Image.fromarray(rng.integers(0, 256, (24, 20, 3), np.uint8)).save(src / "other.png")
+  capsys.readouterr()
+  assert infer.main(["--exported", str(out), "--input", str(src / "other.png"),
+                     "--output", str(tmp_path / "c")]) == 1
+  err = capsys.readouterr().err
+  assert f"error: {src / 'other.png'}: this DCLS artifact takes 20x24 LR images only, got 24x20" in err, err

@@ -96,13 +96,27 @@ def adaptive_avg_pool_matrix(n: int, out: int) -> np.ndarray:
   return m
 
 
-def psf2otf(psf: Array, height: int, width: int) -> Array:
-  """Half-spectrum OTF [..., height, width//2+1] of k x k kernels `psf` [..., k, k].
+def psf2otf(psf: Array, height: int, width: int) -> tuple[Array, Array]:
+  """Half-spectrum OTF (real, imaginary), each [..., height, width//2+1], of k x k
+  kernels `psf` [..., k, k].
 
   The official `convert_psf2otf`: zero-pad to the image size and circularly shift the
   kernel's centre tap to (0, 0), then FFT (here one DFT with the pad and shift folded in).
   """
   return dft.rfft2(psf, height, width, shift=psf.shape[-1] // 2)
+
+
+def _replicate_pad(x: Array, k: int) -> Array:
+  """x [B, H, W, C] padded by k pixels on each side with its edge values.
+
+  `jnp.pad(mode="edge")` gives the same array; written with broadcasts because jax2onnx
+  mis-sizes the concatenation it lowers that one to (onnxruntime refuses the graph).
+  """
+  b, h, w, c = x.shape
+  x = jnp.concatenate([jnp.broadcast_to(x[:, :1], (b, k, w, c)), x,
+                       jnp.broadcast_to(x[:, -1:], (b, k, w, c))], axis=1)
+  return jnp.concatenate([jnp.broadcast_to(x[:, :, :1], (b, h + 2 * k, k, c)), x,
+                          jnp.broadcast_to(x[:, :, -1:], (b, h + 2 * k, k, c))], axis=2)
 
 
 def cls_deconvolution(x: Array, kernel: Array, smooth: Array) -> Array:
@@ -122,13 +136,15 @@ def cls_deconvolution(x: Array, kernel: Array, smooth: Array) -> Array:
     [B, H, W, c] float32.
   """
   k = kernel.shape[-1]
-  xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (k, k), (k, k), (0, 0)), mode="edge")
+  xp = _replicate_pad(x.astype(jnp.float32), k)
   hp, wp = xp.shape[1:3]
-  feats = dft.rfft2(jnp.transpose(xp, (0, 3, 1, 2)))  # [B, c, hp, wp//2+1]
-  kf = psf2otf(kernel.astype(jnp.float32), hp, wp)[:, None]  # [B, 1, ...]
-  pf = psf2otf(jnp.transpose(smooth.astype(jnp.float32), (0, 3, 1, 2)), hp, wp)
-  denom = jnp.abs(kf)**2 + jnp.abs(pf)**2
-  out = dft.irfft2(jnp.conj(kf) / denom * feats, hp, wp)
+  f_re, f_im = dft.rfft2(jnp.transpose(xp, (0, 3, 1, 2)))  # [B, c, hp, wp//2+1]
+  k_re, k_im = (a[:, None] for a in psf2otf(kernel.astype(jnp.float32), hp, wp))
+  p_re, p_im = psf2otf(jnp.transpose(smooth.astype(jnp.float32), (0, 3, 1, 2)), hp, wp)
+  denom = k_re**2 + k_im**2 + p_re**2 + p_im**2
+  # conj(K) F / denom, in real arithmetic.
+  out = dft.irfft2((k_re * f_re + k_im * f_im) / denom, (k_re * f_im - k_im * f_re) / denom,
+                   hp, wp)
   return jnp.transpose(out, (0, 2, 3, 1))[:, k:-k, k:-k]
 
 
@@ -335,10 +351,11 @@ def reformulated_kernel(lr_blurred: Array, lr_clean: Array, kernel_size: int,
     [B, k, k] float32 (no gradient flows to the images).
   """
   c = kernel_size // 2
-  blur = dft.rfft2(jnp.transpose(lr_blurred.astype(jnp.float32), (0, 3, 1, 2)))
-  clean = dft.rfft2(jnp.transpose(lr_clean.astype(jnp.float32), (0, 3, 1, 2)))
-  ratio = blur * jnp.conj(clean) / (jnp.abs(clean)**2 + eps)
-  psf = dft.irfft2(ratio, *lr_clean.shape[1:3])  # [B, C, h, w]
+  b_re, b_im = dft.rfft2(jnp.transpose(lr_blurred.astype(jnp.float32), (0, 3, 1, 2)))
+  c_re, c_im = dft.rfft2(jnp.transpose(lr_clean.astype(jnp.float32), (0, 3, 1, 2)))
+  denom = c_re**2 + c_im**2 + eps  # B conj(C) / (|C|^2 + eps), in real arithmetic
+  psf = dft.irfft2((b_re * c_re + b_im * c_im) / denom, (b_im * c_re - b_re * c_im) / denom,
+                   *lr_clean.shape[1:3])  # [B, C, h, w]
   # Undo the psf2otf shift: the last c rows/columns, then the first c+1 (as official, which
   # reuses a row/column when the LR is smaller than the kernel).
   psf = jnp.concatenate([psf[..., -c:, :], psf[..., :c + 1, :]], axis=-2)

@@ -9,6 +9,10 @@ they shard over the batch like any other dot, run on the matrix units of TPUs an
 and cost O(HW(H+W)) per channel, which at DCLS's sizes (features of at most a few hundred
 pixels a side, 16 channels) is a small fraction of one convolution layer.
 
+Spectra are (real, imaginary) pairs of float32 arrays, not complex arrays: ONNX and TFLite
+have no complex tensors, and TPUs run real products natively, so an exported DCLS stays
+in real arithmetic end to end.
+
 Every product runs at `Precision.HIGHEST`: the deconvolution divides by |K|^2 + |P|^2,
 which is small at the frequencies a blur removes, so bf16 passes would show in the output.
 Matrices are built in float64 from exact integer phases (u * n mod N) and cast to float32.
@@ -58,8 +62,9 @@ def _mm(spec: str, x: Array, m: np.ndarray) -> Array:
 
 
 def rfft2(x: Array, height: int | None = None, width: int | None = None,
-          shift: int = 0) -> Array:
-  """`jnp.fft.rfft2` of x [..., h, w] over its last two axes: [..., height, width//2+1].
+          shift: int = 0) -> tuple[Array, Array]:
+  """`jnp.fft.rfft2` of x [..., h, w] over its last two axes, as (real, imaginary) parts,
+  each [..., height, width//2+1].
 
   `height`/`width` (default h, w) zero-pad x to that size first, and `shift` rolls the
   padded array by -shift on both axes, so `rfft2(psf, H, W, k // 2)` is psf2otf: the OTF of
@@ -77,14 +82,13 @@ def rfft2(x: Array, height: int | None = None, width: int | None = None,
   # Rows: (A_re + i A_im)^T (t_re + i t_im), A [h, height].
   re = _mm("...hv,hu->...uv", t_re, row_re) - _mm("...hv,hu->...uv", t_im, row_im)
   im = _mm("...hv,hu->...uv", t_im, row_re) + _mm("...hv,hu->...uv", t_re, row_im)
-  return jax.lax.complex(re, im)
+  return re, im
 
 
-def irfft2(spectrum: Array, height: int, width: int) -> Array:
-  """`jnp.fft.irfft2(spectrum, s=(height, width))` of a half spectrum [..., height, V]."""
-  if spectrum.shape[-2:] != (height, width // 2 + 1):
-    raise ValueError(f"irfft2: spectrum {spectrum.shape[-2:]} does not fit {height}x{width}")
-  re, im = jnp.real(spectrum), jnp.imag(spectrum)
+def irfft2(re: Array, im: Array, height: int, width: int) -> Array:
+  """`jnp.fft.irfft2(re + i im, s=(height, width))` of a half spectrum [..., height, V]."""
+  if re.shape[-2:] != (height, width // 2 + 1) or im.shape != re.shape:
+    raise ValueError(f"irfft2: spectrum {re.shape[-2:]} does not fit {height}x{width}")
   # Rows: the inverse complex DFT, (1/height) exp(+2 pi i u t / height) = conj(forward)/n.
   row_re, row_im = _forward_matrix(height, height, height, 0)
   row_re, row_im = row_re / height, -row_im / height
