@@ -26,10 +26,9 @@ import argparse
 import ast
 import pathlib
 import platform
-import statistics
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,7 +40,6 @@ runtime.setup_entry_point()  # before JAX starts: TF off the accelerators, CPU f
 import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
-import optax  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dan_jax import checkpoint  # pylint: disable=wrong-import-position
 from dan_jax import convert  # pylint: disable=wrong-import-position
@@ -51,6 +49,7 @@ from dan_jax import input_pipeline  # pylint: disable=wrong-import-position
 from dan_jax import models  # pylint: disable=wrong-import-position
 from dan_jax import parallel  # pylint: disable=wrong-import-position
 from dan_jax import train  # pylint: disable=wrong-import-position
+import timing  # pylint: disable=wrong-import-position (benchmarks/timing.py, beside this script)
 
 # Peak dense bfloat16 TFLOP/s of one JAX device (a TPU v2/v3 device is one core, half a
 # chip; v4 and later, one chip), from the vendors' data sheets. Matched by prefix of
@@ -85,15 +84,6 @@ def peak_tflops(device) -> float | None:
     if kind.startswith(name):
       return PEAK_TFLOPS[name]
   return None
-
-
-def _median(fn: Callable[[], Any], repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
 
 
 def _flops(compiled) -> float:
@@ -380,14 +370,14 @@ def bench(report: Report, model_config: dict, per_device: int, lr_size: int,
       holder[0], m = compiled(holder[0], dev_batch)
       return m
 
-    step_s = _median(one_step, repeats)
+    step_s = timing.median_seconds(one_step, repeats)
     train_tf = n * (spec.loops + 2) * iter_flops / step_s / 1e12
     predictor = jax.jit(model.apply)
     lr = jnp.asarray(rng.uniform(size=(1, *infer_size, 3)), jnp.float32)
     with runtime.precision_scope(precision):
       c = predictor.lower(variables, lr).compile()
     jax.block_until_ready(c(variables, lr))
-    infer_s = _median(lambda: c(variables, lr), repeats)
+    infer_s = timing.median_seconds(lambda: c(variables, lr), repeats)
     infer_flops = spec.loops * iter_flops * (infer_size[0] * infer_size[1]) / (
         per_device * lr_size * lr_size)
     infer_tf = infer_flops / infer_s / 1e12

@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
-from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,6 +31,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top,wrong-import-position
 from dan_jax.models import dft  # pylint: disable=g-import-not-at-top,wrong-import-position
+import timing  # pylint: disable=g-import-not-at-top,wrong-import-position (beside this script)
 
 
 def _fft_rfft2(x, height=None, width=None, shift=0):
@@ -65,16 +64,6 @@ def _reference(x: np.ndarray, kernel: np.ndarray, smooth: np.ndarray) -> np.ndar
   return np.transpose(out, (0, 2, 3, 1))[:, k:-k, k:-k]
 
 
-def _median(fn: Callable[[], object], repeats: int) -> float:
-  jax.block_until_ready(fn())
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
-
-
 def measure(b: int, h: int, w: int, repeats: int) -> dict:
   """{'dft'|'fft': (forward s, forward + gradient s, max error vs float64)}."""
   rng = np.random.default_rng(0)
@@ -93,8 +82,9 @@ def measure(b: int, h: int, w: int, repeats: int) -> dict:
       grad = jax.jit(jax.grad(lambda x, s: jnp.sum(dcls.cls_deconvolution(x, kernel, s)**2),
                               argnums=(0, 1)))
       got = np.asarray(fwd(x, kernel, smooth))
-      out[name] = (_median(lambda: fwd(x, kernel, smooth), repeats),
-                   _median(lambda: grad(x, smooth), repeats),
+      jax.block_until_ready(grad(x, smooth))  # compile
+      out[name] = (timing.median_seconds(lambda: fwd(x, kernel, smooth), repeats),
+                   timing.median_seconds(lambda: grad(x, smooth), repeats),
                    float(np.max(np.abs(got - want))))
     finally:
       dft.rfft2, dft.irfft2 = original
