@@ -51,6 +51,10 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # Conv kernel gradients: "gemm" (one GEMM per conv: fast on CPU; refused on GPU/TPU, where
   # it would be a convolution with a whole-image window), "xla", "auto" (gemm on CPU only).
   model.conv_backward = "auto"
+  # DCLS only: what the backward pass recomputes instead of keeping (less memory, slower):
+  # "none" keeps every activation, "groups"/"blocks" keep only each DPCAG group's/DPCAB
+  # block's inputs and recompute its forward (benchmarks/RESULTS.md, DCLS section).
+  model.remat = "none"
 
   # ---- Degradation synthesis (dan_jax.degradation.KernelSpec + noise) ----
   config.degradation = deg = ml_collections.ConfigDict()
