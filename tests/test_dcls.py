@@ -105,7 +105,9 @@ def test_dcls_config_errors_name_the_field():
     models.create_model(dict(version="DCLS", loops=4))
   with pytest.raises(ValueError, match="model.kernel_size must be one of"):
     models.create_model(dict(version="DCLS", kernel_size=15))
-  assert models.create_model(dict(version="DCLS")).spec.estimator_nb == 3
+  spec = models.create_model(dict(version="DCLS")).spec
+  assert spec.estimator_nb == 3 and spec.remat == "groups"
+  assert models.create_model(dict(version="DANv2")).spec.remat == "none"
   with pytest.raises(ValueError, match=r"model.remat must be one of \('none', 'groups', "
                      r"'blocks'\), got 'all'"):
     models.create_model(dict(version="DCLS", remat="all"))

@@ -299,8 +299,9 @@ class ModelSpec:
 REMAT_MODES = ("none", "groups", "blocks")
 
 # DCLS defaults for the fields a config leaves out (one pass; the official Estimator has
-# 3 residual blocks).
-_DCLS_DEFAULTS = {"loops": 1, "estimator_nb": 3}
+# 3 residual blocks; rematerialised groups: 0.3x the train-step memory for a few percent of
+# its speed, benchmarks/RESULTS.md).
+_DCLS_DEFAULTS = {"loops": 1, "estimator_nb": 3, "remat": "groups"}
 
 
 def delta_code(pca: Array, kernel_size: int) -> Array:
