@@ -102,7 +102,8 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 def _memory_child(args: argparse.Namespace, name: str) -> int:
   """Train-step peak memory of `name`, measured in a fresh process with MALLOC_ENV."""
   cmd = [sys.executable, os.path.abspath(__file__), "--memory_child", name, "--batch",
-         str(args.batch), "--lr_size", str(args.lr_size), "--dtype", args.dtype]
+         str(args.batch), "--lr_size", str(args.lr_size), "--dtype", args.dtype,
+         "--remat", args.remat or ""]
   res = subprocess.run(cmd, capture_output=True, text=True, check=False,
                        env=dict(os.environ, **MALLOC_ENV))
   if res.returncode:
@@ -138,6 +139,8 @@ def _flops(compiled) -> float:
 def bench_model(name: str, args: argparse.Namespace) -> dict:
   """Train step, inference and compile times of one model."""
   cfg = dict(MODELS[name], dtype=args.dtype, scan_unroll=args.scan_unroll)
+  if name == "DCLS" and args.remat:
+    cfg["remat"] = args.remat
   model = models.create_model(cfg)
   k = model.spec.kernel_size
   pca = np.random.default_rng(0).normal(size=(k * k, 10)).astype(np.float32) * 0.05
@@ -279,6 +282,9 @@ def main() -> None:
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--scan_unroll", type=int, default=1)
+  ap.add_argument("--remat", default="", choices=("",) + models.REMAT_MODES,
+                  help="DCLS model.remat: what its backward pass recomputes (default: the "
+                  "model's, 'groups'; see RESULTS.md)")
   ap.add_argument("--skip", default="", help="comma list of: model,pipeline,gemm")
   ap.add_argument("--pipeline_batches", type=int, default=8)
   ap.add_argument("--official_checkout", default="", help="checkout of greatlog/DAN")

@@ -51,6 +51,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # Conv kernel gradients: "gemm" (one GEMM per conv: fast on CPU; refused on GPU/TPU, where
   # it would be a convolution with a whole-image window), "xla", "auto" (gemm on CPU only).
   model.conv_backward = "auto"
+  # DCLS only: what the backward pass recomputes instead of keeping (less memory, slower):
+  # "none" keeps every activation, "groups"/"blocks" keep only each DPCAG group's/DPCAB
+  # block's inputs and recompute its forward (benchmarks/RESULTS.md, DCLS section; the
+  # official DCLS configs use "groups").
+  model.remat = "none"
 
   # ---- Degradation synthesis (dan_jax.degradation.KernelSpec + noise) ----
   config.degradation = deg = ml_collections.ConfigDict()
@@ -235,6 +240,7 @@ def official_dcls(scale: int = 4, setting: int = 1) -> ml_collections.ConfigDict
   model.estimator_nb = 3  # DCLS Estimator residual blocks (fixed to 3 officially)
   model.input_para = 256  # length of the Estimator's latent (official input_para)
   model.reduction = 4  # channel reduction of the CLS branch and the attention layers
+  model.remat = "groups"  # recompute each DPCAG group in the backward: 0.3x the memory
   if setting == 1:
     config.degradation.sig_max = DCLS_SIG_MAX[scale]
   config.num_train_steps = 500_000  # official niter

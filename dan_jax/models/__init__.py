@@ -15,6 +15,7 @@ from dan_jax.models.dan import DPCG
 from dan_jax.models.dan import EstimatorV1
 from dan_jax.models.dan import EstimatorV2
 from dan_jax.models.dan import ModelSpec
+from dan_jax.models.dan import REMAT_MODES
 from dan_jax.models.dan import RestorerV1
 from dan_jax.models.dan import RestorerV2
 from dan_jax.models.dan import SCALES

@@ -290,11 +290,18 @@ class ModelSpec:
   conv_backward: str = "auto"
   input_para: int = 256  # DCLS: length of the Estimator's latent (official input_para)
   reduction: int = 4  # DCLS: channel reduction of the CLS branch and the attention
+  remat: str = "none"  # DCLS: rematerialisation in the backward pass (see REMAT_MODES)
 
+
+# DCLS `remat` modes: what the backward pass recomputes instead of keeping from the forward.
+# "none": keep every activation; "groups": keep only each DPCAG group's inputs and recompute
+# a group's forward when its gradient is needed; "blocks": the same per DPCAB block.
+REMAT_MODES = ("none", "groups", "blocks")
 
 # DCLS defaults for the fields a config leaves out (one pass; the official Estimator has
-# 3 residual blocks).
-_DCLS_DEFAULTS = {"loops": 1, "estimator_nb": 3}
+# 3 residual blocks; rematerialised groups: 0.3x the train-step memory for a few percent of
+# its speed, benchmarks/RESULTS.md).
+_DCLS_DEFAULTS = {"loops": 1, "estimator_nb": 3, "remat": "groups"}
 
 
 def delta_code(pca: Array, kernel_size: int) -> Array:
@@ -395,6 +402,11 @@ def spec_from_config(model_config: Any) -> ModelSpec:
     raise ValueError(f"model.ng must be a positive integer, got {spec.ng!r}")
   if spec.version == "DCLS":
     _validate_dcls(spec)
+  if spec.remat not in REMAT_MODES:
+    raise ValueError(f"model.remat must be one of {REMAT_MODES}, got {spec.remat!r}")
+  if spec.remat != "none" and spec.version != "DCLS":
+    raise ValueError(f"model.remat is for DCLS only (version {spec.version!r}), got "
+                     f"{spec.remat!r}; use 'none'")
   if spec.conv_backward not in ("auto", "gemm", "xla"):
     raise ValueError(f"model.conv_backward must be 'auto', 'gemm' or 'xla', got "
                      f"{spec.conv_backward!r}")

@@ -174,6 +174,46 @@ class CLS(nn.Module):
     return Conv2d(nf, 1, **_opts(self), name="expand")(clear.astype(self.dtype))
 
 
+def _tied_to(tree: Any, cotangent: Any) -> Any:
+  """`tree` plus a zero that XLA cannot prove is zero: it reads one element of `cotangent`.
+
+  Values are unchanged (the zero is exact, also for a non-finite element), but to the
+  compiler they are new values available only once the backward pass has produced the
+  cotangent, so a forward recomputed from them is neither merged with the original
+  forward (CSE) nor scheduled before it is needed.
+  """
+  s = jax.tree_util.tree_leaves(cotangent)[0].reshape(-1)[0].astype(jnp.float32)
+  zero = jnp.where(jnp.isfinite(s), s * 0.0, 0.0)
+  return jax.tree_util.tree_map(lambda a: a + zero.astype(a.dtype), tree)
+
+
+def rematerialised(module: nn.Module, *args: Array) -> Any:
+  """`module(*args)`, keeping only `args` and the module's params for the backward pass,
+  which recomputes the module's forward (same values and parameter tree as `module(*args)`).
+
+  flax's `nn.remat` (jax.checkpoint) does not save memory on XLA:CPU: its optimization
+  barriers are expanded before common-subexpression elimination, which merges the
+  recomputed forward back into the original one (the compiled step kept every activation,
+  the same 1951 MiB of temporaries as without it). Here the recomputation reads inputs tied
+  to the cotangent (`_tied_to`), which no compiler pass can merge or hoist.
+  """
+  pure = module.clone(parent=None)
+
+  def apply(mdl, *xs):
+    return mdl(*xs)
+
+  def forward(mdl, *xs):
+    return mdl(*xs), (mdl.variables["params"], xs)
+
+  def backward(residuals, g):
+    params, xs = _tied_to(residuals, g)
+    _, vjp = jax.vjp(lambda p, *a: pure.apply({"params": p}, *a), params, *xs)
+    params_g, *xs_g = vjp(g)
+    return ({"params": params_g}, *xs_g)
+
+  return nn.custom_vjp(apply, forward, backward)(module, *args)
+
+
 class DPCAB(nn.Module):
   """Dual-path channel-attention block on (x0 [nf], x1 [nf2])."""
 
@@ -204,11 +244,13 @@ class DPCAG(nn.Module):
   reduction: int = 4
   dtype: Any = jnp.float32
   gemm_grad: bool = False  # see Conv2d
+  remat_blocks: bool = False  # recompute each block's forward in the backward pass
 
   @nn.compact
   def __call__(self, x0: Array, x1: Array) -> tuple[Array, Array]:
     for i in range(self.nb):
-      x0, x1 = DPCAB(self.reduction, **_opts(self), name=f"block{i}")(x0, x1)
+      block = DPCAB(self.reduction, **_opts(self), name=f"block{i}")
+      x0, x1 = rematerialised(block, x0, x1) if self.remat_blocks else block(x0, x1)
     return 2 * x0, 2 * x1
 
 
@@ -279,6 +321,7 @@ class Restorer(nn.Module):
   reduction: int = 4
   dtype: Any = jnp.float32
   gemm_grad: bool = False  # see Conv2d
+  remat: str = "none"  # see ModelSpec.remat
 
   @nn.compact
   def __call__(self, lr: Array, kernel: Array) -> Array:
@@ -290,7 +333,9 @@ class Restorer(nn.Module):
     x1 = Conv2d(nf2, 3, padding=1, **_opts(self), name="head1")(feature)
     x0 = CLS(self.reduction, **_opts(self), name="cls")(feature, kernel)
     for g in range(self.ng):
-      x0, x1 = DPCAG(self.nb, self.reduction, **_opts(self), name=f"group{g}")(x0, x1)
+      group = DPCAG(self.nb, self.reduction, **_opts(self),
+                    remat_blocks=self.remat == "blocks", name=f"group{g}")
+      x0, x1 = rematerialised(group, x0, x1) if self.remat == "groups" else group(x0, x1)
     # The official concatenates (head1 path, CLS path) in this order.
     f = Conv2d(self.nf, 3, padding=1, **_opts(self),
                name="fusion")(jnp.concatenate([x1, x0], axis=-1)) + f
@@ -326,7 +371,7 @@ class DCLS(nn.Module):
     lr = lr.astype(jnp.float32)
     kernel = Estimator(s.estimator_nf, s.estimator_nb, s.input_para, s.kernel_size,
                        **opts, name="estimator")(lr)
-    sr = Restorer(s.nf, s.nb, s.ng, s.scale, s.in_nc, s.reduction, **opts,
+    sr = Restorer(s.nf, s.nb, s.ng, s.scale, s.in_nc, s.reduction, **opts, remat=s.remat,
                   name="restorer")(lr, jax.lax.stop_gradient(kernel))
     code = kernel.reshape(kernel.shape[0], -1) @ pca
     return DANOutput(sr=sr[None], code=code[None], kernel=kernel[None])

@@ -81,6 +81,31 @@ def _conv_gemm_grad_bwd(padding, stride, residuals, g):
 conv_gemm_grad.defvjp(_conv_gemm_grad_fwd, _conv_gemm_grad_bwd)
 
 
+@jax.custom_vjp
+def add_bias(y: Array, bias: Array) -> Array:
+  """`y + bias` (bias over the last axis) whose bias gradient is a dot, not a reduction.
+
+  Autodiff sums the output gradient over batch and space with a reduce, which XLA:CPU
+  splits into a reduce-window and a reduce (~1.7 ms for a 4x64x64x64 gradient); the same
+  sum as a ones-vector times the [N, C] gradient is one GEMV (~0.4 ms). Used on the CPU
+  path (`gemm_grad`) of every convolution.
+  """
+  return y + bias
+
+
+def _add_bias_fwd(y, bias):
+  return y + bias, None
+
+
+def _add_bias_bwd(_, g):
+  flat = g.reshape(-1, g.shape[-1])
+  ones = jnp.ones((1, flat.shape[0]), g.dtype)
+  return g, jnp.dot(ones, flat, preferred_element_type=jnp.float32)[0].astype(g.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 def constant_channels_conv(const: Array, kernel: Array, height: int, width: int,
                            padding: int) -> Array:
   """Stride-1 convolution of inputs that are constant over space, zero padded.
@@ -138,8 +163,11 @@ class Conv2d(nn.Module):
       y = constant_channels_conv(const.astype(self.dtype), kernel[:, :, c:], x.shape[1],
                                  x.shape[2], p)
       kernel = kernel[:, :, :c]
-      return self._conv(x, kernel) + y + bias
-    return self._conv(x, kernel) + bias
+      return self._add_bias(self._conv(x, kernel) + y, bias)
+    return self._add_bias(self._conv(x, kernel), bias)
+
+  def _add_bias(self, y: Array, bias: Array) -> Array:
+    return add_bias(y, bias) if self.gemm_grad else y + bias
 
   def _conv(self, x: Array, kernel: Array) -> Array:
     k, p = self.kernel_size, self.padding
