@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from dan_jax import models
 from dan_jax import train
+import timing  # pylint: disable=g-import-not-at-top,wrong-import-position (beside this script)
 
 MODELS = {
     "DANv1": dict(version="DANv1", scale=4, nf=64, nb=40, loops=4),
@@ -52,21 +52,12 @@ MODELS = {
 }
 
 
-def _median(fn: Callable[[], Any], repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
-
-
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
   """The machine's float32 matmul rate through XLA."""
   a = jnp.asarray(np.random.default_rng(0).uniform(size=(n, n)), jnp.float32)
   f = jax.jit(lambda a: a @ a)
   jax.block_until_ready(f(a))
-  return 2 * n**3 / _median(lambda: f(a), repeats) / 1e9
+  return 2 * n**3 / timing.median_seconds(lambda: f(a), repeats) / 1e9
 
 
 def _kib(field: str) -> int:
@@ -125,8 +116,8 @@ def bench_cls_fft(args: argparse.Namespace, channels: int, kernel_size: int) -> 
                           argnums=(0, 1)))
   jax.block_until_ready(fwd(x, k, smooth))
   jax.block_until_ready(grad(x, smooth))
-  return {"fft_forward_s": _median(lambda: fwd(x, k, smooth), args.repeats),
-          "fft_grad_s": _median(lambda: grad(x, smooth), args.repeats)}
+  return {"fft_forward_s": timing.median_seconds(lambda: fwd(x, k, smooth), args.repeats),
+          "fft_grad_s": timing.median_seconds(lambda: grad(x, smooth), args.repeats)}
 
 
 def _flops(compiled) -> float:
@@ -173,7 +164,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     apply = jax.jit(model.apply)
     fwd = apply.lower(variables, lr_batch).compile()
     jax.block_until_ready(fwd(variables, lr_batch))
-    out["forward_s"] = _median(lambda: fwd(variables, lr_batch), args.repeats)
+    out["forward_s"] = timing.median_seconds(lambda: fwd(variables, lr_batch), args.repeats)
     out["forward_gflops"] = out["forward_flops"] / out["forward_s"] / 1e9
 
   step_fn, state, batch = train.benchmark_step(model, variables, batch)
@@ -189,7 +180,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
 
   if args.memory_child:  # right after the warm-up step, as official_dcls_side.py
     return {"train_step_peak_bytes": step_peak_bytes(one_step)}
-  step_s = _median(one_step, args.repeats)
+  step_s = timing.median_seconds(one_step, args.repeats)
   out["train_step_s"] = step_s
   out["train_samples_per_s"] = b / step_s
   out["train_gflops"] = out["train_flops"] / step_s / 1e9
@@ -208,7 +199,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     c = apply.lower(variables, lr).compile()
     compile_s = time.perf_counter() - t
     jax.block_until_ready(c(variables, lr))
-    sec = _median(lambda: c(variables, lr), args.repeats)
+    sec = timing.median_seconds(lambda: c(variables, lr), args.repeats)
     flops = out["forward_flops"] * (h * w) / (b * s * s)
     infer[size] = {"s": sec, "s_per_output_mpix": sec / (h * w * 16 / 1e6),
                    "compile_s": compile_s, "gflops": flops / sec / 1e9}
