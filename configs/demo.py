@@ -17,10 +17,10 @@ sigma ~ U(0.8, 1.6) (the Gaussian8 x2 benchmark's range) instead of U(0.2, 4.0) 
 kernels, nf 32 with 2 groups of 2 blocks (163k parameters instead of 4.7M), an Estimator
 of width 32 and 2 blocks, batch 8 of 64x64 HR crops, 700 steps.
 
-Measured on this project's 2-core CPU with the test suite running beside it: 5 min 11 s in
-all (2.52 steps/s after compilation; the previous release ran 4.88 steps/s idle), and
-  validation Y-PSNR 31.45 dB (SSIM 0.8767) vs bicubic 29.68 dB (SSIM 0.8310): +1.77 dB
-(the previous release: 31.57 dB, +1.89; see README).
+Measured on this project's 2-core CPU with the test suite running beside it: ~4 min of
+training and validation (3.26 steps/s after compilation), and
+  validation Y-PSNR 31.60 dB (SSIM 0.8775) vs bicubic 29.68 dB (SSIM 0.8310): +1.92 dB
+(the two releases before: 31.57 and 31.45 dB; float rounding of the train step, see README).
 An earlier run of the same model at a constant lr: +0.2 dB over bicubic after 200 steps,
 +1.2 dB after 400, +2.6 dB after 1,000. With the official blur range U(0.2, 4.0) and 21x21
 kernels it hovered around bicubic (+0.6 dB after 400 steps, -0.8 dB after 600).
