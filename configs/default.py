@@ -51,7 +51,8 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # Conv kernel gradients: "gemm" (one GEMM per conv: fast on CPU; refused on GPU/TPU, where
   # it would be a convolution with a whole-image window), "xla", "auto" (gemm on CPU only).
   model.conv_backward = "auto"
-  # DCLS only: what the backward pass recomputes instead of keeping (less memory, slower):
+  # DCLS only: what the backward pass recomputes instead of keeping (less memory; on CPU no
+  # slower, measured):
   # "none" keeps every activation, "groups"/"blocks" keep only each DPCAG group's/DPCAB
   # block's inputs and recompute its forward (benchmarks/RESULTS.md, DCLS section; the
   # official DCLS configs use "groups").
