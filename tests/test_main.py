@@ -63,14 +63,20 @@ def test_empty_or_missing_train_folder_is_one_error(tmp_path, make, message):
   assert "config.data.train_dir" in line and message in line and str(folder) in line
 
 
+_SLOW = pytest.mark.slow  # each case is a subprocess (~5 s); two stay in the fast lane
+
+
 @pytest.mark.parametrize("args,status,message", [
     (["--config.model.scal=3"], 2, "--config.model.scal: no such config field (did you mean "
                                    "'scale'?)"),
-    (["--config.model.scale=five"], 2, "--config.model.scale=five"),
-    (["--config=configs/nonexistent.py"], 2, "no such config file: configs/nonexistent.py"),
-    (["--config=configs/x4.py:v3"], 2, "config argument must be v1, v2 or dcls"),
+    pytest.param(["--config.model.scale=five"], 2, "--config.model.scale=five", marks=_SLOW),
+    pytest.param(["--config=configs/nonexistent.py"], 2,
+                 "no such config file: configs/nonexistent.py", marks=_SLOW),
+    pytest.param(["--config=configs/x4.py:v3"], 2, "config argument must be v1, v2 or dcls",
+                 marks=_SLOW),
     (["--config.model.scale=5"], 1, "config.model.scale must be one of (2, 3, 4)"),
-    (["--config.learning_rate=-0.1"], 1, "config.learning_rate must be a positive number"),
+    pytest.param(["--config.learning_rate=-0.1"], 1,
+                 "config.learning_rate must be a positive number", marks=_SLOW),
 ])
 def test_bad_flags_are_one_error(tmp_path, args, status, message):
   if not any(a.startswith("--config=") for a in args):
