@@ -340,14 +340,14 @@ _SHARDED = textwrap.dedent("""
     model_config, variables, _ = checkpoint.load_model(ckpt)
     model = models.create_model(model_config)
     mesh = train.create_mesh()
-    # Validation: the eval step sharded over the mesh (3 images of one size, 1 of another).
     rng = np.random.default_rng(0)
-    lrs = [rng.uniform(size=s).astype(np.float32) for s in [(12, 10, 3)] * 3 + [(9, 14, 3)]]
-    val = {"lr": lrs, "hr": [np.kron(x, np.ones((2, 2, 1), np.float32)) for x in lrs]}
-    scores, outputs = train.evaluate(
-        train.make_eval_step(model, mesh), train.to_global(variables, parallel.replicated(mesh)),
-        val, 2, parallel.data_sharded(mesh))
-    if part == "eval":
+    if part == "eval":  # the eval step sharded over the mesh (3 images of one size, 1 other)
+      lrs = [rng.uniform(size=s).astype(np.float32) for s in [(12, 10, 3)] * 3 + [(9, 14, 3)]]
+      val = {"lr": lrs, "hr": [np.kron(x, np.ones((2, 2, 1), np.float32)) for x in lrs]}
+      scores, outputs = train.evaluate(
+          train.make_eval_step(model, mesh),
+          train.to_global(variables, parallel.replicated(mesh)), val, 2,
+          parallel.data_sharded(mesh))
       np.savez(out, *[o[0] for o in outputs])
       print("RESULT " + json.dumps({"val": scores}))
       sys.exit(0)
@@ -365,8 +365,8 @@ _SHARDED = textwrap.dedent("""
       state, metrics = step(state, batch)
       losses.append(float(metrics["loss"]))
     params = jax.tree_util.tree_leaves(jax.device_get(state.params))
-    np.savez(out, *[o[0] for o in outputs], *params)
-    print("RESULT " + json.dumps({"val": scores, "loss": losses,
+    np.savez(out, *params)
+    print("RESULT " + json.dumps({"loss": losses,
                                   "devices": len(state.params["restorer"]["head1"]["kernel"]
                                                  .sharding.device_set)}))
 """)
@@ -405,19 +405,20 @@ def test_dcls_validation_sharded_over_four_devices_equals_one(tmp_path, ckpt_dcl
 def test_dcls_training_sharded_over_four_devices_equals_one(tmp_path, ckpt_dcls):
   # The Fourier transforms are DFT matrix products (models/dft.py): an FFT in the sharded
   # step was gathered onto every device and then refused by XLA:CPU's FFT runtime.
-  results = _run_sharded(tmp_path, ckpt_dcls, "train")
+  results = _run_sharded(tmp_path, ckpt_dcls, "train")  # validation: the test above
   assert results[1]["devices"] == 1 and results[4]["devices"] == 4
-  assert results[4]["val"] == pytest.approx(results[1]["val"], rel=1e-6)
   # The tiny Estimator's kernel sums to nearly 0 at initialisation (first kernel loss ~6,
   # gradient norm ~7e4), so the summation order of 1 vs 4 devices shows at 1e-4 there.
   assert results[4]["loss"] == pytest.approx(results[1]["loss"], rel=1e-4)
   a, b = np.load(tmp_path / "train1.npz"), np.load(tmp_path / "train4.npz")
   assert a.files == b.files and len(a.files) > 4
-  for k in a.files[:4]:  # the validation SR images, uint8: float rounding may flip a level
-    diff = np.abs(a[k].astype(int) - b[k].astype(int))
-    assert diff.max() <= 1 and np.mean(diff > 0) < 0.01, (k, diff.max(), np.mean(diff > 0))
-  for k in a.files[4:]:  # every parameter after 2 updates
-    np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-5)
+  # Every parameter after 2 updates. Adam's first steps are lr * m / sqrt(v), about
+  # +-lr even for a gradient near 0, whose sign the summation order can flip: such rare
+  # elements may differ by up to 2 steps x 2 lr (4e-4), the rest must agree.
+  for k in a.files:
+    diff = np.abs(a[k] - b[k])
+    off = diff > 1e-5 + 1e-4 * np.abs(b[k])
+    assert np.mean(off) < 1e-3 and diff.max() <= 4 * 4e-4, (k, np.mean(off), diff.max())
 
 
 @pytest.mark.slow  # ~20-25 s on 2 cores: a Jupyter kernel, the tiny DCLS compiled twice
