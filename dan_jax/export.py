@@ -425,10 +425,9 @@ def _conventions(spec: Any, names: Sequence[str], input_dtype: str, size) -> dic
   }
 
 
-def _write_artifact(fmt: str, path: epath.Path, fn: Callable, spec: Any, input_dtype: str,
+def _write_artifact(fmt: str, path: epath.Path, fn: Callable, input_dtype: str,
                     platforms: Sequence[str], in_shape: list, names: Sequence[str]) -> None:
-  """Writes one format's artifact to `path`."""
-  del spec  # the input shape says it all
+  """Writes one format's artifact to `path`, taking inputs of `in_shape`."""
   if fmt == "stablehlo":
     path.write_bytes(stablehlo_bytes(fn, in_shape, input_dtype, platforms))
   elif fmt == "savedmodel":
@@ -461,22 +460,19 @@ def _export_one(fmt: str, out_dir: epath.Path, fn: Callable, reference: Callable
                 log: Callable[[str], None]) -> dict:
   """Writes and checks one artifact; returns its manifest entry (removed if it fails)."""
   path = out_dir / FILES[fmt]
-  if SYMBOLIC[fmt] and not fixed_image_size(spec):
-    images = check_images(check_sizes, input_dtype)
+  # The image size is symbolic unless the format (tflite) or the model (DCLS) fixes it;
+  # the batch is symbolic wherever the format allows, and then also checked at 2.
+  fixed_size = not SYMBOLIC[fmt] or fixed_image_size(spec)
+  images = check_images([size, size] if fixed_size else check_sizes, input_dtype)
+  if SYMBOLIC[fmt]:
     images[-1] = np.concatenate([images[-1], images[-1][:, ::-1, ::-1]])  # batch 2
-    in_shape = ["b", "h", "w", spec.in_nc]
-  elif SYMBOLIC[fmt]:  # symbolic batch, the image size fixed
-    images = check_images([size, size], input_dtype)
-    images[-1] = np.concatenate([images[-1], images[-1][:, ::-1, ::-1]])  # batch 2
-    in_shape = ["b", size[0], size[1], spec.in_nc]
-  else:
-    images = check_images([size, size], input_dtype)
-    in_shape = [1, size[0], size[1], spec.in_nc]
+  in_shape = (["b" if SYMBOLIC[fmt] else 1] + (list(size) if fixed_size else ["h", "w"]) +
+              [spec.in_nc])
   log(f"{fmt}: writing {path}")
   start = time.perf_counter()
   _remove(path)
   try:
-    _write_artifact(fmt, path, fn, spec, input_dtype, platforms, in_shape, names)
+    _write_artifact(fmt, path, fn, input_dtype, platforms, in_shape, names)
     seconds = time.perf_counter() - start
     diffs, scales = _differences(fmt, load_runner(fmt, path), reference, images, names)
   except ExportError:
