@@ -55,3 +55,11 @@ def test_sizes_that_do_not_fit_are_refused():
     dft.rfft2(jnp.zeros((8, 8)), 6, 8)
   with pytest.raises(ValueError, match="does not fit"):
     dft.irfft2(jnp.zeros((8, 4)), jnp.zeros((8, 4)), 8, 8)
+
+
+def test_conj_times_is_the_complex_product_with_the_first_conjugated():
+  a, b = np.random.default_rng(0).normal(size=(2, 2, 5))
+  re, im = dft.conj_times((jnp.asarray(a[0]), jnp.asarray(a[1])),
+                          (jnp.asarray(b[0]), jnp.asarray(b[1])))
+  np.testing.assert_allclose(np.asarray(re) + 1j * np.asarray(im),
+                             np.conj(a[0] + 1j * a[1]) * (b[0] + 1j * b[1]), rtol=1e-6)

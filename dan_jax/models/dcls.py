@@ -138,13 +138,12 @@ def cls_deconvolution(x: Array, kernel: Array, smooth: Array) -> Array:
   k = kernel.shape[-1]
   xp = _replicate_pad(x.astype(jnp.float32), k)
   hp, wp = xp.shape[1:3]
-  f_re, f_im = dft.rfft2(jnp.transpose(xp, (0, 3, 1, 2)))  # [B, c, hp, wp//2+1]
+  feats = dft.rfft2(jnp.transpose(xp, (0, 3, 1, 2)))  # [B, c, hp, wp//2+1] (re, im)
   k_re, k_im = (a[:, None] for a in psf2otf(kernel.astype(jnp.float32), hp, wp))
   p_re, p_im = psf2otf(jnp.transpose(smooth.astype(jnp.float32), (0, 3, 1, 2)), hp, wp)
   denom = k_re**2 + k_im**2 + p_re**2 + p_im**2
-  # conj(K) F / denom, in real arithmetic.
-  out = dft.irfft2((k_re * f_re + k_im * f_im) / denom, (k_re * f_im - k_im * f_re) / denom,
-                   hp, wp)
+  re, im = dft.conj_times((k_re, k_im), feats)
+  out = dft.irfft2(re / denom, im / denom, hp, wp)
   return jnp.transpose(out, (0, 2, 3, 1))[:, k:-k, k:-k]
 
 
@@ -396,11 +395,11 @@ def reformulated_kernel(lr_blurred: Array, lr_clean: Array, kernel_size: int,
     [B, k, k] float32 (no gradient flows to the images).
   """
   c = kernel_size // 2
-  b_re, b_im = dft.rfft2(jnp.transpose(lr_blurred.astype(jnp.float32), (0, 3, 1, 2)))
+  blur = dft.rfft2(jnp.transpose(lr_blurred.astype(jnp.float32), (0, 3, 1, 2)))
   c_re, c_im = dft.rfft2(jnp.transpose(lr_clean.astype(jnp.float32), (0, 3, 1, 2)))
-  denom = c_re**2 + c_im**2 + eps  # B conj(C) / (|C|^2 + eps), in real arithmetic
-  psf = dft.irfft2((b_re * c_re + b_im * c_im) / denom, (b_im * c_re - b_re * c_im) / denom,
-                   *lr_clean.shape[1:3])  # [B, C, h, w]
+  denom = c_re**2 + c_im**2 + eps  # B conj(C) / (|C|^2 + eps)
+  re, im = dft.conj_times((c_re, c_im), blur)
+  psf = dft.irfft2(re / denom, im / denom, *lr_clean.shape[1:3])  # [B, C, h, w]
   # Undo the psf2otf shift: the last c rows/columns, then the first c+1 (as official, which
   # reuses a row/column when the LR is smaller than the kernel).
   psf = jnp.concatenate([psf[..., -c:, :], psf[..., :c + 1, :]], axis=-2)

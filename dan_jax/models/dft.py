@@ -96,3 +96,9 @@ def irfft2(re: Array, im: Array, height: int, width: int) -> Array:
   y_im = _mm("...uv,ut->...tv", im, row_re) + _mm("...uv,ut->...tv", re, row_im)
   col_re, col_im = _inverse_real_matrix(width)  # [V, width]
   return _mm("...tv,vw->...tw", y_re, col_re) + _mm("...tv,vw->...tw", y_im, col_im)
+
+
+def conj_times(a: tuple[Array, Array], b: tuple[Array, Array]) -> tuple[Array, Array]:
+  """conj(a) * b of two (real, imaginary) spectra, as (real, imaginary)."""
+  (a_re, a_im), (b_re, b_im) = a, b
+  return a_re * b_re + a_im * b_im, a_re * b_im - a_im * b_re
