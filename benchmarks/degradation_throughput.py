@@ -18,7 +18,7 @@ from dan_jax import runtime
 
 runtime.hide_accelerators_from_tensorflow()  # TensorFlow's ops here stay on the CPU
 
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf
 
 from dan_jax import degradation
 

@@ -21,17 +21,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dan_jax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dan_jax import runtime
 
 runtime.setup_entry_point()  # before JAX starts: the XLA:CPU flag on CPU-only hosts
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
+import timing  # beside this script
 
-from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dan_jax.models import dft  # pylint: disable=g-import-not-at-top,wrong-import-position
-import timing  # pylint: disable=g-import-not-at-top,wrong-import-position (beside this script)
+from dan_jax.models import dcls
+from dan_jax.models import dft
 
 
 def _fft_rfft2(x, height=None, width=None, shift=0):

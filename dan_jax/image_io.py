@@ -22,9 +22,11 @@ import os
 from typing import Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+from PIL import UnidentifiedImageError
 
 from dan_jax import storage
+from dan_jax.errors import ImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # The subset tf.io.decode_image reads: training folders and Gaussian8 sets, which are
@@ -33,10 +35,6 @@ TF_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
 _EXIF_ORIENTATION = 0x0112
-
-
-class ImageError(ValueError):
-  """An image file cannot be read or written as asked."""
 
 
 @dataclasses.dataclass
@@ -97,12 +95,12 @@ def _orientation(data: bytes) -> int:
     with Image.open(io.BytesIO(data)) as im:
       value = im.getexif().get(_EXIF_ORIENTATION, 1)
     return int(value) if int(value) in range(1, 9) else 1
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return 1
 
 
 def _decode_png16(data: bytes, name: str) -> np.ndarray:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   try:
     return tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy()
   except tf.errors.OpError as e:
@@ -112,9 +110,9 @@ def _decode_png16(data: bytes, name: str) -> np.ndarray:
 def _decode_tiff(data: bytes, name: str) -> Optional[np.ndarray]:
   """Pixels of a TIFF through tifffile (16-bit colour); None to let Pillow try."""
   try:
-    import tifffile  # pylint: disable=g-import-not-at-top
+    import tifffile
     arr = tifffile.imread(io.BytesIO(data))
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return None  # e.g. JPEG-compressed TIFF without imagecodecs: Pillow may decode it
   arr = np.asarray(arr)
   if arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4) and arr.shape[2] > 4:
@@ -231,7 +229,7 @@ def encode_png(img: np.ndarray) -> bytes:
   if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
     raise ImageError(f"cannot write an image of shape {img.shape} as PNG")
   if img.dtype == np.uint16:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf
     return tf.io.encode_png(img).numpy()
   if img.dtype != np.uint8:
     raise ImageError(f"cannot write {img.dtype} pixels as PNG (uint8 or uint16 only)")

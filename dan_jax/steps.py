@@ -8,27 +8,54 @@
 * optimizer: Adam (PyTorch's eps, L2 weight decay added to the gradient like
   `torch.optim.Adam(weight_decay=...)`), MultiStep learning-rate halving, optional EMA.
 * a step with a non-finite loss or gradient is skipped inside the jitted step (no update;
-  counters in the state, read by the host once per logging window).
+  counters in the state, read by the host once per logging window). `Faults` injects such
+  steps for the tests of the recovery (config.debug).
 * jitted over a `Mesh` with axis 'data': state replicated (and donated), batches sharded.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from typing import Any, Callable, Optional
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import optax
 
 from dan_jax import models
 from dan_jax import parallel
-from dan_jax import runtime
-from dan_jax.recovery import COLLAPSE_SCALE, Faults
-from dan_jax.train_state import TrainState, create_train_state
+from dan_jax import precision as precision_lib
+from dan_jax.train_state import create_train_state
+from dan_jax.train_state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+  """Faults injected inside the jitted step (config.debug; tests of the recovery only).
+
+  Steps are numbered as in an uninterrupted run: the fault hits the batch step s trains
+  on when data_offset is 0 (batch s - 1), so once a rollback has moved the data stream
+  past it, it does not come back, as a bad batch or an unlucky stretch would not.
+  """
+  nan_at_steps: tuple = ()  # the loss and gradient of these steps become NaN
+  collapse_at_step: int = 0  # this step's update is multiplied by COLLAPSE_SCALE (0: off)
+
+
+# A finite but destructive update (what an exploding, not yet NaN, step looks like).
+COLLAPSE_SCALE = 1000.0
+
+
+def faults_from_config(config: ml_collections.ConfigDict) -> Faults:
+  """config.debug's injected faults (none when the config has no `debug` block)."""
+  debug = config.get("debug") or {}
+  return Faults(nan_at_steps=tuple(int(s) for s in (debug.get("nan_at_steps") or ())),
+                collapse_at_step=int(debug.get("collapse_at_step") or 0))
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -177,12 +204,12 @@ def eval_step(variables: dict, lr: jax.Array, *, model: models.DAN
 
 
 def _at_precision(fn: Callable, precision: str) -> Callable:
-  """fn traced at the matmul/conv precision `precision` (runtime.PRECISIONS)."""
-  runtime.check_precision(precision)
+  """fn traced at the matmul/conv precision `precision` (precision.PRECISIONS)."""
+  precision_lib.check_precision(precision)
 
   @functools.wraps(fn)
   def wrapped(*args, **kwargs):
-    with runtime.precision_scope(precision):
+    with precision_lib.precision_scope(precision):
       return fn(*args, **kwargs)
   return wrapped
 

@@ -9,7 +9,7 @@ appending `--xla_cpu_experimental_ynn_fusion_type=` to XLA_FLAGS, unless:
 
 - the process may use an accelerator: JAX_PLATFORMS names anything but 'cpu', or (unset)
   a JAX accelerator plugin (jax-cuda*-plugin, libtpu, ...) is installed. Those plugins
-  parse XLA_FLAGS too, and need not know an XLA:CPU flag (`runtime.cpu_only()`);
+  parse XLA_FLAGS too, and need not know an XLA:CPU flag (`platform.cpu_only()`);
 - XLA_FLAGS already sets that flag (your choice wins), or
 - the environment variable DAN_JAX_XLA_CPU_DEFAULTS=0 is set, or
 - jaxlib is older than the versions we measured (the flag may not exist there), or
@@ -27,6 +27,8 @@ from __future__ import annotations
 import logging
 import os
 
+from dan_jax import platform
+
 FLAG = "--xla_cpu_experimental_ynn_fusion_type="
 _MIN_JAXLIB = (0, 9)
 _applied = False
@@ -34,25 +36,24 @@ _applied = False
 
 def _jaxlib_version() -> tuple[int, ...]:
   try:
-    from jaxlib import version  # pylint: disable=g-import-not-at-top
+    from jaxlib import version
     return tuple(int(p) for p in version.__version__.split(".")[:2])
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # no or an odd jaxlib: too old to know the flag
     return (0, 0)
 
 
 def configure() -> bool:
   """Appends FLAG to XLA_FLAGS where appropriate (see the module doc). Returns whether."""
   global _applied
-  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
   flags = os.environ.get("XLA_FLAGS", "")
   if (os.environ.get("DAN_JAX_XLA_CPU_DEFAULTS", "1").strip() == "0"
       or FLAG.rstrip("=") in flags or _jaxlib_version() < _MIN_JAXLIB
-      or not runtime.cpu_only()):
+      or not platform.cpu_only()):
     return False
   try:
-    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    from jax._src import xla_bridge
     started = xla_bridge.backends_are_initialized()
-  except Exception:  # pylint: disable=broad-except
+  except Exception:  # a jax without this private probe: assume not started
     started = False
   if started:
     logging.getLogger(__name__).info(

@@ -19,7 +19,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
+import _common
 
 
 def sbatch_script(args: argparse.Namespace, overrides: list[str]) -> str:
