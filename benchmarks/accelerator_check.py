@@ -45,6 +45,7 @@ import timing  # benchmarks/timing.py, beside this script
 from dan_jax import config as config_lib
 from dan_jax import convert
 from dan_jax import degradation
+from dan_jax import errors
 from dan_jax import input_pipeline
 from dan_jax import models
 from dan_jax import parallel
@@ -437,4 +438,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except errors.Error as e:  # a bad config, checkpoint or argument: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -10,6 +10,7 @@ parallel tf.data map (how the training input pipeline runs it).
 import argparse
 import functools
 import os
+import sys
 import time
 
 import numpy as np
@@ -21,6 +22,7 @@ runtime.hide_accelerators_from_tensorflow()  # TensorFlow's ops here stay on the
 import tensorflow as tf
 
 from dan_jax import degradation
+from dan_jax import errors
 
 
 def _synth_fn(spec, scale):
@@ -97,4 +99,8 @@ def main() -> None:
       print(f"  {label:<24}: {rate:8.1f} samples/s")
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except errors.Error as e:  # a bad config, checkpoint or argument: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import timing  # beside this script
 
+from dan_jax import errors
 from dan_jax.models import dcls
 from dan_jax.models import dft
 
@@ -112,4 +113,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except errors.Error as e:  # a bad config, checkpoint or argument: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

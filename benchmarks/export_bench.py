@@ -31,6 +31,7 @@ import jax
 
 from dan_jax import checkpoint
 from dan_jax import config as config_lib
+from dan_jax import errors
 from dan_jax import export
 from dan_jax import models
 
@@ -97,4 +98,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except errors.Error as e:  # a bad config, checkpoint or argument: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

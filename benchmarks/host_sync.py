@@ -32,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 
 from dan_jax import config as config_lib
+from dan_jax import errors
 from dan_jax import input_pipeline
 from dan_jax import models
 from dan_jax import parallel
@@ -112,4 +113,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except errors.Error as e:  # a bad config, checkpoint or argument: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -11,6 +11,10 @@ class Error(Exception):
   """A problem the user can fix: the message names it and says how."""
 
 
+class UsageError(Error, ValueError):
+  """Command-line arguments that cannot be used as given."""
+
+
 class MissingPackageError(Error, ImportError):
   """An optional package this feature needs is not installed; the message says how."""
 
