@@ -1,17 +1,10 @@
 """Reading and writing images for inference and evaluation (numpy + Pillow, tifffile).
 
-`read_image(path)` returns a `LoadedImage`: the colour image as float32 RGB in [0, 1] (what
-the model consumes), the alpha channel separately, and what is needed to write the result
-back in the input's own form (grayscale or colour, 8 or 16 bits, with or without alpha).
-
-* Formats: PNG (1-16 bit, gray/RGB/palette, with alpha), JPEG, BMP, TIFF (8/16-bit gray or
-  RGB(A), through tifffile, with a Pillow fallback), WebP.
-* 16-bit PNGs are decoded with TensorFlow (Pillow reads 16-bit colour PNGs as 8-bit).
-* EXIF orientation is applied (as PIL.ImageOps.exif_transpose), so pixels come back upright.
-* Grayscale is replicated to 3 channels (`LoadedImage.gray` says so; `to_output` undoes it).
-
-Every problem (unreadable, truncated, unsupported layout) raises `ImageError` with the file
-name and the reason; writers refuse to replace existing files unless told to.
+`read_image(path)` returns a `LoadedImage`: float32 RGB in [0, 1] (what the model
+consumes), the alpha channel apart, and what writing the result back in the input's own
+form needs (grayscale or colour, 8 or 16 bits, alpha). PNG (1-16 bit; 16-bit through
+TensorFlow), JPEG, BMP, TIFF and WebP; EXIF orientation applied. Every problem raises
+`ImageError` naming the file and the reason; writers never replace a file unless told to.
 """
 
 from __future__ import annotations
@@ -25,6 +18,7 @@ import numpy as np
 from PIL import Image
 from PIL import UnidentifiedImageError
 
+from dan_jax import runtime
 from dan_jax import storage
 from dan_jax.errors import ImageError
 
@@ -100,7 +94,7 @@ def _orientation(data: bytes) -> int:
 
 
 def _decode_png16(data: bytes, name: str) -> np.ndarray:
-  import tensorflow as tf
+  tf = runtime.require_tensorflow(f"{name}: reading a 16-bit PNG")
   try:
     return tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy()
   except tf.errors.OpError as e:
@@ -229,7 +223,7 @@ def encode_png(img: np.ndarray) -> bytes:
   if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
     raise ImageError(f"cannot write an image of shape {img.shape} as PNG")
   if img.dtype == np.uint16:
-    import tensorflow as tf
+    tf = runtime.require_tensorflow("Writing a 16-bit PNG")
     return tf.io.encode_png(img).numpy()
   if img.dtype != np.uint8:
     raise ImageError(f"cannot write {img.dtype} pixels as PNG (uint8 or uint16 only)")

@@ -1,16 +1,11 @@
 """The update step of DAN/DCLS training: optimizer, losses, train and eval steps, jitted.
 
-* loss: the official DAN loss supervises only the last alternating iteration, and the
-  model stops gradients between iterations, so iterations 1..N-1 run forward only and only
-  the last one is differentiated (the same gradient at a fraction of the cost; see
-  `compute_losses`). `config.supervise_all_iterations` adds every iteration's loss and
-  differentiates through the whole loop.
-* optimizer: Adam (PyTorch's eps, L2 weight decay added to the gradient like
-  `torch.optim.Adam(weight_decay=...)`), MultiStep learning-rate halving, optional EMA.
-* a step with a non-finite loss or gradient is skipped inside the jitted step (no update;
-  counters in the state, read by the host once per logging window). `Faults` injects such
-  steps for the tests of the recovery (config.debug).
-* jitted over a `Mesh` with axis 'data': state replicated (and donated), batches sharded.
+The official loss supervises only the last alternating iteration and the model stops
+gradients between iterations, so iterations 1..N-1 run forward only (`compute_losses`).
+Adam as PyTorch's (L2 weight decay in the gradient), MultiStep halving, optional EMA. A
+step with a non-finite loss or gradient is skipped inside the jitted step; `Faults`
+injects such steps for the recovery tests. Jitted over a `Mesh` with axis 'data': state
+replicated (and donated), batches sharded.
 """
 
 from __future__ import annotations
