@@ -14,8 +14,11 @@ from skimage import data
 from dan_jax import checkpoint
 from dan_jax import errors
 from dan_jax import export
+from dan_jax import exported
 from dan_jax import infer
 from dan_jax import models
+from dan_jax import predict
+from dan_jax import prediction
 
 V2 = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11, code_len=10,
           estimator_nf=8, estimator_nb=1)
@@ -117,6 +120,24 @@ def test_infer_exported_equals_checkpoint(tmp_path, exported_v2, ckpt_v2, capsys
   assert infer.main(["--exported", out, "--tile", "16", "--input", str(src), "--output",
                      str(tmp_path / "c")]) == 2
   assert "cannot be used with --exported" in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+def test_exported_predictor_and_predictor_share_one_interface(exported_v2, ckpt_v2):
+  model_config, variables, _ = checkpoint.load_model(ckpt_v2)
+  ours = predict.Predictor(model_config, variables)
+  artifact = exported.ExportedPredictor(exported_v2[0], batch_size=2)  # 3 images: 2 calls
+  lrs = np.stack([data.chelsea()[40:64, 100:130], data.coffee()[40:64, 100:130],
+                  data.astronaut()[:24, :30]]).astype(np.float32) / 255.0
+  for predictor in (ours, artifact):
+    assert isinstance(predictor, prediction.SRPredictor)
+    assert predictor.scale == 2 and predictor.has_kernel
+  got, want = artifact.predict_batch(lrs), ours.predict_batch(lrs)
+  assert len(got) == len(want) == 3
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g.sr, w.sr, atol=1e-5)
+    np.testing.assert_allclose(g.kernel, w.kernel, atol=1e-6)
+  np.testing.assert_array_equal(artifact.predict(lrs[1]).sr, got[1].sr)
 
 
 @pytest.mark.slow
