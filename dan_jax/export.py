@@ -287,7 +287,7 @@ class Format:
   honours_platforms: bool = False  # lowered for --platforms; else for the CPU alone
 
 
-_TF = ("tensorflow", "TensorFlow (jax2tf)", TENSORFLOW_HINT)
+_TF = ("tensorflow", "SavedModel and TFLite export (jax2tf)", TENSORFLOW_HINT)
 
 # The formats `--format` offers, in the order --help lists them. TFLite takes one fixed
 # shape: its converter cannot lower the dynamic slices that symbolic shapes produce.
