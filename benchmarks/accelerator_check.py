@@ -40,7 +40,6 @@ runtime.setup_entry_point()  # before JAX starts: TF off the accelerators, CPU f
 import jax
 import jax.numpy as jnp
 import numpy as np
-import timing  # benchmarks/timing.py, beside this script
 
 from dan_jax import config as config_lib
 from dan_jax import convert
@@ -53,6 +52,8 @@ from dan_jax import precision as precision_lib
 from dan_jax import predict
 from dan_jax import steps
 from dan_jax import train_state
+
+import timing  # benchmarks/timing.py, beside this script
 
 # Peak dense bfloat16 TFLOP/s of one JAX device (a TPU v2/v3 device is one core, half a
 # chip; v4 and later, one chip), from the vendors' data sheets. Matched by prefix of

@@ -28,11 +28,12 @@ runtime.setup_entry_point()  # before JAX starts: the XLA:CPU flag on CPU-only h
 import jax
 import jax.numpy as jnp
 import numpy as np
-import timing  # beside this script
 
 from dan_jax import errors
 from dan_jax.models import dcls
 from dan_jax.models import dft
+
+import timing  # beside this script
 
 
 def _fft_rfft2(x, height=None, width=None, shift=0):

@@ -39,11 +39,12 @@ runtime.setup_entry_point()
 import jax
 import jax.numpy as jnp
 import numpy as np
-import timing  # beside this script
 
 from dan_jax import errors
 from dan_jax import models
 from dan_jax import steps
+
+import timing  # beside this script
 
 MODELS = {
     "DANv1": dict(version="DANv1", scale=4, nf=64, nb=40, loops=4),

@@ -478,7 +478,7 @@ def _export_one(fmt: str, out_dir: epath.Path, fn: Callable, reference: Callable
   try:
     form.write(path, fn, in_shape, input_dtype, platforms, names)
     seconds = time.perf_counter() - start
-    diffs, scales = _differences(fmt, form.load(path), reference, images, names)
+    diffs, scales = _differences(fmt, load_runner(fmt, path), reference, images, names)
   except ExportError:
     _remove(path)
     raise

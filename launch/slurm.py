@@ -19,9 +19,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common
-
 from dan_jax.errors import UsageError  # _common put this checkout on sys.path
+
+import _common
 
 
 def sbatch_script(args: argparse.Namespace, overrides: list[str]) -> str:

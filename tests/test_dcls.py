@@ -20,8 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
-import test_notebooks  # the nbclient runner
-from test_notebooks import kernel_env  # noqa: F401  (a pytest fixture of this module)
 
 from dan_jax import checkpoint
 from dan_jax import config as config_lib
@@ -29,6 +27,9 @@ from dan_jax import convert
 from dan_jax import errors
 from dan_jax import models
 from dan_jax.models import dcls
+
+import test_notebooks  # the nbclient runner
+from test_notebooks import kernel_env  # noqa: F401  (a pytest fixture of this module)
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 CASES = ("x4_setting1", "x4_setting2", "x2_setting1")
@@ -299,10 +300,10 @@ def ckpt_dcls(tmp_path_factory) -> str:
 
 @pytest.mark.slow  # ~30 s on 2 cores: compiles the tiny DCLS for 4 image sizes
 def test_evaluate_scores_dcls_kernels_like_danv2(tmp_path, ckpt_dcls, capsys):
-  import test_evaluate  # its Gaussian8/DIV2KRK makers
-
   from dan_jax import evaluate
   from dan_jax import metrics
+
+  import test_evaluate  # its Gaussian8/DIV2KRK makers
   test_evaluate._make_hr(tmp_path / "hr")
   kernels = test_evaluate._make_div2krk(tmp_path / "krk")
   work = tmp_path / "work"

@@ -6,8 +6,6 @@ import os
 import subprocess
 import sys
 
-from conftest import TINY_V2 as V2
-from conftest import tiny_variables as _variables
 import numpy as np
 from PIL import Image
 import pytest
@@ -20,6 +18,9 @@ from dan_jax import errors
 from dan_jax import evaluate
 from dan_jax import metrics
 from dan_jax import predict
+
+from conftest import TINY_V2 as V2
+from conftest import tiny_variables as _variables
 
 
 def _make_hr(folder):

@@ -3,9 +3,6 @@
 import io
 import os
 
-from conftest import TINY_V1 as V1
-from conftest import TINY_V2 as V2
-from conftest import tiny_variables as _variables
 import numpy as np
 from PIL import Image
 from PIL import ImageOps
@@ -18,6 +15,10 @@ from dan_jax import image_io
 from dan_jax import infer
 from dan_jax import predict
 from dan_jax import prediction_io
+
+from conftest import TINY_V1 as V1
+from conftest import TINY_V2 as V2
+from conftest import tiny_variables as _variables
 
 
 def _photo(h, w, y=100, x=150):

@@ -347,7 +347,8 @@ _SHARDED_RUN = textwrap.dedent("""
     import json, sys
     import jax
     import numpy as np
-    from dan_jax import config as config_lib, train
+    from dan_jax import config as config_lib, parallel, train
+    from dan_jax.errors import TrainingError
     assert jax.device_count() == 8, jax.devices()
     config = config_lib.load(sys.argv[1])
     config.num_train_steps = 2
@@ -358,7 +359,7 @@ _SHARDED_RUN = textwrap.dedent("""
     for batch_size in (12, 4):
       try:
         train.check_batch_size(batch_size, mesh)
-      except errors.TrainingError as e:
+      except TrainingError as e:
         errors.append(str(e))
     print("RESULT " + json.dumps({"loss": result["train_loss"], "errors": errors}))
 """)

@@ -3,8 +3,6 @@
 
 import functools
 
-from conftest import TINY_V2
-from conftest import tiny_variables
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -15,6 +13,9 @@ import pytest
 from dan_jax import models
 from dan_jax import steps
 from dan_jax import train_state
+
+from conftest import TINY_V2
+from conftest import tiny_variables
 
 
 def _batch(config, b=2, h=8, w=8, seed=3):
