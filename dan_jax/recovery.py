@@ -15,7 +15,6 @@ from typing import Any, Callable, Optional
 
 from absl import logging
 from jax.sharding import NamedSharding
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -25,16 +24,6 @@ from dan_jax.errors import CollapseError
 from dan_jax.errors import DivergedError
 from dan_jax.errors import NonFiniteLossError
 from dan_jax.train_state import TrainState
-
-# Defaults of the recovery fields for configs that predate them (configs/default.py
-# states the same values).
-RECOVERY_DEFAULTS = {"clip_grad_norm": 0.0, "max_consecutive_nonfinite": 20,
-                     "collapse_psnr_drop": 3.0, "max_rollbacks": 3}
-
-
-def recovery_fields(config: ml_collections.ConfigDict) -> dict:
-  """The recovery fields of `config`, with RECOVERY_DEFAULTS for the missing ones."""
-  return {k: config.get(k, v) for k, v in RECOVERY_DEFAULTS.items()}
 
 
 @dataclasses.dataclass

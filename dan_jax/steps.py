@@ -4,8 +4,9 @@ The official loss supervises only the last alternating iteration and the model s
 gradients between iterations, so iterations 1..N-1 run forward only (`compute_losses`).
 Adam as PyTorch's (L2 weight decay in the gradient), MultiStep halving, optional EMA. A
 step with a non-finite loss or gradient is skipped inside the jitted step; `Faults`
-injects such steps for the recovery tests. Jitted over a `Mesh` with axis 'data': state
-replicated (and donated), batches sharded.
+injects such steps for the recovery tests, and `recovery_fields` gives the recovery
+fields' defaults. Jitted over a `Mesh` with axis 'data': state replicated (and donated),
+batches sharded.
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ def faults_from_config(config: ml_collections.ConfigDict) -> Faults:
                 collapse_at_step=int(debug.get("collapse_at_step") or 0))
 
 
+# Defaults of the recovery fields for configs that predate them (configs/default.py
+# states the same values).
+RECOVERY_DEFAULTS = {"clip_grad_norm": 0.0, "max_consecutive_nonfinite": 20,
+                     "collapse_psnr_drop": 3.0, "max_rollbacks": 3}
+
+
+def recovery_fields(config: ml_collections.ConfigDict) -> dict:
+  """The recovery fields of `config`, with RECOVERY_DEFAULTS for the missing ones."""
+  return {k: config.get(k, v) for k, v in RECOVERY_DEFAULTS.items()}
+
+
 def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule:
   """MultiStep schedule: lr * gamma^(number of milestones <= step), as torch MultiStepLR."""
   scales = collections.Counter(int(m) for m in config.lr_milestones)
@@ -69,8 +81,9 @@ def create_optimizer(config: ml_collections.ConfigDict,
   as the official recipe).
   """
   parts = []
-  if config.get("clip_grad_norm", 0.0):
-    parts.append(optax.clip_by_global_norm(float(config.clip_grad_norm)))
+  clip = recovery_fields(config)["clip_grad_norm"]
+  if clip:
+    parts.append(optax.clip_by_global_norm(float(clip)))
   if config.weight_decay:
     # torch.optim.Adam adds weight_decay * param to the gradient before the moments
     # (not decoupled AdamW); the official weight_decay_G means this.

@@ -146,7 +146,7 @@ def _check_schedule(config: ml_collections.ConfigDict) -> None:
 def _check_recovery(config: ml_collections.ConfigDict) -> None:
   """Recovery fields (configs written before they existed get the defaults' behaviour)."""
   need = functools.partial(_need, config)
-  fields = recovery.recovery_fields(config)
+  fields = steps.recovery_fields(config)
   need(_finite(fields["clip_grad_norm"]) and fields["clip_grad_norm"] >= 0,
        "clip_grad_norm", "a non-negative number (0: off)")
   need(_finite(fields["collapse_psnr_drop"]) and fields["collapse_psnr_drop"] >= 0,
@@ -267,7 +267,7 @@ class _Run:
   p_eval_step: Callable  # (variables, lr) -> (sr, code, kernel)
   manager: ocp.CheckpointManager  # WORKDIR/checkpoints: the latest checkpoints
   meta: dict  # every checkpoint's meta: the full config
-  recovery: dict  # recovery.recovery_fields(config)
+  recovery: dict  # steps.recovery_fields(config)
   preemption_every: int  # config.preemption_check_every_steps
   best_manager: Optional[ocp.CheckpointManager] = None  # WORKDIR/checkpoints_best
   writer: Any = None  # clu metric writer
@@ -304,7 +304,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   """Checks the config and workdir, builds the mesh, jitted steps and checkpoint manager."""
   spec = validate_config(config)
   preemption_every = preemption_check_every(config)
-  recovery_config = recovery.recovery_fields(config)
+  recovery_config = steps.recovery_fields(config)
   workdir = _prepare_workdir(workdir)
   mesh = parallel.create_mesh()
   check_batch_size(config.batch_size, mesh)
