@@ -241,8 +241,8 @@ def check_gradients(report: Report, model_config: dict, b: int, size: int) -> No
 # ---------------------------------------------------------------------------------------
 
 
-def _train_losses(config, steps: int, devices: list) -> tuple[list[float], Any]:
-  """Losses of `steps` training steps of `config` on a mesh of `devices`, and the params."""
+def _train_losses(config, num_steps: int, devices: list) -> tuple[list[float], Any]:
+  """Losses of `num_steps` training steps of `config` on a mesh of `devices`; the params."""
   spec = models.spec_from_config(config.model)
   model = models.create_model(spec)
   pca = degradation.build_pca(
@@ -256,7 +256,7 @@ def _train_losses(config, steps: int, devices: list) -> tuple[list[float], Any]:
                              parallel.replicated(mesh))
   batches = input_pipeline.create_train_iterator(config, pca, start_step=0)
   losses = []
-  for _ in range(steps):
+  for _ in range(num_steps):
     state, m = step(state, parallel.to_global(next(batches), parallel.data_sharded(mesh)))
     losses.append(float(parallel.to_host(m["loss"])))
   return losses, jax.device_get(state.params)
@@ -269,18 +269,20 @@ def _tiny_config(batch_size: int):
   return config
 
 
-def check_loss_curves(report: Report, steps: int) -> None:
+def check_loss_curves(report: Report, num_steps: int) -> None:
   n = jax.device_count()
   curves = {}
   for name, dtype in (("float32", "float32"), ("bfloat16", "bfloat16")):
     config = _tiny_config(parallel.round_up(8, n))
     config.model.dtype = dtype
     t = time.perf_counter()
-    curves[name] = (_train_losses(config, steps, jax.devices())[0], time.perf_counter() - t)
+    curves[name] = (_train_losses(config, num_steps, jax.devices())[0],
+                    time.perf_counter() - t)
   f32, bf16 = curves["float32"][0], curves["bfloat16"][0]
-  marks = sorted({1, *range(max(steps // 10, 1), steps + 1, max(steps // 10, 1))})
+  every = max(num_steps // 10, 1)
+  marks = sorted({1, *range(every, num_steps + 1, every)})
   report.add("## 3. Loss curves: configs/test.py in float32 and bfloat16", "",
-             f"{steps} steps, batch {parallel.round_up(8, n)} on {n} device(s), "
+             f"{num_steps} steps, batch {parallel.round_up(8, n)} on {n} device(s), "
              f"precision 'default' (config.matmul_precision); loss at each step. Wall time "
              f"float32 {curves['float32'][1]:.1f} s, bfloat16 {curves['bfloat16'][1]:.1f} s "
              "(with compilation).", "",
@@ -288,23 +290,23 @@ def check_loss_curves(report: Report, steps: int) -> None:
   for s in marks:
     report.add(f"| {s} | {f32[s - 1]:.5f} | {bf16[s - 1]:.5f} | "
                f"{bf16[s - 1] - f32[s - 1]:+.5f} |")
-  w = max(steps // 10, 1)
+  w = max(num_steps // 10, 1)
   mean = lambda xs: float(np.mean(xs))
   finite = all(np.isfinite(f32 + bf16))
   fell = mean(f32[-w:]) < mean(f32[:w])
   report.add("", f"Both finite: {report.check(finite, 'loss curves finite')}; float32 "
              f"loss fell from {mean(f32[:w]):.4f} (first {w}) to {mean(f32[-w:]):.4f} "
-             f"(last {w}): {report.check(fell or steps < 20, 'loss falls')}; bfloat16 "
+             f"(last {w}): {report.check(fell or num_steps < 20, 'loss falls')}; bfloat16 "
              f"{mean(bf16[:w]):.4f} -> {mean(bf16[-w:]):.4f}.", "")
 
 
-def check_devices(report: Report, steps: int) -> None:
+def check_devices(report: Report, num_steps: int) -> None:
   devices = jax.devices()
   n = len(devices)
   config = _tiny_config(parallel.round_up(8, n))
   config.matmul_precision = "highest"
-  one, p_one = _train_losses(config, steps, devices[:1])
-  every, p_all = _train_losses(config, steps, devices)
+  one, p_one = _train_losses(config, num_steps, devices[:1])
+  every, p_all = _train_losses(config, num_steps, devices)
   param_err = max(_rel(a, b) for a, b in zip(jax.tree_util.tree_leaves(p_all),
                                              jax.tree_util.tree_leaves(p_one)))
   loss_err = max(abs(a - b) / abs(b) for a, b in zip(every, one))
@@ -319,13 +321,13 @@ def check_devices(report: Report, steps: int) -> None:
     preds[label] = predictor.predict_batch(images)
   sr_err = max(float(np.abs(a.sr - b.sr).max()) for a, b in zip(preds["one"], preds["all"]))
   report.add("## 4. One device vs all devices", "",
-             f"configs/test.py, {steps} steps at precision 'highest', batch "
+             f"configs/test.py, {num_steps} steps at precision 'highest', batch "
              f"{config.batch_size}: mesh of 1 device vs all {n}; inference of 3 images "
              "(predict.Predictor, whole images) on 1 vs all devices.", "",
              "| quantity | max relative difference | bound | verdict |", "|---|---|---|---|",
              f"| training loss, every step | {loss_err:.2e} | 1e-4 | "
              f"{report.check(loss_err < 1e-4, 'devices: loss')} |",
-             f"| parameters after {steps} steps | {param_err:.2e} | 1e-3 | "
+             f"| parameters after {num_steps} steps | {param_err:.2e} | 1e-3 | "
              f"{report.check(param_err < 1e-3, 'devices: params')} |",
              f"| inference SR (absolute, [0,1] range) | {sr_err:.2e} | 1e-5 | "
              f"{report.check(sr_err < 1e-5, 'devices: inference')} |", "")
