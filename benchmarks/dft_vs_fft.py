@@ -21,17 +21,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dan_jax import runtime  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dan_jax import runtime
 
 runtime.setup_entry_point()  # before JAX starts: the XLA:CPU flag on CPU-only hosts
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dan_jax.models import dft  # pylint: disable=g-import-not-at-top,wrong-import-position
-import timing  # pylint: disable=g-import-not-at-top,wrong-import-position (beside this script)
+from dan_jax import errors
+from dan_jax.models import dcls
+from dan_jax.models import dft
+
+import timing  # beside this script
 
 
 def _fft_rfft2(x, height=None, width=None, shift=0):
@@ -112,4 +114,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except errors.Error as e:  # a bad config, checkpoint or argument: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -26,11 +26,14 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+from etils import epath
+import jax
 
-from dan_jax import checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dan_jax import export  # pylint: disable=g-import-not-at-top,wrong-import-position
-from dan_jax import models  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dan_jax import checkpoint
+from dan_jax import config as config_lib
+from dan_jax import errors
+from dan_jax import export
+from dan_jax import models
 
 
 def _time(fn, x, repeats):
@@ -53,7 +56,7 @@ def main() -> None:
   p.add_argument("--out", default=None, help="export directory (default: a temporary one)")
   args = p.parse_args()
   size = export.parse_size(args.size)
-  config = checkpoint.load_config_file(
+  config = config_lib.load(
       str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "x4.py") + ":v2").model
   model = models.create_model(config)
   k2, n = config.kernel_size**2, config.code_len
@@ -77,7 +80,7 @@ def main() -> None:
     rows = [("model.apply (jax.jit)", "-", "-", first, jax_s)]
     for fmt in export.FORMATS:
       a = manifest["artifacts"][fmt]
-      run = export.load_runner(fmt, export.epath.Path(out) / a["file"])
+      run = export.load_runner(fmt, epath.Path(out) / a["file"])
       got, first, secs = _time(run, x, args.repeats)
       diff = max(float(np.max(np.abs(np.asarray(got[k]) - want[k]))) for k in want)
       rows.append((fmt, f"{a['bytes'] / 1e6:.1f}", f"{diff:.1e}", first, secs))
@@ -95,4 +98,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except errors.Error as e:  # a bad config, checkpoint or argument: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

@@ -26,15 +26,19 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # pylint: disable=g-import-not-at-top
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dan_jax import checkpoint
+from dan_jax import config as config_lib
+from dan_jax import errors
 from dan_jax import input_pipeline
 from dan_jax import models
+from dan_jax import parallel
 from dan_jax import steps
 from dan_jax import train
+from dan_jax import train_state
 
 
 def _loop(step_fn, state, batches, data_sharding, steps: int, window: int,
@@ -43,15 +47,15 @@ def _loop(step_fn, state, batches, data_sharding, steps: int, window: int,
   start = time.perf_counter()
   pending, kept, waited = None, [], 0.0
   for i in range(1, steps + 1):
-    state, metrics = step_fn(state, train.to_global(next(batches), data_sharding))
+    state, metrics = step_fn(state, parallel.to_global(next(batches), data_sharding))
     t = time.perf_counter()
     if per_step:
       if pending is not None:
-        bool(train.to_host(pending["finite"]))  # the one-step-late read
+        bool(parallel.to_host(pending["finite"]))  # the one-step-late read
       pending = metrics
     kept.append(metrics)
     if i % window == 0 or i == steps:
-      [{k: float(train.to_host(v)) for k, v in m.items()} for m in kept]
+      [{k: float(parallel.to_host(v)) for k, v in m.items()} for m in kept]
       kept = []
     waited += time.perf_counter() - t
   jax.block_until_ready(state)
@@ -68,10 +72,10 @@ def main() -> None:
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
 
-  config = checkpoint.load_config_file(args.config)
+  config = config_lib.load(args.config)
   config.log_every_steps = args.window
   spec = train.validate_config(config)
-  mesh = train.create_mesh(jax.devices()[:1])
+  mesh = parallel.create_mesh(jax.devices()[:1])
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   model, _, tx, step_fn, _ = steps.step_functions(
       spec, tuple(tuple(config[f]) if f == "lr_milestones" else config.get(f, 0.0)
@@ -80,7 +84,7 @@ def main() -> None:
       float(config.ema_decay))
   pca = np.linalg.qr(np.random.default_rng(0).normal(
       size=(spec.kernel_size**2, spec.code_len)))[0].astype(np.float32)
-  state = train.to_global(train.create_train_state(
+  state = parallel.to_global(train_state.create_train_state(
       models.init_variables(model, 0, pca), tx, config.ema_decay > 0), replicated)
   batches = input_pipeline.create_train_iterator(config, pca)
   state, *_ = _loop(step_fn, state, batches, data, 20, args.window, True)  # compile, warm
@@ -109,4 +113,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except errors.Error as e:  # a bad config, checkpoint or argument: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

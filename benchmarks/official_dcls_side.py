@@ -126,7 +126,7 @@ def main() -> None:
   only = set(filter(None, args.only.split(","))) or {"train", "forward", "infer", "fft",
                                                        "memory"}
 
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
   install_shim(torch)
   torch.set_num_threads(args.threads or os.cpu_count() or 1)
   arch, loss_module, utils = load_official(args.checkout)

@@ -58,7 +58,7 @@ def main() -> None:
   ap.add_argument("--repeats", type=int, default=3)
   args = ap.parse_args()
 
-  import torch  # pylint: disable=g-import-not-at-top
+  import torch
   torch.set_num_threads(os.cpu_count() or 1)
   arch = _load_arch(args.checkout, args.version)
   k, scale = 21, 4

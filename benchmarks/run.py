@@ -36,13 +36,15 @@ from dan_jax import runtime
 # (input-pipeline benchmark) off the accelerators.
 runtime.setup_entry_point()
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
 
+from dan_jax import errors
 from dan_jax import models
-from dan_jax import train
-import timing  # pylint: disable=g-import-not-at-top,wrong-import-position (beside this script)
+from dan_jax import steps
+
+import timing  # beside this script
 
 MODELS = {
     "DANv1": dict(version="DANv1", scale=4, nf=64, nb=40, loops=4),
@@ -104,7 +106,7 @@ def _memory_child(args: argparse.Namespace, name: str) -> int:
 
 def bench_cls_fft(args: argparse.Namespace, channels: int, kernel_size: int) -> dict:
   """DCLS's CLS Fourier deconvolution alone at the train-step feature shape."""
-  from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top
+  from dan_jax.models import dcls
   rng = np.random.default_rng(2)
   b, s = args.batch, args.lr_size
   x = jnp.asarray(rng.uniform(size=(b, s, s, channels)), jnp.float32)
@@ -167,7 +169,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     out["forward_s"] = timing.median_seconds(lambda: fwd(variables, lr_batch), args.repeats)
     out["forward_gflops"] = out["forward_flops"] / out["forward_s"] / 1e9
 
-  step_fn, state, batch = train.benchmark_step(model, variables, batch)
+  step_fn, state, batch = steps.benchmark_step(model, variables, batch)
   t = time.perf_counter()
   compiled = step_fn.lower(state, batch).compile()
   out["train_compile_s"] = time.perf_counter() - t
@@ -209,11 +211,12 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
 
 def bench_pipeline(setting: int, threads: int, batches: int) -> float:
   """Samples/s of the training input pipeline (demo images, x4, 256x256 HR)."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from dan_jax import degradation  # pylint: disable=g-import-not-at-top
-  from dan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+
+  from dan_jax import degradation
+  from dan_jax import input_pipeline
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from configs import default
   config = default.get_config()
   config.data.source = "demo"
   config.batch_size = 16
@@ -294,7 +297,8 @@ def main() -> None:
     return
   skip = set(filter(None, args.skip.split(",")))
 
-  print(f"# dan_jax benchmarks, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+  cpu = platform.processor() or platform.machine()
+  print(f"# dan_jax benchmarks, {time.strftime('%Y-%m-%d')}, {cpu}, "
         f"{os.cpu_count()} cores, devices {[d.device_kind for d in jax.devices()]}, "
         f"jax {jax.__version__}, dtype {args.dtype}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
   results: dict = {"models": []}
@@ -362,4 +366,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-  main()
+  try:
+    main()
+  except errors.Error as e:  # a bad config, checkpoint or argument: one line, not a traceback
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)

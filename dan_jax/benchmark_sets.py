@@ -21,14 +21,11 @@ import numpy as np
 
 from dan_jax import image_io
 from dan_jax import storage
+from dan_jax.errors import EvaluationError
 
 GAUSSIAN8_KERNEL_SIZE = 21  # official generate_mod_blur_LR_bic.py
 DIV2KRK_NAME = "DIV2KRK"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class EvaluationError(ValueError):
-  """The datasets or options cannot be evaluated as given."""
 
 
 @dataclasses.dataclass
@@ -80,7 +77,7 @@ def _hr_listing(hr_dir: str) -> dict[str, int]:
 
 def sigma_dirs(cache_root: str, scale: int) -> dict[str, str]:
   """{"%.2f" sigma: folder} of a Gaussian8 set laid out by write_gaussian8_set."""
-  from dan_jax import degradation  # pylint: disable=g-import-not-at-top
+  from dan_jax import degradation
   return {f"{s:.2f}": storage.join(cache_root, f"x{scale}", f"sig{s:.2f}")
           for s in degradation.gaussian8_sigmas(scale)}
 
@@ -94,7 +91,7 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
   object stores have no rename (it copies every object), so there the set is written in
   place and its manifest, written last, marks it complete.
   """
-  from dan_jax import degradation  # pylint: disable=g-import-not-at-top
+  from dan_jax import degradation
   root = storage.path(storage.join(workdir, "gaussian8", name))
   final = root / f"x{scale}"
   manifest_path = final / "manifest.json"
@@ -149,7 +146,7 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
 
 def gaussian8_jobs(name: str, dirs: dict[str, str], scale: int) -> list[Job]:
   """Jobs of a Gaussian8 set ({"%.2f" sigma: folder}, from `prepare_gaussian8`)."""
-  from dan_jax import degradation  # pylint: disable=g-import-not-at-top
+  from dan_jax import degradation
   exact = {f"{s:.2f}": float(s) for s in degradation.gaussian8_sigmas(scale)}
   jobs = []
   for sigma, d in dirs.items():
@@ -206,7 +203,7 @@ def load_kernel(path: str) -> np.ndarray:
     if path.endswith(".npy"):
       k = np.load(data)
     else:
-      import scipy.io  # pylint: disable=g-import-not-at-top
+      import scipy.io
       mat = scipy.io.loadmat(data)
       if "Kernel" in mat:
         k = mat["Kernel"]
@@ -219,7 +216,7 @@ def load_kernel(path: str) -> np.ndarray:
         k = arrays[0]
   except EvaluationError:
     raise
-  except Exception as e:  # pylint: disable=broad-except  (scipy/numpy raise many types)
+  except Exception as e:  # scipy/numpy raise many types
     raise EvaluationError(f"{path}: unreadable kernel file ({e})") from e
   k = np.asarray(k, np.float64)
   if k.ndim != 2:
@@ -229,7 +226,7 @@ def load_kernel(path: str) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _gaussian8_kernel(sigma: float) -> np.ndarray:
-  from dan_jax import degradation  # pylint: disable=g-import-not-at-top
+  from dan_jax import degradation
   return degradation.isotropic_gaussian_kernel(GAUSSIAN8_KERNEL_SIZE, sigma).numpy()
 
 

@@ -16,23 +16,21 @@ import re
 from typing import Any, Optional
 
 import jax
-import ml_collections
 from jax.sharding import NamedSharding
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from dan_jax import models
 from dan_jax import parallel
 from dan_jax import storage
+from dan_jax.errors import CheckpointError
 from dan_jax.errors import TrainingError
-from dan_jax.train_state import COUNTERS, TrainState
+from dan_jax.train_state import COUNTERS
+from dan_jax.train_state import TrainState
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 ITEMS = ("state", "model_config", "meta")
-
-
-class CheckpointError(ValueError):
-  """A checkpoint is missing, unreadable or does not fit what is asked of it."""
 
 
 def model_config_to_dict(model_config: Any) -> dict:
@@ -196,21 +194,6 @@ def check_variables(variables: dict, model_config: Any, where: str = "checkpoint
                           f"({spec.version} x{spec.scale}); first differences: {diff}")
 
 
-def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """Loads `path/to/config.py[:arg]` (kept for callers of the old name: `config.load`)."""
-  from dan_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  try:
-    return config_lib.load(spec)
-  except config_lib.ConfigError as e:
-    raise CheckpointError(str(e)) from e
-
-
-def config_json(config: ml_collections.ConfigDict) -> str:
-  """The config as JSON text (kept for callers of the old name: `config.to_json`)."""
-  from dan_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  return config_lib.to_json(config)
-
-
 # ---------------------------------------------------------------------------------------
 # Training checkpoints: compatibility, restore, latest and best saves
 # ---------------------------------------------------------------------------------------
@@ -263,7 +246,7 @@ def read_info(manager: ocp.CheckpointManager, step: int, spec: models.ModelSpec)
   try:
     info = manager.restore(step, args=ocp.args.Composite(
         model_config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise TrainingError(f"cannot read the checkpoint {where}: {e}") from e
   check_compatible(dict(info["model_config"]), spec, f"the checkpoint {where}",
                    "refusing to resume: use another --workdir (nothing was deleted)")
@@ -278,10 +261,10 @@ def restore_state(manager: ocp.CheckpointManager, step: int, template: TrainStat
       state=ocp.args.StandardRestore(_abstract(t, sharding))))
   try:
     restored = restore(target)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     try:  # a checkpoint saved before the recovery counters existed
       restored = restore({k: v for k, v in target.items() if k not in COUNTERS})
-    except Exception:  # pylint: disable=broad-except
+    except Exception:
       raise TrainingError(
           f"cannot resume from {manager.directory}/{step}: its training state does not fit "
           f"this config (e.g. ema_decay or weight_decay switched on or off): {e}") from e

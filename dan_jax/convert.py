@@ -27,7 +27,9 @@ import ml_collections
 import numpy as np
 
 from dan_jax import checkpoint as checkpoint_lib
+from dan_jax import config as config_lib
 from dan_jax import models
+from dan_jax.errors import ConversionError, Error
 
 # Official YAML option -> our model config field.
 _OFFICIAL_TO_OURS = {
@@ -42,10 +44,6 @@ _OFFICIAL_TO_OURS = {
 }
 # Sizes the official code fixes in its Estimators (not YAML options); overridable here.
 _EXTRA_FIELDS = ("estimator_nf", "estimator_nb")
-
-
-class ConversionError(ValueError):
-  """The weights do not fit the requested model."""
 
 
 def model_config_from_official(version: str, **official_options: Any
@@ -495,9 +493,9 @@ def main(argv: Optional[list[str]] = None) -> int:
   try:
     model_config = None
     if args.config:
-      model_config = checkpoint_lib.load_config_file(args.config).model
+      model_config = config_lib.load(args.config).model
     config = convert_file(args.official, args.out, model_config, args.loops, args.pca)
-  except (ConversionError, checkpoint_lib.CheckpointError, ValueError) as e:
+  except (Error, ValueError) as e:  # ValueError: weights the mapping does not know
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"wrote {config.version} x{config.scale} checkpoint to {args.out}")

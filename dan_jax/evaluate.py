@@ -1,6 +1,49 @@
-"""Benchmark a DAN checkpoint with the official test protocol.
+"""Benchmark a checkpoint with the official test protocol: Gaussian8 and DIV2KRK.
 
-  python -m dan_jax.evaluate --checkpoint DIR --out WORKDIR \
+Super-resolves every LR image of the test sets (`benchmark_sets` builds or reads them),
+scores it as the official test.py does (uint8, MATLAB Y channel, border = scale) and
+writes the paper-shaped tables, a CSV row per image and a JSON summary. Images are grouped
+by LR size so that same-sized images share a compiled program and a batch. The manual
+(settings, protocol, outputs, exit status) is `python -m dan_jax.evaluate --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import io
+import json
+import math
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+from tqdm import tqdm
+
+from dan_jax import benchmark_sets
+from dan_jax import checkpoint as checkpoint_lib
+from dan_jax import image_io
+from dan_jax import metrics
+from dan_jax import parallel
+from dan_jax import prediction_io
+from dan_jax import runtime
+from dan_jax import storage
+from dan_jax.benchmark_sets import div2krk_jobs
+from dan_jax.benchmark_sets import DIV2KRK_NAME
+from dan_jax.benchmark_sets import gaussian8_jobs
+from dan_jax.benchmark_sets import Job
+from dan_jax.benchmark_sets import parse_datasets
+from dan_jax.benchmark_sets import prepare_gaussian8
+from dan_jax.errors import Error
+from dan_jax.errors import EvaluationError
+from dan_jax.errors import ImageError
+from dan_jax.prediction import SRPredictor
+
+_MANUAL = """\
+  python -m dan_jax.evaluate --checkpoint DIR --out WORKDIR \\
       --dataset Set5=/data/Set5 --dataset Set14=/data/Set14 --div2krk /data/DIV2KRK
 
 Setting 1 (Gaussian8): each `--dataset NAME=HR_FOLDER` (or `--hr_dirs A=p,B=q`) is turned
@@ -38,36 +81,6 @@ image), `summary.json` (averages, settings), `table.txt` (the printed tables) an
 images failed (each gets an `error:` line; the others are evaluated), 2 when nothing
 could be done.
 """
-
-from __future__ import annotations
-
-import csv
-import datetime
-import json
-import math
-import io
-import sys
-import time
-from typing import Any, Callable, Optional
-
-import jax
-import numpy as np
-
-from dan_jax import benchmark_sets
-from dan_jax import image_io
-from dan_jax import metrics
-from dan_jax import storage
-# Test-set building lives in `benchmark_sets`; these names stay importable from here.
-from dan_jax.benchmark_sets import DIV2KRK_NAME
-from dan_jax.benchmark_sets import EvaluationError
-from dan_jax.benchmark_sets import GAUSSIAN8_KERNEL_SIZE  # pylint: disable=unused-import
-from dan_jax.benchmark_sets import Job
-from dan_jax.benchmark_sets import div2krk_jobs
-from dan_jax.benchmark_sets import gaussian8_jobs
-from dan_jax.benchmark_sets import load_kernel  # pylint: disable=unused-import
-from dan_jax.benchmark_sets import parse_datasets
-from dan_jax.benchmark_sets import prepare_gaussian8
-
 CSV_FIELDS = ("dataset", "subset", "image", "lr_height", "lr_width", "psnr_y", "ssim_y",
               "psnr_rgb", "ssim_rgb", "kernel_mse", "kernel_mae", "kernel_sad",
               "kernel_psnr")
@@ -81,11 +94,11 @@ KERNEL_FIELDS = ("kernel_mse", "kernel_mae", "kernel_sad", "kernel_psnr")
 
 
 def _image_size(path: str) -> tuple[int, int]:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # noqa: PLC0415
   try:
     with storage.path(path).open("rb") as f, Image.open(f) as im:
       return im.size[1], im.size[0]
-  except Exception:  # pylint: disable=broad-except  (reported when read for real)
+  except Exception:  # reported when read for real
     return (0, 0)
 
 
@@ -140,7 +153,7 @@ def _cell(avg: Optional[dict]) -> str:
 def format_tables(summary: dict, scale: int, title: str, crop_border: int) -> str:
   """The paper-shaped tables: Gaussian8 (rows datasets, columns sigmas + average) and
   DIV2KRK (one PSNR/SSIM column and the kernel errors)."""
-  from dan_jax import degradation  # pylint: disable=g-import-not-at-top
+  from dan_jax import degradation  # TensorFlow: only where Gaussian8 sets were built
   lines = []
   g8 = {d: s for d, s in summary.items() if d != DIV2KRK_NAME}
   if g8:
@@ -177,14 +190,12 @@ def _grid(headers: list[str], body: list[list[str]]) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 
-def run_jobs(predictor, jobs: list[Job], crop_border: int, image_dir: Optional[str] = None,
-             log=print) -> tuple[list[dict], list[dict]]:
+def run_jobs(predictor: SRPredictor, jobs: list[Job], crop_border: int,
+             image_dir: Optional[str] = None, log=print) -> tuple[list[dict], list[dict]]:
   """Super-resolves and scores every job; returns (rows, failures).
 
   Jobs are grouped by LR size so that same-sized images share a program and a batch.
   """
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-  from dan_jax import infer  # pylint: disable=g-import-not-at-top
   sizes = [_image_size(j.lr_path) for j in jobs]
   order = sorted(range(len(jobs)), key=lambda i: (sizes[i], i))
   rows: list[Optional[dict]] = [None] * len(jobs)
@@ -200,7 +211,7 @@ def run_jobs(predictor, jobs: list[Job], crop_border: int, image_dir: Optional[s
         try:
           lrs.append(image_io.read_image(jobs[i].lr_path).rgb)
           batch.append(i)
-        except image_io.ImageError as e:
+        except ImageError as e:
           failures.append({"file": jobs[i].lr_path, "error": str(e)})
           bar.write(f"error: {e}", file=sys.stderr)
           bar.update(1)
@@ -224,10 +235,10 @@ def run_jobs(predictor, jobs: list[Job], crop_border: int, image_dir: Optional[s
               sub = storage.join(image_dir, job.dataset, job.subset and f"sig{job.subset}")
               if not storage.is_url(sub):  # object stores have no folders to create
                 storage.path(sub).mkdir(parents=True, exist_ok=True)
-              paths = infer.output_paths(job.lr_path, sub, predictor.scale,
-                                         predictor.has_kernel)
-              infer.save_prediction(pred, paths, None, predictor.scale)
-          except (image_io.ImageError, EvaluationError, ValueError) as e:
+              paths = prediction_io.output_paths(job.lr_path, sub, predictor.scale,
+                                                 predictor.has_kernel)
+              prediction_io.save_prediction(pred, paths, None, predictor.scale)
+          except (Error, ValueError) as e:  # this image only
             failures.append({"file": job.lr_path, "error": str(e)})
             bar.write(f"error: {job.lr_path}: {e}", file=sys.stderr)
           bar.update(1)
@@ -271,11 +282,11 @@ def _new_run_dir(workdir: str, scale: int, ensemble: bool) -> str:
 
 
 def _build_parser():
-  import argparse  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(
       prog="python -m dan_jax.evaluate",
       description="Evaluate a DAN checkpoint on Gaussian8 (setting 1) and DIV2KRK "
-                  "(setting 2) with the official protocol.")
+                  "(setting 2) with the official protocol.",
+      epilog=_MANUAL, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", required=True,
                  help="training workdir (latest checkpoint), step directory or converted "
                       "official checkpoint")
@@ -290,35 +301,21 @@ def _build_parser():
                  help="must match the checkpoint's scale (default: the checkpoint's)")
   p.add_argument("--crop_border", type=int, default=None,
                  help="pixels cut on each side before the metrics (default: the scale)")
-  p.add_argument("--self_ensemble", action="store_true",
-                 help="average the 8 flips/transposes (official test_x8)")
   p.add_argument("--save_images", action="store_true",
                  help="also write SR images and estimated kernels")
-  p.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
-                 help="use the EMA weights when the checkpoint has them (default: yes)")
-  p.add_argument("--batch_size", type=int, default=8,
-                 help="same-sized images per call, sharded over all devices (rounded up to "
-                      "a multiple of the device count)")
-  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.add_precision_flag(p)
-  p.add_argument("--pad_to_multiple", type=int, default=0,
-                 help="pad LR to a multiple of N to share compilations (APPROXIMATE)")
-  p.add_argument("--tile", type=int, default=0,
-                 help="tiled inference for LR images larger than this (see infer)")
-  p.add_argument("--tile_overlap", type=int, default=None,
-                 help="tile overlap (default: exact for DANv2)")
+  prediction_io.add_predictor_flags(p)
   return p
 
 
 def _setup(args, log: Callable[[str], None]) -> dict:
   """Checks the flags, loads the checkpoint, builds the predictor and the jobs (test sets
-  synthesized or read); raises ValueError/OSError on bad input."""
-  from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from dan_jax import infer  # pylint: disable=g-import-not-at-top
+  synthesized or read); raises errors.Error/OSError on bad input."""
   hr_sets = parse_datasets(args.dataset, args.hr_dirs)
   if not hr_sets and not args.div2krk:
     raise EvaluationError("nothing to evaluate: give --dataset NAME=HR_DIR, --hr_dirs "
                           "or --div2krk")
+  if hr_sets:
+    runtime.require_tensorflow("Building Gaussian8 test sets (--dataset, --hr_dirs)")
   model_config, variables, step = checkpoint_lib.load_model(args.checkpoint,
                                                             use_ema=args.use_ema)
   scale = int(model_config.scale)
@@ -328,11 +325,7 @@ def _setup(args, log: Callable[[str], None]) -> dict:
   crop = scale if args.crop_border is None else args.crop_border
   if crop < 0:
     raise EvaluationError(f"--crop_border must be >= 0, got {crop}")
-  predictor = infer.Predictor(model_config, variables, self_ensemble=args.self_ensemble,
-                              batch_size=args.batch_size,
-                              pad_to_multiple=args.pad_to_multiple, tile=args.tile,
-                              tile_overlap=args.tile_overlap,
-                              precision=args.precision)
+  predictor = prediction_io.build_predictor(args, model_config, variables)
   jobs = []
   if args.div2krk:
     jobs += div2krk_jobs(args.div2krk, scale, log)
@@ -349,7 +342,6 @@ def _setup(args, log: Callable[[str], None]) -> dict:
 def _write_report(args, run: dict, rows: list[dict], failures: list, title: str,
                   start: float) -> str:
   """Sorts the rows, writes metrics.csv, table.txt and summary.json; returns the table."""
-  from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   run_dir, scale, crop = run["run_dir"], run["scale"], run["crop"]
   # Gaussian8 before DIV2KRK, datasets in the order given, images in name order.
   rank = {name: i for i, name in enumerate(list(run["hr_sets"]) + [DIV2KRK_NAME])}
@@ -379,20 +371,18 @@ def main(argv: Optional[list[str]] = None) -> int:
   """The command line; returns the exit status (0 ok, 1 some images failed, 2 fatal)."""
   args = _build_parser().parse_args(argv)
   log = lambda msg: print(msg, file=sys.stderr)
-  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
   # Before JAX starts: XLA:CPU flag on CPU-only hosts; TensorFlow (Gaussian8 synthesis)
   # kept off the accelerators.
   runtime.setup_entry_point()
   start = time.perf_counter()
   try:
     run = _setup(args, log)
-  except (ValueError, OSError) as e:  # EvaluationError, CheckpointError, InferenceError
+  except (Error, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   predictor, run_dir = run["predictor"], run["run_dir"]
   ensemble = ", x8 self-ensemble" if args.self_ensemble else ""
   title = f"{predictor.spec.version} x{run['scale']} (step {run['step']}{ensemble})"
-  from dan_jax import parallel  # pylint: disable=g-import-not-at-top
   log(f"evaluating {title} on {len(run['jobs'])} LR image(s) with "
       f"{parallel.describe(predictor.mesh)}, precision {args.precision}; results in {run_dir}")
   if args.pad_to_multiple > 1:
@@ -403,7 +393,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   image_dir = storage.join(run_dir, "images") if args.save_images else None
   try:
     rows, failures = run_jobs(predictor, run["jobs"], run["crop"], image_dir, log)
-  except EvaluationError as e:
+  except Error as e:  # out of accelerator memory: nothing more can be done
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(_write_report(args, run, rows, failures, title, start))

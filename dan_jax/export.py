@@ -1,6 +1,48 @@
-"""Export a DAN checkpoint for deployment, and check every artifact against JAX.
+"""Export a checkpoint for deployment, and check every artifact against JAX.
 
-  python -m dan_jax.export --checkpoint DIR --out DIR \
+An artifact holds the whole alternating loop with the weights baked in: LR RGB
+[B, H, W, 3] -> {'sr', 'code'(, 'kernel')} of the last iteration. `FORMATS` is the table
+of formats (file, symbolic shapes, writer, runtime, what it needs installed): a new format
+is one entry. Each artifact is loaded back with its own runtime and compared with
+`model.apply` before it is kept; `exported.ExportedPredictor` runs the StableHLO one.
+The manual (formats, checks, manifest, exit status) is `python -m dan_jax.export --help`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Callable, Optional, Sequence
+
+from etils import epath
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dan_jax.errors import ArtifactCheckError
+from dan_jax.errors import Error
+from dan_jax.errors import ExportError
+from dan_jax.exported import MANIFEST
+from dan_jax.runtime import TENSORFLOW_HINT
+
+# Largest difference from `model.apply` allowed per output (SR, code, kernel), relative to
+# max(1, max |output|): for a trained model (SR in [0, 1]) an absolute 1e-3, a quarter of
+# an 8-bit grey level; an untrained one's SR reaches hundreds, and float32 rounding with
+# it. The runtimes only reorder float32 sums (measured: README "Export"); bfloat16 models
+# get 3e-2.
+TOLERANCE = {"float32": 1e-3, "bfloat16": 3e-2, "float16": 1e-2}
+# jax.export / jax2tf lowering platforms of the StableHLO and SavedModel artifacts.
+DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
+EXPORT_HINT = ('pip install "dan_jax[export]" && pip install --no-deps '
+               '"jax2onnx>=0.17.1,<0.18"')
+_MANUAL = """\
+  python -m dan_jax.export --checkpoint DIR --out DIR \\
       --format stablehlo,savedmodel,tflite,onnx [--size HxW] [--input_dtype uint8]
 
 Each artifact holds the whole alternating loop with the weights baked in: LR RGB
@@ -18,60 +60,26 @@ Formats (file in --out; runtime that checks it; shapes):
                               symbolic shapes produce
   onnx        dan.onnx        onnxruntime (jax2onnx, opset 21)   symbolic batch, height, width
 DCLS's artifacts take one LR size (--size), with a symbolic batch where the format has one:
-its Fourier deconvolution is built for the image size (`fixed_image_size`).
+its Fourier deconvolution is built for the image size.
 
 Every artifact is checked when written: loaded back with its own runtime and run on two
 crops of real photographs of different sizes (the symbolic formats also at batch 2); the
 largest difference from `model.apply` of each output (relative to max(1, max |output|))
-must be within TOLERANCE, or the command fails with one `error:` line, removes that
-artifact and keeps the ones already written and checked. `manifest.json` beside the artifacts records the model
-config, input/output conventions, each artifact's shapes, measured differences and size,
-and the package versions used. `python -m dan_jax.infer --exported DIR` runs the StableHLO
-artifact without the model code (see `ExportedPredictor`).
+must be within the tolerance (1e-3 for float32 models), or the command fails with one
+`error:` line, removes that artifact and keeps the ones already written and checked.
+`manifest.json` beside the artifacts records the model config, input/output conventions,
+each artifact's shapes, measured differences and size, and the package versions used.
+`python -m dan_jax.infer --exported DIR` runs the StableHLO artifact without the model
+code.
 
-TFLite and ONNX need `pip install "dan_jax[export]"` (onnxruntime, ai-edge-litert, ...)
-and `pip install --no-deps "jax2onnx>=0.17.1,<0.18"` (its orbax-checkpoint pin is too old).
+SavedModel and TFLite need TensorFlow (`pip install "dan_jax[tf]"`); TFLite and ONNX need
+`pip install "dan_jax[export]"` (onnxruntime, ai-edge-litert, ...) and
+`pip install --no-deps "jax2onnx>=0.17.1,<0.18"` (its orbax-checkpoint pin is too old).
 Exit status: 0 every artifact written and checked; 1 an artifact failed its check; 2
 nothing could be done (bad arguments, bad checkpoint, missing package).
 """
-
-from __future__ import annotations
-
-import dataclasses
-import importlib
-import importlib.metadata
-import json
-import sys
-import tempfile
-import time
-from typing import Any, Callable, Optional, Sequence
-
-import jax
-import jax.numpy as jnp
-import numpy as np
-from etils import epath
-
-FORMATS = ("stablehlo", "savedmodel", "tflite", "onnx")
-FILES = {"stablehlo": "dan.stablehlo", "savedmodel": "savedmodel", "tflite": "dan.tflite",
-         "onnx": "dan.onnx"}
-SYMBOLIC = {"stablehlo": True, "savedmodel": True, "tflite": False, "onnx": True}
-MANIFEST = "manifest.json"
-# Largest difference from `model.apply` allowed per output (SR, code, kernel), relative to
-# max(1, max |output|): for a trained model (SR in [0, 1]) an absolute 1e-3, a quarter of
-# an 8-bit grey level; an untrained one's SR reaches hundreds, and float32 rounding with
-# it. The runtimes only reorder float32 sums (measured: README "Export"); bfloat16 models
-# get 3e-2.
-TOLERANCE = {"float32": 1e-3, "bfloat16": 3e-2, "float16": 1e-2}
-# jax.export / jax2tf lowering platforms of the StableHLO and SavedModel artifacts.
-DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
-EXTRA_HINT = ('pip install "dan_jax[export]" && pip install --no-deps '
-              '"jax2onnx>=0.17.1,<0.18"')
 # Original jnp.shape, taken before jax2onnx patches it (see onnx_bytes).
 _JNP_SHAPE = jnp.shape
-
-
-class ExportError(ValueError):
-  """An export cannot be done as asked, or an artifact failed its check."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -107,7 +115,7 @@ def _pointwise_as_conv(next_fun, args, kwargs, context):
   TFLite converter lowers that to a `batch_matmul` it then rejects ("invalid output
   rank"). The convolution op gives the same values and converts.
   """
-  from dan_jax import models  # pylint: disable=g-import-not-at-top
+  from dan_jax import models
   m = context.module
   if (context.method_name == "_conv" and isinstance(m, models.Conv2d) and
       m.kernel_size == 1 and m.stride == 1 and m.padding == 0):
@@ -122,12 +130,12 @@ def _pointwise_as_conv(next_fun, args, kwargs, context):
 # ---------------------------------------------------------------------------------------
 
 
-def _need(module: str, what: str):
+def _need(module: str, what: str, hint: str = EXPORT_HINT):
   try:
     return importlib.import_module(module)
   except ImportError as e:
     raise ExportError(f"{what} needs the package {module.split('.')[0]!r}, which is not "
-                      f"installed: {EXTRA_HINT}") from e
+                      f"installed: {hint}") from e
 
 
 def _in_dtype(input_dtype: str):
@@ -149,8 +157,8 @@ def stablehlo_bytes(fn: Callable, in_shape: Sequence[int | str], input_dtype: st
 
 def _tf_function(fn: Callable, in_shape: Sequence[int | str], input_dtype: str,
                  platforms: Sequence[str]):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  from jax.experimental import jax2tf
+  import tensorflow as tf
   symbolic = any(isinstance(d, str) for d in in_shape)
   converted = jax2tf.convert(
       fn, polymorphic_shapes=[f"({', '.join(map(str, in_shape))})"] if symbolic else None,
@@ -164,7 +172,7 @@ def _tf_function(fn: Callable, in_shape: Sequence[int | str], input_dtype: str,
 def write_savedmodel(fn: Callable, path: str, in_shape: Sequence[int | str],
                      input_dtype: str, platforms: Sequence[str]) -> None:
   """A TF SavedModel (signature 'serving_default', input 'lr') of `fn` at `path`."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
   module = tf.Module()
   module.serve = _tf_function(fn, in_shape, input_dtype, platforms)
   tf.saved_model.save(module, path,
@@ -173,8 +181,8 @@ def write_savedmodel(fn: Callable, path: str, in_shape: Sequence[int | str],
 
 def tflite_bytes(fn: Callable, shape: Sequence[int], input_dtype: str) -> bytes:
   """A float32 TFLite flatbuffer of `fn` at the fixed input shape (via a SavedModel)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn
+  import tensorflow as tf
 
   def fixed(lr):
     with nn.intercept_methods(_pointwise_as_conv):
@@ -203,97 +211,107 @@ def onnx_bytes(fn: Callable, in_shape: Sequence[int | str], input_dtype: str,
       jnp.shape = patched
     return tuple(out[k] for k in names)
 
-  proto = jax2onnx.to_onnx(unpatched, [_input_spec(in_shape, input_dtype, upper=True)], model_name="dan", opset=21,
-                           input_names=["lr"], output_names=list(names))
+  proto = jax2onnx.to_onnx(unpatched, [_input_spec(in_shape, input_dtype, upper=True)],
+                           model_name="dan", opset=21, input_names=["lr"],
+                           output_names=list(names))
   return proto.SerializeToString()
 
 
-class ExportedPredictor:
-  """Runs the StableHLO artifact of an export directory: no Flax model code involved.
+# What each format's writer gets: `fn` traced at `in_shape` (names symbolic), the input
+# dtype, the lowering platforms (--platforms) and the output names in order.
+Writer = Callable[[epath.Path, Callable, Sequence, str, Sequence[str], Sequence[str]], None]
+# An artifact loaded back with its own runtime: lr -> {output name: np.ndarray}.
+Runner = Callable[[np.ndarray], dict]
 
-  Offers what `infer`'s command line uses of `predict.Predictor`: `spec` (version, scale),
-  `has_kernel`, `tiled_is_exact`, `mesh` and `predict(lr [H, W, 3] float in [0, 1])`.
-  """
 
-  def __init__(self, directory: str):
-    d = epath.Path(directory)
-    try:
-      self.manifest = json.loads((d / MANIFEST).read_text())
-      blob = (d / self.manifest["artifacts"]["stablehlo"]["file"]).read_bytes()
-      self.exported = jax.export.deserialize(bytearray(blob))
-    except Exception as e:  # a missing or foreign manifest, a truncated artifact
-      raise ExportError(f"{directory} holds no readable StableHLO export (write one "
-                        "with `python -m dan_jax.export --format stablehlo`): "
-                        f"{type(e).__name__}: {e}") from e
-    here = jax.default_backend()
-    if not ({here} | ({"cuda", "rocm"} if here == "gpu" else set())) & set(
-        self.exported.platforms):
-      raise ExportError(f"{directory}: the StableHLO artifact was exported for "
-                        f"{list(self.exported.platforms)}, not {here} (export again "
-                        f"with --platforms {here})")
-    config = self.manifest["model_config"]
-    self.spec = _Spec(config["version"], int(config["scale"]))
-    self.step = self.manifest.get("step", 0)
-    self.has_kernel = "kernel" in self.manifest["outputs"]
-    self.tiled_is_exact = True  # never tiled
-    # What infer reports as the devices used: jit runs the artifact on the default device.
-    from dan_jax import parallel  # pylint: disable=g-import-not-at-top
-    self.mesh = parallel.create_mesh(jax.local_devices()[:1])
-    self.input_dtype = self.manifest["input"]["dtype"]
-    # (H, W) when the artifact takes one LR size only (DCLS), else None.
-    h, w = self.manifest["artifacts"]["stablehlo"]["input_shape"][1:3]
-    self.fixed_size = (h, w) if isinstance(h, int) else None
-    self._call = jax.jit(self.exported.call)
+def _write_stablehlo(path, fn, in_shape, input_dtype, platforms, names) -> None:
+  del names  # a dict of outputs
+  path.write_bytes(stablehlo_bytes(fn, in_shape, input_dtype, platforms))
 
-  def predict(self, lr: np.ndarray):
-    """One LR image [H, W, 3] float in [0, 1] -> predict.Prediction."""
-    from dan_jax import predict  # pylint: disable=g-import-not-at-top
-    if self.fixed_size is not None and tuple(lr.shape[:2]) != self.fixed_size:
-      h, w = self.fixed_size
-      raise predict.InferenceError(
-          f"this {self.spec.version} artifact takes {h}x{w} LR images only, got "
-          f"{lr.shape[0]}x{lr.shape[1]} (export again with --size "
-          f"{lr.shape[0]}x{lr.shape[1]}, or use --checkpoint)")
-    x = np.asarray(lr, np.float32)[None]
-    if self.input_dtype == "uint8":
-      x = np.round(np.clip(x, 0, 1) * 255.0).astype(np.uint8)
-    out = jax.device_get(self._call(x))
-    return predict.Prediction(np.asarray(out["sr"][0]), np.asarray(out["code"][0]),
-                              np.asarray(out["kernel"][0]) if "kernel" in out else None)
+
+def _load_stablehlo(path: epath.Path) -> Runner:
+  call = jax.jit(jax.export.deserialize(bytearray(path.read_bytes())).call)
+  return lambda x: {k: np.asarray(v) for k, v in call(x).items()}
+
+
+def _write_savedmodel(path, fn, in_shape, input_dtype, platforms, names) -> None:
+  del names  # a dict of outputs
+  write_savedmodel(fn, str(path), in_shape, input_dtype, platforms)
+
+
+def _load_savedmodel(path: epath.Path) -> Runner:
+  import tensorflow as tf  # checked by _check_request (Format.needs)
+  serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+  return lambda x: {k: v.numpy() for k, v in serve(lr=tf.constant(x)).items()}
+
+
+def _write_tflite(path, fn, in_shape, input_dtype, platforms, names) -> None:
+  del platforms, names  # the CPU; a dict of outputs
+  path.write_bytes(tflite_bytes(fn, in_shape, input_dtype))
+
+
+def _load_tflite(path: epath.Path) -> Runner:
+  litert = _need("ai_edge_litert.interpreter", "Running TFLite (the LiteRT runtime)")
+  interpreter = litert.Interpreter(model_content=path.read_bytes(),
+                                   num_threads=os.cpu_count())
+  run = interpreter.get_signature_runner("serving_default")
+  return lambda x: {k: np.asarray(v) for k, v in run(lr=x).items()}
+
+
+def _write_onnx(path, fn, in_shape, input_dtype, platforms, names) -> None:
+  del platforms  # the CPU
+  path.write_bytes(onnx_bytes(fn, in_shape, input_dtype, names))
+
+
+def _load_onnx(path: epath.Path) -> Runner:
+  ort = _need("onnxruntime", "Running ONNX")
+  options = ort.SessionOptions()
+  options.log_severity_level = 3  # no notes about unused constants
+  session = ort.InferenceSession(path.read_bytes(), options,
+                                 providers=["CPUExecutionProvider"])
+  names = [o.name for o in session.get_outputs()]
+  return lambda x: dict(zip(names, session.run(None, {"lr": x})))
 
 
 @dataclasses.dataclass(frozen=True)
-class _Spec:
-  version: str
-  scale: int
+class Format:
+  """One artifact format: its file, shapes, writer, runtime and what it needs installed."""
+
+  file: str  # the file (or folder) in --out
+  symbolic: bool  # batch, height and width symbolic; else one 1 x H x W shape (--size)
+  write: Writer
+  load: Callable[[epath.Path], Runner]
+  # (module, what needs it, install hint), checked before anything is loaded or written.
+  needs: tuple[tuple[str, str, str], ...] = ()
+  packages: tuple[str, ...] = ()  # distributions whose versions the manifest records
+  honours_platforms: bool = False  # lowered for --platforms; else for the CPU alone
 
 
-def load_runner(fmt: str, path: epath.Path) -> Callable[[np.ndarray], dict]:
+_TF = ("tensorflow", "SavedModel and TFLite export (jax2tf)", TENSORFLOW_HINT)
+
+# The formats `--format` offers, in the order --help lists them. TFLite takes one fixed
+# shape: its converter cannot lower the dynamic slices that symbolic shapes produce.
+FORMATS: dict[str, Format] = {
+    "stablehlo": Format("dan.stablehlo", True, _write_stablehlo, _load_stablehlo,
+                        honours_platforms=True),
+    "savedmodel": Format("savedmodel", True, _write_savedmodel, _load_savedmodel,
+                         needs=(_TF,), packages=("tensorflow",), honours_platforms=True),
+    "tflite": Format("dan.tflite", False, _write_tflite, _load_tflite,
+                     needs=(_TF, ("ai_edge_litert.interpreter",
+                                  "Running TFLite (the LiteRT runtime)", EXPORT_HINT)),
+                     packages=("tensorflow", "ai-edge-litert")),
+    "onnx": Format("dan.onnx", True, _write_onnx, _load_onnx,
+                   needs=(("jax2onnx", "ONNX export", EXPORT_HINT),
+                          ("onnxruntime", "Running ONNX", EXPORT_HINT)),
+                   packages=("jax2onnx", "onnx", "onnxruntime")),
+}
+
+
+def load_runner(fmt: str, path: epath.Path) -> Runner:
   """Loads an artifact back with its own runtime; returns lr -> {name: np.ndarray}."""
-  if fmt == "stablehlo":
-    exported = jax.export.deserialize(bytearray(path.read_bytes()))
-    call = jax.jit(exported.call)
-    return lambda x: {k: np.asarray(v) for k, v in call(x).items()}
-  if fmt == "savedmodel":
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-    return lambda x: {k: v.numpy() for k, v in serve(lr=tf.constant(x)).items()}
-  if fmt == "tflite":
-    litert = _need("ai_edge_litert.interpreter", "Running TFLite (the LiteRT runtime)")
-    import os  # pylint: disable=g-import-not-at-top
-    interpreter = litert.Interpreter(model_content=path.read_bytes(),
-                                     num_threads=os.cpu_count())
-    run = interpreter.get_signature_runner("serving_default")
-    return lambda x: {k: np.asarray(v) for k, v in run(lr=x).items()}
-  if fmt == "onnx":
-    ort = _need("onnxruntime", "Running ONNX")
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # no notes about unused constants
-    session = ort.InferenceSession(path.read_bytes(), options,
-                                   providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return lambda x: dict(zip(names, session.run(None, {"lr": x})))
-  raise ExportError(f"unknown format {fmt!r}")
+  if fmt not in FORMATS:
+    raise ExportError(f"unknown format {fmt!r}")
+  return FORMATS[fmt].load(path)
 
 
 # ---------------------------------------------------------------------------------------
@@ -306,7 +324,7 @@ def check_images(sizes: Sequence[tuple[int, int]], input_dtype: str) -> list[np.
 
   Returns uint8 [1, H, W, 3] arrays (input_dtype 'uint8') or float32 in [0, 1].
   """
-  from skimage import data  # pylint: disable=g-import-not-at-top
+  from skimage import data
   photos = [data.astronaut()[60:, 140:], data.coffee()[40:, 120:]]
   out = []
   for i, (h, w) in enumerate(sizes):
@@ -325,12 +343,12 @@ def check_images(sizes: Sequence[tuple[int, int]], input_dtype: str) -> list[np.
 
 def _versions(formats: Sequence[str]) -> dict:
   names = ["dan_jax", "jax", "jaxlib", "flax", "numpy"]
-  if {"savedmodel", "tflite"} & set(formats):
-    names.append("tensorflow-cpu" if _installed("tensorflow-cpu") else "tensorflow")
-  if "tflite" in formats:
-    names.append("ai-edge-litert")
-  if "onnx" in formats:
-    names += ["jax2onnx", "onnx", "onnxruntime"]
+  for fmt in formats:
+    for name in FORMATS[fmt].packages:
+      if name == "tensorflow" and _installed("tensorflow-cpu"):
+        name = "tensorflow-cpu"
+      if name not in names:
+        names.append(name)
   return {n: _installed(n) for n in names}
 
 
@@ -382,18 +400,16 @@ def _check_request(formats: Sequence[str], out_dir: epath.Path, size, input_dtyp
   """Refuses bad arguments and missing packages before anything is loaded or written."""
   if input_dtype not in ("float32", "uint8"):
     raise ExportError(f"--input_dtype must be float32 or uint8, got {input_dtype!r}")
-  fixed = [f for f in formats if not SYMBOLIC[f]]
+  fixed = [f for f in formats if not FORMATS[f].symbolic]
   if fixed and size is None:
     raise ExportError(f"{', '.join(fixed)} needs a fixed LR size: pass --size HxW "
                       "(e.g. --size 180x320)")
-  if "onnx" in formats:
-    _need("jax2onnx", "ONNX export")
-    _need("onnxruntime", "Running ONNX")
-  if "tflite" in formats:
-    _need("ai_edge_litert.interpreter", "Running TFLite (the LiteRT runtime)")
+  for fmt in formats:
+    for module, what, hint in FORMATS[fmt].needs:
+      _need(module, what, hint)
   if out_dir.exists() and not out_dir.is_dir():
     raise ExportError(f"--out {out_dir} exists and is not a directory")
-  existing = [FILES[f] for f in formats if (out_dir / FILES[f]).exists()]
+  existing = [FORMATS[f].file for f in formats if (out_dir / FORMATS[f].file).exists()]
   if existing and not overwrite:
     raise ExportError(f"{out_dir} already holds {', '.join(existing)} (pass --overwrite to "
                       "replace them; nothing was changed)")
@@ -425,19 +441,6 @@ def _conventions(spec: Any, names: Sequence[str], input_dtype: str, size) -> dic
   }
 
 
-def _write_artifact(fmt: str, path: epath.Path, fn: Callable, input_dtype: str,
-                    platforms: Sequence[str], in_shape: list, names: Sequence[str]) -> None:
-  """Writes one format's artifact to `path`, taking inputs of `in_shape`."""
-  if fmt == "stablehlo":
-    path.write_bytes(stablehlo_bytes(fn, in_shape, input_dtype, platforms))
-  elif fmt == "savedmodel":
-    write_savedmodel(fn, str(path), in_shape, input_dtype, platforms)
-  elif fmt == "tflite":
-    path.write_bytes(tflite_bytes(fn, in_shape, input_dtype))
-  else:
-    path.write_bytes(onnx_bytes(fn, in_shape, input_dtype, names))
-
-
 def _differences(fmt: str, run: Callable, reference: Callable, images: Sequence[np.ndarray],
                  names: Sequence[str]) -> tuple[dict, dict]:
   """(max |artifact - model.apply|, max(1, max |model.apply|)) per output over `images`."""
@@ -459,20 +462,21 @@ def _export_one(fmt: str, out_dir: epath.Path, fn: Callable, reference: Callable
                 check_sizes: Sequence[tuple[int, int]], tol: float,
                 log: Callable[[str], None]) -> dict:
   """Writes and checks one artifact; returns its manifest entry (removed if it fails)."""
-  path = out_dir / FILES[fmt]
+  form = FORMATS[fmt]
+  path = out_dir / form.file
   # The image size is symbolic unless the format (tflite) or the model (DCLS) fixes it;
   # the batch is symbolic wherever the format allows, and then also checked at 2.
-  fixed_size = not SYMBOLIC[fmt] or fixed_image_size(spec)
+  fixed_size = not form.symbolic or fixed_image_size(spec)
   images = check_images([size, size] if fixed_size else check_sizes, input_dtype)
-  if SYMBOLIC[fmt]:
+  if form.symbolic:
     images[-1] = np.concatenate([images[-1], images[-1][:, ::-1, ::-1]])  # batch 2
-  in_shape = (["b" if SYMBOLIC[fmt] else 1] + (list(size) if fixed_size else ["h", "w"]) +
+  in_shape = (["b" if form.symbolic else 1] + (list(size) if fixed_size else ["h", "w"]) +
               [spec.in_nc])
   log(f"{fmt}: writing {path}")
   start = time.perf_counter()
   _remove(path)
   try:
-    _write_artifact(fmt, path, fn, input_dtype, platforms, in_shape, names)
+    form.write(path, fn, in_shape, input_dtype, platforms, names)
     seconds = time.perf_counter() - start
     diffs, scales = _differences(fmt, load_runner(fmt, path), reference, images, names)
   except ExportError:
@@ -481,9 +485,9 @@ def _export_one(fmt: str, out_dir: epath.Path, fn: Callable, reference: Callable
   except Exception as e:  # converters and runtimes raise many types
     _remove(path)
     first = str(e).strip().splitlines()
-    raise ExportError(f"{fmt}: export or check failed ({type(e).__name__}: "
-                      f"{first[0][:300] if first else ''}); {path} was removed, "
-                      "earlier artifacts are kept") from e
+    raise ArtifactCheckError(f"{fmt}: export or check failed ({type(e).__name__}: "
+                             f"{first[0][:300] if first else ''}); {path} was removed, "
+                             "earlier artifacts are kept") from e
   checked = [list(x.shape) for x in images]
   line = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
   relative = {k: diffs[k] / scales[k] for k in names}
@@ -493,12 +497,13 @@ def _export_one(fmt: str, out_dir: epath.Path, fn: Callable, reference: Callable
       f"{tol:g})")
   if not np.isfinite(worst) or worst > tol:
     _remove(path)
-    raise ExportError(f"{fmt}: the artifact differs from model.apply by {worst:.3g} "
-                      f"(relative to max(1, max |output|)) > tolerance {tol:g} ({line}); "
-                      f"{path} was removed, earlier artifacts are kept")
-  return {"file": FILES[fmt], "bytes": _size_bytes(path), "input_shape": in_shape,
-          "symbolic": SYMBOLIC[fmt],
-          "platforms": list(platforms) if fmt in ("stablehlo", "savedmodel") else ["cpu"],
+    raise ArtifactCheckError(
+        f"{fmt}: the artifact differs from model.apply by {worst:.3g} (relative to "
+        f"max(1, max |output|)) > tolerance {tol:g} ({line}); {path} was removed, earlier "
+        "artifacts are kept")
+  return {"file": form.file, "bytes": _size_bytes(path), "input_shape": in_shape,
+          "symbolic": form.symbolic,
+          "platforms": list(platforms) if form.honours_platforms else ["cpu"],
           "max_abs_diff": diffs, "max_rel_diff": relative, "tolerance": tol,
           "checked_input_shapes": checked, "export_seconds": round(seconds, 1)}
 
@@ -526,8 +531,8 @@ def export(checkpoint: str, out: str, formats: Sequence[str], *,
     ExportError: bad arguments, a missing package, or an artifact over the tolerance.
     checkpoint.CheckpointError: the checkpoint cannot be loaded.
   """
-  from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
-  from dan_jax import models  # pylint: disable=g-import-not-at-top
+  from dan_jax import checkpoint as checkpoint_lib
+  from dan_jax import models
   formats = parse_formats(",".join(formats))
   out_dir = epath.Path(out)
   _check_request(formats, out_dir, size, input_dtype, overwrite)
@@ -559,11 +564,11 @@ def export(checkpoint: str, out: str, formats: Sequence[str], *,
 
 
 def _build_parser():
-  import argparse  # pylint: disable=g-import-not-at-top
+  import argparse
   p = argparse.ArgumentParser(
       prog="python -m dan_jax.export",
       description="Export a DAN checkpoint (StableHLO, SavedModel, TFLite, ONNX).",
-      epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+      epilog=_MANUAL, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", required=True,
                  help="training workdir (latest checkpoint), step directory or converted "
                       "official checkpoint")
@@ -588,7 +593,6 @@ def _build_parser():
 def main(argv: Optional[list[str]] = None) -> int:
   """The command line; returns the exit status (0 ok, 1 a check failed, 2 fatal)."""
   args = _build_parser().parse_args(argv)
-  from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
   try:
     formats = parse_formats(args.format)
     size = parse_size(args.size)
@@ -596,10 +600,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     manifest = export(args.checkpoint, args.out, formats, size=size,
                       input_dtype=args.input_dtype, platforms=platforms,
                       overwrite=args.overwrite, use_ema=args.use_ema)
-  except ExportError as e:
+  except ArtifactCheckError as e:
     print(f"error: {e}", file=sys.stderr)
-    return 1 if "tolerance" in str(e) or "check failed" in str(e) else 2
-  except (checkpoint_lib.CheckpointError, ValueError, OSError) as e:
+    return 1
+  except (Error, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   for fmt in formats:

@@ -1,17 +1,10 @@
 """Reading and writing images for inference and evaluation (numpy + Pillow, tifffile).
 
-`read_image(path)` returns a `LoadedImage`: the colour image as float32 RGB in [0, 1] (what
-the model consumes), the alpha channel separately, and what is needed to write the result
-back in the input's own form (grayscale or colour, 8 or 16 bits, with or without alpha).
-
-* Formats: PNG (1-16 bit, gray/RGB/palette, with alpha), JPEG, BMP, TIFF (8/16-bit gray or
-  RGB(A), through tifffile, with a Pillow fallback), WebP.
-* 16-bit PNGs are decoded with TensorFlow (Pillow reads 16-bit colour PNGs as 8-bit).
-* EXIF orientation is applied (as PIL.ImageOps.exif_transpose), so pixels come back upright.
-* Grayscale is replicated to 3 channels (`LoadedImage.gray` says so; `to_output` undoes it).
-
-Every problem (unreadable, truncated, unsupported layout) raises `ImageError` with the file
-name and the reason; writers refuse to replace existing files unless told to.
+`read_image(path)` returns a `LoadedImage`: float32 RGB in [0, 1] (what the model
+consumes), the alpha channel apart, and what writing the result back in the input's own
+form needs (grayscale or colour, 8 or 16 bits, alpha). PNG (1-16 bit; 16-bit through
+TensorFlow), JPEG, BMP, TIFF and WebP; EXIF orientation applied. Every problem raises
+`ImageError` naming the file and the reason; writers never replace a file unless told to.
 """
 
 from __future__ import annotations
@@ -22,9 +15,12 @@ import os
 from typing import Optional
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+from PIL import UnidentifiedImageError
 
+from dan_jax import runtime
 from dan_jax import storage
+from dan_jax.errors import ImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # The subset tf.io.decode_image reads: training folders and Gaussian8 sets, which are
@@ -33,10 +29,6 @@ TF_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")
 _EXIF_ORIENTATION = 0x0112
-
-
-class ImageError(ValueError):
-  """An image file cannot be read or written as asked."""
 
 
 @dataclasses.dataclass
@@ -97,12 +89,12 @@ def _orientation(data: bytes) -> int:
     with Image.open(io.BytesIO(data)) as im:
       value = im.getexif().get(_EXIF_ORIENTATION, 1)
     return int(value) if int(value) in range(1, 9) else 1
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return 1
 
 
 def _decode_png16(data: bytes, name: str) -> np.ndarray:
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = runtime.require_tensorflow(f"{name}: reading a 16-bit PNG")
   try:
     return tf.io.decode_png(data, channels=0, dtype=tf.uint16).numpy()
   except tf.errors.OpError as e:
@@ -112,9 +104,9 @@ def _decode_png16(data: bytes, name: str) -> np.ndarray:
 def _decode_tiff(data: bytes, name: str) -> Optional[np.ndarray]:
   """Pixels of a TIFF through tifffile (16-bit colour); None to let Pillow try."""
   try:
-    import tifffile  # pylint: disable=g-import-not-at-top
+    import tifffile
     arr = tifffile.imread(io.BytesIO(data))
-  except Exception:  # pylint: disable=broad-except
+  except Exception:
     return None  # e.g. JPEG-compressed TIFF without imagecodecs: Pillow may decode it
   arr = np.asarray(arr)
   if arr.ndim == 3 and arr.shape[0] in (1, 2, 3, 4) and arr.shape[2] > 4:
@@ -231,7 +223,7 @@ def encode_png(img: np.ndarray) -> bytes:
   if img.ndim != 3 or img.shape[2] not in (1, 2, 3, 4):
     raise ImageError(f"cannot write an image of shape {img.shape} as PNG")
   if img.dtype == np.uint16:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf = runtime.require_tensorflow("Writing a 16-bit PNG")
     return tf.io.encode_png(img).numpy()
   if img.dtype != np.uint8:
     raise ImageError(f"cannot write {img.dtype} pixels as PNG (uint8 or uint16 only)")

@@ -1,43 +1,10 @@
 """Where training and validation HR images come from: folders, tfds, the demo photographs.
 
-An image source is an `ImageStore`: N images with known sizes and a graph-mode crop, built
-up front (headers probed, unusable files skipped with one warning) so that the stateless
-image choice of `input_pipeline` can index it.
-
-Sources (`config.data.source`):
-
-* "folder": every .png/.jpg/.jpeg/.bmp below `data.train_dir` (recursive; several folders
-  may be given comma-separated, e.g. "/data/DIV2K_train_HR,/data/Flickr2K_HR"). Files are
-  read with tf.io (local or gs://) and decoded whole once per example (see the cost and
-  `data.cache_decoded` below).
-* "tfds": the `data.tfds_image_key` (default "hr") feature of `data.tfds_name`
-  (`div2k`: features "lr" and "hr") split `data.tfds_split`. The *encoded* images are
-  read once into host memory (DIV2K train HR: ~3.3 GB) because the stateless image choice
-  needs random access, and decoded per example. `data.tfds_download` (default True) lets
-  tfds download and prepare the dataset when it is missing.
-* "auto" (the official configs' default): "folder" when `data.train_dir` is set, else
-  "tfds" (DIV2K train HR, downloaded on first use; without internet the error says to give
-  `data.train_dir`).
-* "demo": the scikit-image sample photographs (`demo_images`), decoded once and cached in
-  memory (~12 MB); `DEMO_VAL_NAMES` are held out for validation and never used for training.
-
-Decoding a whole 2K PNG per example costs ~0.1-0.25 s of one core (the official code reads
-raw pixels from an lmdb instead). `data.cache_decoded = True` decodes every usable image
-once, up front, into host memory (the demo path; DIV2K+Flickr2K need ~30 GB per host,
-twice that while building) and then only crops; batches are bit-identical either way.
-Otherwise give enough `num_parallel_calls` cores, or train on pre-extracted sub-images.
-
-Image checks and error policy (errors are `DataError`, a `ValueError`, naming the field,
-folder or file):
-
-* Up front, every file's header is read with PIL (format and size only; ~0.1 ms per local
-  file, done in a thread pool). Files whose header is not a PNG/JPEG/BMP image are skipped
-  with one warning listing them; images smaller than the crop are skipped with one warning;
-  if nothing usable remains, `DataError`.
-* A file with a valid header but corrupt pixel data is found when it is decoded: up front
-  with `data.cache_decoded`, otherwise when tf.data first reaches it; the iterator then
-  finds the culprit among that step's images and raises `DataError` naming it. (Removing a
-  file changes N and so the image order from step 0: clean a dataset before training.)
+An image source (`config.data.source`: folder, tfds, auto, demo) is an `ImageStore`: N
+images with known sizes and a graph-mode crop, built up front (headers probed, unusable
+files skipped with one warning) so that the stateless image choice of `input_pipeline` can
+index it. Every problem is a `DataError` naming the field, folder or file. The sources,
+decoding costs and error policy are in the README ("Training data").
 """
 
 from __future__ import annotations
@@ -55,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from dan_jax import image_io
+from dan_jax.errors import DataError
 
 _log = logging.getLogger("dan_jax.input_pipeline")  # one logger for the data pipeline
 
@@ -81,10 +49,6 @@ DEMO_VAL_NAMES = ("chelsea", "coffee")
 DEMO_TRAIN_NAMES = tuple(n for n in DEMO_IMAGE_NAMES if n not in DEMO_VAL_NAMES)
 
 
-class DataError(ValueError):
-  """Bad data configuration or unusable data (missing folder, no images, corrupt file...)."""
-
-
 # --------------------------------------------------------------------------
 # Demo images
 # --------------------------------------------------------------------------
@@ -92,7 +56,7 @@ class DataError(ValueError):
 
 @functools.lru_cache(maxsize=1)
 def _demo_images_cached() -> tuple[np.ndarray, ...]:
-  import skimage.data  # pylint: disable=g-import-not-at-top
+  import skimage.data
   images = []
   for name, load in _DEMO_LOADERS:
     img = np.ascontiguousarray(load(skimage.data))
@@ -150,7 +114,7 @@ def list_image_files(directory: str, field: str = "data.train_dir") -> list[str]
 
 def _probe_header(read: Callable[[], Any]) -> tuple[int, int, str]:
   """(height, width, PIL format) from the header only; raises on anything unreadable."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
   with read() as f:
     with Image.open(f) as im:
       w, h = im.size
@@ -166,7 +130,7 @@ def _probe_all(names: Sequence[str], readers: Sequence[Callable[[], Any]]
   def probe(read):
     try:
       return _probe_header(read), None
-    except Exception as e:  # pylint: disable=broad-except
+    except Exception as e:
       return None, f"{type(e).__name__}: {e}"
   with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
     results = list(pool.map(probe, readers))
@@ -269,13 +233,13 @@ def _folder_store(dirs: Sequence[str], field: str) -> tuple[ImageStore, list[str
 
 
 def _tfds_store(data: ml_collections.ConfigDict) -> tuple[ImageStore, list[str]]:
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds
   name, split = data.tfds_name, data.tfds_split
   key = data.get("tfds_image_key", "hr")
   data_dir = data.tfds_data_dir or None
   try:
     builder = tfds.builder(name, data_dir=data_dir)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise DataError(f"config.data.tfds_name: cannot load tfds dataset {name!r}: {e}") from e
   features = builder.info.features
   if key not in features:
@@ -295,12 +259,12 @@ def _tfds_store(data: ml_collections.ConfigDict) -> tuple[ImageStore, list[str]]
                     f"{type(e).__name__}: {cause}; give a folder of HR training images "
                     "instead: --config.data.train_dir=FOLDER (data.source 'auto' or "
                     "'folder')") from e
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise DataError(f"config.data.tfds_*: cannot read split {split!r} of tfds dataset "
                     f"{name!r} (data_dir {data_dir or 'default'}): {e}") from e
   try:
     ds = builder.as_dataset(split=split, decoders=decoders, shuffle_files=False)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     raise DataError(f"config.data.tfds_*: cannot read split {split!r} of tfds dataset "
                     f"{name!r} (data_dir {data_dir or 'default'}): {e}") from e
   encoded = [bytes(b) for b in ds.map(lambda ex: ex[key]).as_numpy_iterator()]

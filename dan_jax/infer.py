@@ -1,5 +1,36 @@
-"""Super-resolve images with a trained or converted DAN checkpoint.
+"""Super-resolve image files with a trained or converted checkpoint, or an export.
 
+The command line around a `prediction.SRPredictor`: `predict.Predictor` for
+`--checkpoint` (whole images, tiles, self-ensemble) or `exported.ExportedPredictor` for
+`--exported`. It reads every image of a file or folder, and writes each SR image with its
+kernel estimate (or code) beside it, one `error:` line per image that fails. The manual
+(modes, files, exit status) is `python -m dan_jax.infer --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Optional
+
+import jax
+from tqdm import tqdm
+
+from dan_jax import checkpoint as checkpoint_lib
+from dan_jax import exported
+from dan_jax import image_io
+from dan_jax import parallel
+from dan_jax import predict
+from dan_jax import prediction_io
+from dan_jax import runtime
+from dan_jax import storage
+from dan_jax.errors import Error
+from dan_jax.errors import InferenceError
+from dan_jax.prediction import SRPredictor
+
+_MANUAL = """\
   python -m dan_jax.infer --checkpoint DIR --input PATH_OR_FOLDER --output FOLDER
   python -m dan_jax.infer --exported DIR --input ... --output ...   # a dan_jax.export dir
 
@@ -50,76 +81,6 @@ images, existing outputs; each gets one `error:` line and the others are still p
 folder without an image extension are skipped with a note and do not fail the run.
 """
 
-from __future__ import annotations
-
-import io
-import os
-import sys
-import time
-from typing import Any, Optional
-
-import jax
-import numpy as np
-
-from dan_jax import image_io
-from dan_jax import storage
-from dan_jax import parallel
-from dan_jax import runtime
-# The engine lives in `predict`; its names stay importable from here (`infer.Predictor`).
-from dan_jax.predict import InferenceError  # pylint: disable=unused-import
-from dan_jax.predict import Prediction  # pylint: disable=unused-import
-from dan_jax.predict import Predictor  # pylint: disable=unused-import
-from dan_jax.predict import axis_window  # pylint: disable=unused-import
-from dan_jax.predict import default_tile_overlap  # pylint: disable=unused-import
-from dan_jax.predict import receptive_fields  # pylint: disable=unused-import
-from dan_jax.predict import tile_starts  # pylint: disable=unused-import
-
-
-# ---------------------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------------------
-
-
-def upscale_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
-  """Alpha channel [H, W] -> [sH, sW] with MATLAB bicubic, clipped to [0, 1]."""
-  from dan_jax import degradation  # pylint: disable=g-import-not-at-top  (TensorFlow)
-  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.hide_accelerators_from_tensorflow()  # before TensorFlow's first op
-  up = degradation.imresize(np.asarray(alpha, np.float32)[..., None], scale).numpy()[..., 0]
-  return np.clip(up, 0.0, 1.0)
-
-
-def output_paths(input_path: str, out_dir: str, scale: int, has_kernel: bool) -> dict:
-  """{'sr', 'kernel_png', 'kernel_npy'} or {'sr', 'code_npy'} paths for one input."""
-  name = storage.path(input_path).name
-  stem = storage.join(out_dir, f"{os.path.splitext(name)[0]}_x{scale}")
-  if has_kernel:
-    return {"sr": stem + ".png", "kernel_png": stem + "_kernel.png",
-            "kernel_npy": stem + "_kernel.npy"}
-  return {"sr": stem + ".png", "code_npy": stem + "_code.npy"}
-
-
-def _npy_bytes(a: np.ndarray) -> bytes:
-  buf = io.BytesIO()
-  np.save(buf, a)
-  return buf.getvalue()
-
-
-def save_prediction(pred: Prediction, paths: dict, image: Optional[image_io.LoadedImage],
-                    scale: int, overwrite: bool = False) -> None:
-  """Writes the SR image (in the input's form when `image` is given) and kernel/code."""
-  if image is None:
-    pixels = image_io.quantize(pred.sr, 8)
-  else:
-    alpha = None if image.alpha is None else upscale_alpha(image.alpha, scale)
-    pixels = image_io.to_output(pred.sr, alpha, image.gray, image.bit_depth)
-  image_io.write_png(paths["sr"], pixels, overwrite)
-  if "kernel_png" in paths and pred.kernel is not None:
-    image_io.write_png(paths["kernel_png"], image_io.kernel_to_display(pred.kernel), overwrite)
-    image_io.write_bytes(paths["kernel_npy"], _npy_bytes(pred.kernel), overwrite)
-  if "code_npy" in paths:
-    image_io.write_bytes(paths["code_npy"], _npy_bytes(pred.code), overwrite)
-
 
 def list_inputs(input_path: str) -> tuple[list[str], list[str]]:
   """(image files, skipped non-image files) of a file or a folder (not recursive).
@@ -149,11 +110,10 @@ def _same_path(a: str, b: str) -> bool:
 
 
 def _build_parser():
-  import argparse  # pylint: disable=g-import-not-at-top
   p = argparse.ArgumentParser(
       prog="python -m dan_jax.infer",
       description="Blind super-resolution of images with a DAN checkpoint.",
-      epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+      epilog=_MANUAL, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--checkpoint", default=None,
                  help="training workdir (latest checkpoint), step directory or converted "
                       "official checkpoint")
@@ -162,42 +122,25 @@ def _build_parser():
                       "runs its StableHLO artifact (whole images, no model code)")
   p.add_argument("--input", required=True, help="an image file or a folder of images")
   p.add_argument("--output", required=True, help="output folder (created if missing)")
-  p.add_argument("--tile", type=int, default=0,
-                 help="LR tile size for images larger than this (0: whole images)")
-  p.add_argument("--tile_overlap", type=int, default=None,
-                 help="overlap of neighbouring tiles in LR pixels (default: 2x the "
-                      "Restorer's receptive-field radius, which makes DANv2 tiles exact)")
-  p.add_argument("--self_ensemble", action="store_true",
-                 help="average the 8 flips/transposes (official test_x8)")
-  p.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
-                 help="use the EMA weights when the checkpoint has them (default: yes)")
-  p.add_argument("--pad_to_multiple", type=int, default=0,
-                 help="pad LR to a multiple of N to share compilations across sizes "
-                      "(approximate; default 0: exact sizes)")
-  p.add_argument("--batch_size", type=int, default=8,
-                 help="tiles per call, sharded over all devices (rounded up to a multiple "
-                      "of the device count)")
-  runtime.add_precision_flag(p)
+  prediction_io.add_predictor_flags(p)
   p.add_argument("--overwrite", action="store_true",
                  help="replace existing output files (never the inputs)")
   return p
 
 
-def _exported_predictor(args) -> tuple[Any, int]:
+def _exported_predictor(args) -> tuple[SRPredictor, int]:
   """`--exported DIR`: the StableHLO artifact's predictor (whole images only)."""
-  from dan_jax import export  # pylint: disable=g-import-not-at-top
   given = [f"--{n}" for n in ("tile", "self_ensemble", "pad_to_multiple", "tile_overlap")
            if getattr(args, n)]
   if given:
     raise InferenceError(f"{', '.join(given)} cannot be used with --exported (the "
                          "artifact runs whole images as exported)")
-  predictor = export.ExportedPredictor(args.exported)
+  predictor = exported.ExportedPredictor(args.exported, batch_size=args.batch_size)
   return predictor, predictor.step
 
 
-def _setup(args) -> tuple[list[str], list[str], Any, int]:
-  """(inputs, skipped files, predictor, step); raises ValueError/OSError on bad input."""
-  from dan_jax import checkpoint as checkpoint_lib  # pylint: disable=g-import-not-at-top
+def _setup(args) -> tuple[list[str], list[str], SRPredictor, int]:
+  """(inputs, skipped files, predictor, step); raises errors.Error/OSError on bad input."""
   inputs, skipped = list_inputs(args.input)
   output = storage.path(args.output)
   if storage.path(args.input).is_dir() and output.exists() and _same_path(
@@ -213,17 +156,13 @@ def _setup(args) -> tuple[list[str], list[str], Any, int]:
   else:
     model_config, variables, step = checkpoint_lib.load_model(args.checkpoint,
                                                               use_ema=args.use_ema)
-    predictor = Predictor(model_config, variables, self_ensemble=args.self_ensemble,
-                          tile=args.tile, tile_overlap=args.tile_overlap,
-                          batch_size=args.batch_size,
-                          pad_to_multiple=args.pad_to_multiple,
-                          precision=args.precision)
+    predictor = prediction_io.build_predictor(args, model_config, variables)
   if not storage.is_url(output):  # object stores have no folders to create
     output.mkdir(parents=True, exist_ok=True)
   return inputs, skipped, predictor, step
 
 
-def _print_notes(args, predictor: Any, skipped: list[str]) -> None:
+def _print_notes(args, predictor: SRPredictor, skipped: list[str]) -> None:
   """Skipped files and the approximations the chosen flags make."""
   spec = predictor.spec
   for f in skipped:
@@ -232,7 +171,7 @@ def _print_notes(args, predictor: Any, skipped: list[str]) -> None:
   if args.tile and not predictor.tiled_is_exact:
     why = ("DANv1's channel attention pools over the whole image" if spec.version == "DANv1"
            else f"--tile_overlap {predictor.tile_overlap} < "
-                f"{default_tile_overlap(spec)} (2x the receptive-field radius)")
+                f"{predict.default_tile_overlap(spec)} (2x the receptive-field radius)")
     print(f"note: tiled results are approximate: {why}", file=sys.stderr)
   if args.pad_to_multiple > 1:
     print("note: --pad_to_multiple results are approximate (padding changes borders and "
@@ -265,13 +204,12 @@ def _print_speed(args, n_inputs: int, times: list[float], megapixels: list[float
 def main(argv: Optional[list[str]] = None) -> int:
   """The command line; returns the exit status (0 ok, 1 some images failed, 2 fatal)."""
   args = _build_parser().parse_args(argv)
-  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
   # Before JAX starts. TensorFlow is imported only for alpha channels (upscale_alpha,
   # which hides the accelerators from it first), so it is not imported here.
   runtime.setup_entry_point(tensorflow=False)
   try:
     inputs, skipped, predictor, step = _setup(args)
-  except (ValueError, OSError) as e:  # CheckpointError, InferenceError, ImageError
+  except (Error, ValueError, OSError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   spec = predictor.spec
@@ -280,24 +218,23 @@ def main(argv: Optional[list[str]] = None) -> int:
         file=sys.stderr)
   _print_notes(args, predictor, skipped)
 
-  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
   input_set = {storage.canonical(f) for f in inputs}
   claimed: dict[str, str] = {}
   failed, times, megapixels = 0, [], []
   for path in tqdm(inputs, unit="img", file=sys.stderr, disable=None):
     start = time.perf_counter()
     try:
-      paths = output_paths(path, args.output, spec.scale, predictor.has_kernel)
+      paths = prediction_io.output_paths(path, args.output, spec.scale, predictor.has_kernel)
       _check_outputs(path, paths, input_set, claimed, args.overwrite)
       image = image_io.read_image(path)
       try:
         pred = predictor.predict(image.rgb)
       except InferenceError as e:  # an image this model or artifact cannot take
         raise InferenceError(f"{path}: {e}") from e
-      save_prediction(pred, paths, image, spec.scale, args.overwrite)
+      prediction_io.save_prediction(pred, paths, image, spec.scale, args.overwrite)
       for p in paths.values():
         claimed[storage.canonical(p)] = path
-    except (image_io.ImageError, InferenceError) as e:
+    except Error as e:  # this image only: ImageError, InferenceError, a missing package
       tqdm.write(f"error: {e}", file=sys.stderr)
       failed += 1
       continue

@@ -1,34 +1,12 @@
 """Deterministic, resumable tf.data input pipeline: HR crops -> synthesized (LR, kernel, code).
 
-Training batches (`create_train_iterator`) follow the official DAN recipe: a random
-`data.hr_crop` square of an HR image, the official `augment` (hflip, vflip, transpose, each
-with p = 0.5), then the degradation of `dan_jax.degradation` (random kernel from
-`config.degradation`, reflect-padded blur, MATLAB bicubic 1/scale, optional Gaussian noise,
-8-bit rounding) and the kernel's PCA code.
-
-Determinism and resumption. Example j of the global batch of step i is a pure function of
-(config, i, j): image choice, crop, flips, kernel and noise are all drawn with stateless TF
-ops from seeds `fold_in(fold_in(seed, i), j)`, and every example is synthesized on its own
-(its own decode, blur, resize and noise; nothing is computed across the batch), so
-
-* `create_train_iterator(config, pca, start_step=k)` yields exactly batches k, k+1, ... of
-  a fresh iterator, bit for bit (a resumed run sees the data of the uninterrupted run);
-* host p of P generates examples j in [p*b, (p+1)*b) with b = batch_size // P, and the P
-  host batches concatenated are, bit for bit, the global batch of a single host.
-
-Images are visited in epochs: global example g = i * batch_size + j takes image
-`index_shuffle(g % N, seed(epoch = g // N))`, a fresh stateless permutation of the N usable
-images per epoch (every image once per epoch, like a shuffled DataLoader). Changing
-`batch_size`, the image set or any degradation field changes the stream, as it should.
-
-Sources (`config.data.source`: folder, tfds, auto, demo), decoding cost, `data.cache_decoded`
-and the image checks and error policy are `dan_jax.image_sources`' (see its docstring).
-
-Validation (`create_validation_set`): Gaussian8-style fixed LR made once from held-out HR
-images (see its docstring).
-
-This module runs on the host and uses TensorFlow/numpy only (jax only for the default
-process index/count).
+Training batches (`create_train_iterator`) follow the official DAN recipe: a random HR crop,
+the official flips/transpose, then `degradation` (random kernel, blur, MATLAB bicubic
+downsampling, noise, 8-bit rounding) and the kernel's PCA code. Example j of step i is a
+pure function of (config, i, j), drawn with stateless TF ops, so a resumed run and every
+host's shard see exactly the data of one uninterrupted single-host run (README "Training").
+Validation (`create_validation_set`): fixed LR made once from held-out HR images. Where HR
+images come from is `image_sources`'.
 """
 
 from __future__ import annotations
@@ -42,18 +20,12 @@ import numpy as np
 import tensorflow as tf
 
 from dan_jax import degradation
-# Image sources live in `image_sources`; their public names stay importable from here.
-from dan_jax.image_sources import DEMO_IMAGE_NAMES  # pylint: disable=unused-import
-from dan_jax.image_sources import DEMO_TRAIN_NAMES  # pylint: disable=unused-import
-from dan_jax.image_sources import DEMO_VAL_NAMES
-from dan_jax.image_sources import IMAGE_EXTENSIONS  # pylint: disable=unused-import
-from dan_jax.image_sources import SOURCES  # pylint: disable=unused-import
-from dan_jax.image_sources import DataError
-from dan_jax.image_sources import ImageStore
+from dan_jax.errors import DataError
 from dan_jax.image_sources import demo_images
+from dan_jax.image_sources import DEMO_VAL_NAMES
+from dan_jax.image_sources import ImageStore
 from dan_jax.image_sources import list_image_files
 from dan_jax.image_sources import split_dirs
-from dan_jax.image_sources import train_source  # pylint: disable=unused-import
 from dan_jax.image_sources import train_store
 from dan_jax.image_sources import warn_list
 
@@ -187,7 +159,7 @@ def _example_fn(plan: _Plan, config: ml_collections.ConfigDict,
 
 def _resolve_processes(process_index, process_count) -> tuple[int, int]:
   if process_index is None or process_count is None:
-    import jax  # pylint: disable=g-import-not-at-top
+    import jax
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   return int(process_index), int(process_count)

@@ -1,19 +1,12 @@
 """Trains DAN: `python -m dan_jax.main --config=configs/x4.py:v2 --workdir=DIR`.
 
   python -m dan_jax.main --config=configs/demo.py --workdir=/tmp/demo   # minutes on a CPU
-  python -m dan_jax.main --config=configs/x4.py:v1 --workdir=/runs/x4_v1 \
-      --config.data.train_dir=/data/DIV2K_train_HR --config.batch_size=32
 
-`--config.FIELD=VALUE` overrides any config field; without --config the demo config runs.
-A run resumes from the latest checkpoint in its workdir. `--distributed` (or the
-environment variable DAN_JAX_DISTRIBUTED=1) calls `jax.distributed.initialize()` first,
-for one process per host on TPU pods and multi-node GPU clusters (it detects the cluster);
-elsewhere give `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` to every
-process. Only process 0 logs (the others print warnings and errors).
-Reliability: a run killed at any moment resumes from its last complete checkpoint; SIGTERM
-(preemption) saves a checkpoint of the current step and exits 0; bad input is one
-`error: ...` line on stderr and exit status 1 (2 for bad flags).
-All logic lives in `dan_jax.train.train_and_evaluate`.
+`--config.FIELD=VALUE` overrides any config field; without --config the demo runs. A run
+resumes from the latest checkpoint in its workdir; SIGTERM saves one and exits 0.
+`--distributed` (or DAN_JAX_DISTRIBUTED=1) calls `jax.distributed.initialize()` first, one
+process per host. Bad input is one `error:` line on stderr and exit status 1 (2: bad flags
+or config, a missing package). All logic lives in `train.train_and_evaluate`.
 """
 
 from __future__ import annotations
@@ -28,6 +21,9 @@ from absl import flags
 from absl import logging
 
 from dan_jax import config as config_lib
+from dan_jax.errors import ConfigError
+from dan_jax.errors import Error
+from dan_jax.errors import MissingPackageError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and "
@@ -66,7 +62,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
   try:
     config = config_lib.load(FLAGS.config or config_lib.default_spec())
     config_lib.apply_overrides(config, overrides)
-  except config_lib.ConfigError as e:
+  except ConfigError as e:
     _fail(str(e).removeprefix("error: "), 2)
   config.lock()  # no new fields (a typo would otherwise be a new, unused one)
   _CONFIG = config
@@ -87,10 +83,14 @@ def main(argv: Sequence[str]) -> None:
           2)
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Imported here so that --help and flag errors come back fast.
-  from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+  from dan_jax import runtime
   # XLA:CPU flag (CPU-only hosts) and TensorFlow off the accelerators, before JAX starts.
   runtime.setup_entry_point()
-  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    runtime.require_tensorflow("Training (its input pipeline)")
+  except MissingPackageError as e:
+    _fail(str(e), 2)
+  import jax
   explicit = {k: v for k, v in (("coordinator_address", FLAGS.coordinator_address),
                                  ("num_processes", FLAGS.num_processes),
                                  ("process_id", FLAGS.process_id)) if v is not None}
@@ -103,15 +103,12 @@ def main(argv: Sequence[str]) -> None:
             f"): {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
     if jax.process_index() > 0:  # one log for the whole job
       logging.set_verbosity(logging.WARNING)
-  from dan_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from dan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
-  from dan_jax import train  # pylint: disable=g-import-not-at-top
+  from dan_jax import train
   logging.info("JAX process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
   try:
     result = train.train_and_evaluate(_CONFIG, FLAGS.workdir)
-  except (train.TrainingError, train.DivergedError, input_pipeline.DataError,
-          checkpoint.CheckpointError) as e:
+  except Error as e:  # TrainingError, DivergedError, DataError, CheckpointError, ...
     _fail(str(e))
   if jax.process_index() == 0:
     print(summary(result, FLAGS.workdir, _CONFIG), flush=True)

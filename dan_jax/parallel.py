@@ -12,14 +12,15 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import jax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
+from dan_jax.errors import ShardingError
+
 DATA_AXIS = "data"
-
-
-class ShardingError(ValueError):
-  """A batch that cannot be split over the devices as asked."""
 
 
 def create_mesh(devices: Optional[Sequence[Any]] = None) -> Mesh:

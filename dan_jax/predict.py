@@ -18,19 +18,9 @@ import numpy as np
 
 from dan_jax import models
 from dan_jax import parallel
-from dan_jax import runtime
-
-class InferenceError(ValueError):
-  """Inference cannot be run as asked (bad options, or an image the model cannot take)."""
-
-
-@dataclasses.dataclass
-class Prediction:
-  """One image's result: SR [sH, sW, 3] float32, code [code_len], kernel [k, k] or None."""
-
-  sr: np.ndarray
-  code: np.ndarray
-  kernel: Optional[np.ndarray]
+from dan_jax import precision as precision_lib
+from dan_jax.errors import InferenceError
+from dan_jax.prediction import Prediction
 
 
 def receptive_fields(spec: models.ModelSpec) -> tuple[int, int]:
@@ -149,7 +139,7 @@ class Predictor:
       multiple of this many pixels so that differently sized images share a compiled
       program. APPROXIMATE: padding changes the borders and the estimator's global pool.
       0 (default) runs every image at its exact size (one compilation per distinct size).
-    precision: matmul/conv precision (`runtime.PRECISIONS`): 'highest' (default: float32
+    precision: matmul/conv precision (`precision.PRECISIONS`): 'highest' (default: float32
       on every platform, the paper protocol's numbers), 'default' (the platform's fast
       float32: one bf16 pass on TPU, TF32 on GPU) or 'bfloat16' (bfloat16 activations).
     devices: the devices to shard over (default: all of this process's devices).
@@ -160,11 +150,11 @@ class Predictor:
                pad_to_multiple: int = 0, precision: str = "highest",
                devices: Optional[Sequence[Any]] = None):
     try:
-      self.precision = runtime.check_precision(precision)
+      self.precision = precision_lib.check_precision(precision)
     except ValueError as e:
       raise InferenceError(str(e)) from e
     self.spec = models.spec_from_config(model_config)
-    if runtime.compute_dtype(precision, "") == "bfloat16":
+    if precision_lib.compute_dtype(precision, "") == "bfloat16":
       self.spec = dataclasses.replace(self.spec, dtype=jnp.bfloat16)
     self.model = models.create_model(self.spec)
     self.self_ensemble = bool(self_ensemble)
@@ -265,7 +255,7 @@ class Predictor:
       x = np.pad(x, ((0, 0), (0, -h % m), (0, -w % m), (0, 0)), mode="edge")
     # Batch sizes are powers of two (few compilations) and multiples of the device count.
     x = parallel.pad_batch(x, parallel.round_up(1 << (n - 1).bit_length(), self.num_devices))
-    with runtime.precision_scope(self.precision):
+    with precision_lib.precision_scope(self.precision):
       sr, code, kernel = jax.device_get(self._whole(self.variables, x))
     s = self.scale
     sr = np.asarray(sr[:n, :h * s, :w * s], np.float32)
@@ -335,7 +325,7 @@ class Predictor:
       sr = np.zeros((h * s, w * s, 3), np.float32)
       for i, group in self._batches(boxes):
         tiles = self._pad_batch([lr_tile(y, x) for y, x in group], size)
-        with runtime.precision_scope(self.precision):
+        with precision_lib.precision_scope(self.precision):
           out = np.asarray(self._restore(self.variables, tiles, code))
         for j, (y, x) in enumerate(group):
           sr[y * s:(y + th) * s, x * s:(x + tw) * s] += out[j] * sr_win(i + j)[..., None]
@@ -345,7 +335,7 @@ class Predictor:
                                     for y, x in group], size)
         lr_tiles = self._pad_batch([lr_tile(y, x) for y, x in group], size)
         weights = self._pad_batch([lr_win(i + j) / (h * w) for j in range(len(group))], size)
-        with runtime.precision_scope(self.precision):
+        with precision_lib.precision_scope(self.precision):
           part = self._pool(self.variables, sr_tiles, lr_tiles, weights)
         pooled = pooled + np.asarray(part, np.float64)
       code_1d, kernel = self._head(pooled)

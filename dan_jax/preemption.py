@@ -51,7 +51,7 @@ class PreemptionWatch:
     self.calls += 1
     if not self.jax_sync and jax.process_count() == 1:
       return self.requested
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils
     if self.jax_sync:
       if multihost_utils.reached_preemption_sync_point(self.calls):
         self.source = "JAX preemption notice"

@@ -1,7 +1,7 @@
-"""Self-recovery of a training run: injected faults, the rollback record, rollbacks.
+"""Self-recovery of a training run: the rollback record and rollbacks.
 
-A step with a non-finite loss or gradient is skipped inside the jitted step (see
-`steps.train_step`). A stretch of config.max_consecutive_nonfinite skipped steps, or a
+A step with a non-finite loss or gradient is skipped inside the jitted step
+(`steps.train_step`). A stretch of config.max_consecutive_nonfinite skipped steps, or a
 validation Y-PSNR config.collapse_psnr_drop dB below the best, rolls back to the last good
 checkpoint and moves the data stream past the failed batches (`TrainState.data_offset`);
 the `Recovery` record in each checkpoint's meta makes a resumed run repeat it. When
@@ -15,48 +15,15 @@ from typing import Any, Callable, Optional
 
 from absl import logging
 from jax.sharding import NamedSharding
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
 from dan_jax import checkpoint
 from dan_jax import parallel
-from dan_jax.errors import CollapseError, DivergedError, NonFiniteLossError
+from dan_jax.errors import CollapseError
+from dan_jax.errors import DivergedError
+from dan_jax.errors import NonFiniteLossError
 from dan_jax.train_state import TrainState
-
-
-@dataclasses.dataclass(frozen=True)
-class Faults:
-  """Faults injected inside the jitted step (config.debug; tests of the recovery only).
-
-  Steps are numbered as in an uninterrupted run: the fault hits the batch step s trains
-  on when data_offset is 0 (batch s - 1), so once a rollback has moved the data stream
-  past it, it does not come back, as a bad batch or an unlucky stretch would not.
-  """
-  nan_at_steps: tuple = ()  # the loss and gradient of these steps become NaN
-  collapse_at_step: int = 0  # this step's update is multiplied by COLLAPSE_SCALE (0: off)
-
-
-# A finite but destructive update (what an exploding, not yet NaN, step looks like).
-COLLAPSE_SCALE = 1000.0
-
-
-def faults_from_config(config: ml_collections.ConfigDict) -> Faults:
-  """config.debug's injected faults (none when the config has no `debug` block)."""
-  debug = config.get("debug") or {}
-  return Faults(nan_at_steps=tuple(int(s) for s in (debug.get("nan_at_steps") or ())),
-                collapse_at_step=int(debug.get("collapse_at_step") or 0))
-
-
-# Defaults of the recovery fields for configs that predate them (configs/default.py
-# states the same values).
-RECOVERY_DEFAULTS = {"clip_grad_norm": 0.0, "max_consecutive_nonfinite": 20,
-                     "collapse_psnr_drop": 3.0, "max_rollbacks": 3}
-
-
-def recovery_fields(config: ml_collections.ConfigDict) -> dict:
-  """The recovery fields of `config`, with RECOVERY_DEFAULTS for the missing ones."""
-  return {k: config.get(k, v) for k, v in RECOVERY_DEFAULTS.items()}
 
 
 @dataclasses.dataclass

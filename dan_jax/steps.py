@@ -1,34 +1,68 @@
 """The update step of DAN/DCLS training: optimizer, losses, train and eval steps, jitted.
 
-* loss: the official DAN loss supervises only the last alternating iteration, and the
-  model stops gradients between iterations, so iterations 1..N-1 run forward only and only
-  the last one is differentiated (the same gradient at a fraction of the cost; see
-  `compute_losses`). `config.supervise_all_iterations` adds every iteration's loss and
-  differentiates through the whole loop.
-* optimizer: Adam (PyTorch's eps, L2 weight decay added to the gradient like
-  `torch.optim.Adam(weight_decay=...)`), MultiStep learning-rate halving, optional EMA.
-* a step with a non-finite loss or gradient is skipped inside the jitted step (no update;
-  counters in the state, read by the host once per logging window).
-* jitted over a `Mesh` with axis 'data': state replicated (and donated), batches sharded.
+The official loss supervises only the last alternating iteration and the model stops
+gradients between iterations, so iterations 1..N-1 run forward only (`compute_losses`).
+Adam as PyTorch's (L2 weight decay in the gradient), MultiStep halving, optional EMA. A
+step with a non-finite loss or gradient is skipped inside the jitted step; `Faults`
+injects such steps for the recovery tests, and `recovery_fields` gives the recovery
+fields' defaults. Jitted over a `Mesh` with axis 'data': state replicated (and donated),
+batches sharded.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 from typing import Any, Callable, Optional
 
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import jax.numpy as jnp
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import optax
 
 from dan_jax import models
 from dan_jax import parallel
-from dan_jax import runtime
-from dan_jax.recovery import COLLAPSE_SCALE, Faults
-from dan_jax.train_state import TrainState, create_train_state
+from dan_jax import precision as precision_lib
+from dan_jax.train_state import create_train_state
+from dan_jax.train_state import TrainState
+
+
+@dataclasses.dataclass(frozen=True)
+class Faults:
+  """Faults injected inside the jitted step (config.debug; tests of the recovery only).
+
+  Steps are numbered as in an uninterrupted run: the fault hits the batch step s trains
+  on when data_offset is 0 (batch s - 1), so once a rollback has moved the data stream
+  past it, it does not come back, as a bad batch or an unlucky stretch would not.
+  """
+  nan_at_steps: tuple = ()  # the loss and gradient of these steps become NaN
+  collapse_at_step: int = 0  # this step's update is multiplied by COLLAPSE_SCALE (0: off)
+
+
+# A finite but destructive update (what an exploding, not yet NaN, step looks like).
+COLLAPSE_SCALE = 1000.0
+
+
+def faults_from_config(config: ml_collections.ConfigDict) -> Faults:
+  """config.debug's injected faults (none when the config has no `debug` block)."""
+  debug = config.get("debug") or {}
+  return Faults(nan_at_steps=tuple(int(s) for s in (debug.get("nan_at_steps") or ())),
+                collapse_at_step=int(debug.get("collapse_at_step") or 0))
+
+
+# Defaults of the recovery fields for configs that predate them (configs/default.py
+# states the same values).
+RECOVERY_DEFAULTS = {"clip_grad_norm": 0.0, "max_consecutive_nonfinite": 20,
+                     "collapse_psnr_drop": 3.0, "max_rollbacks": 3}
+
+
+def recovery_fields(config: ml_collections.ConfigDict) -> dict:
+  """The recovery fields of `config`, with RECOVERY_DEFAULTS for the missing ones."""
+  return {k: config.get(k, v) for k, v in RECOVERY_DEFAULTS.items()}
 
 
 def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule:
@@ -47,8 +81,9 @@ def create_optimizer(config: ml_collections.ConfigDict,
   as the official recipe).
   """
   parts = []
-  if config.get("clip_grad_norm", 0.0):
-    parts.append(optax.clip_by_global_norm(float(config.clip_grad_norm)))
+  clip = recovery_fields(config)["clip_grad_norm"]
+  if clip:
+    parts.append(optax.clip_by_global_norm(float(clip)))
   if config.weight_decay:
     # torch.optim.Adam adds weight_decay * param to the gradient before the moments
     # (not decoupled AdamW); the official weight_decay_G means this.
@@ -177,12 +212,12 @@ def eval_step(variables: dict, lr: jax.Array, *, model: models.DAN
 
 
 def _at_precision(fn: Callable, precision: str) -> Callable:
-  """fn traced at the matmul/conv precision `precision` (runtime.PRECISIONS)."""
-  runtime.check_precision(precision)
+  """fn traced at the matmul/conv precision `precision` (precision.PRECISIONS)."""
+  precision_lib.check_precision(precision)
 
   @functools.wraps(fn)
   def wrapped(*args, **kwargs):
-    with runtime.precision_scope(precision):
+    with precision_lib.precision_scope(precision):
       return fn(*args, **kwargs)
   return wrapped
 

@@ -1,31 +1,17 @@
 """Training and validation of DAN: `train_and_evaluate(config, workdir)`.
 
-The entry point that `main`, notebooks and tests share. One concept per module:
-
-* `steps`: optimizer, losses, `train_step` / `eval_step` jitted over a `Mesh` with axis
-  'data' (parameters, optimizer state and EMA replicated, batches sharded; the same code
-  runs on one CPU, fake CPU devices, GPUs and TPU pods). `train_state`: `TrainState`.
-* `checkpoint`: orbax, WORKDIR/checkpoints/<step>/{state,model_config,meta}; the `state`
-  item holds step, params, pca, opt_state and ema_params, so `checkpoint.load_model` reads
-  it. A run resumes from the latest checkpoint in its workdir, and because batch i of the
-  input pipeline is a pure function of (config, i), a resumed run continues exactly as
-  the uninterrupted one would. The best checkpoint by validation PSNR is kept apart in
-  WORKDIR/checkpoints_best/ (config.keep_best); the latest checkpoint of a step is
-  complete before its best checkpoint is written.
-* kills and preemption (`preemption.PreemptionWatch`): orbax writes a checkpoint into a
-  tmp folder and renames it when complete, so a run killed at any moment resumes from its
-  last complete checkpoint. A preemption makes the loop save the current step, wait for
-  the write and return with 'preempted' in the result.
-* `recovery`: non-finite steps are skipped on the device (counters read once per logging
-  window, so the host never waits on the device between logs); a stretch of them, or a
-  validation collapse, rolls back to the last good checkpoint past the failed batches.
-* `validation`: scores (Y channel, uint8), the bicubic baseline, TensorBoard images.
-* logs: clu metric writers (TensorBoard event files in the workdir), from process 0 only.
+The entry point that `main`, notebooks and tests share, and `validate_config`, the check of
+a training config's values. The loop only calls the parts: `steps` (the jitted update),
+`checkpoint` (resume, latest and best saves), `recovery` (rollbacks), `validation`
+(scores, images), `preemption` (save and stop on SIGTERM). Batch i of the input pipeline
+is a pure function of (config, i), so a resumed run continues as the uninterrupted one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 import time
 from typing import Any, Callable, Iterator, Optional
@@ -34,7 +20,9 @@ from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
 import jax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import ml_collections
 import numpy as np
 import optax
@@ -50,39 +38,156 @@ from dan_jax import recovery
 from dan_jax import steps
 from dan_jax import storage
 from dan_jax import validation
-# Names defined here before the split into modules stay importable from `dan_jax.train`
-# (tests, benchmarks, launchers and notebooks use them).
-# pylint: disable=unused-import,g-multiple-import,g-importing-member
-from dan_jax.config import validate_config
-from dan_jax.errors import CollapseError, DivergedError, NonFiniteLossError, TrainingError
+from dan_jax.errors import ShardingError
+from dan_jax.errors import TrainingError
 from dan_jax.preemption import PreemptionWatch
-from dan_jax.recovery import COLLAPSE_SCALE, Faults, Recovery, faults_from_config
-from dan_jax.steps import (benchmark_step, compute_losses, create_learning_rate_fn,
-                           create_optimizer, eval_step, make_eval_step, make_train_step,
-                           train_step)
-from dan_jax.train_state import TrainState, create_train_state, state_template
-from dan_jax.validation import (BEST_METRIC, VAL_SUBDIR, bicubic_baseline, evaluate,
-                                summary_images, write_sr_images)
-# pylint: enable=unused-import,g-multiple-import,g-importing-member
+from dan_jax.recovery import Recovery
+from dan_jax.train_state import create_train_state
+from dan_jax.train_state import state_template
+from dan_jax.train_state import TrainState
+from dan_jax.validation import BEST_METRIC
+from dan_jax.validation import bicubic_baseline
+from dan_jax.validation import summary_images
+from dan_jax.validation import VAL_SUBDIR
+from dan_jax.validation import write_sr_images
 
 BEST_SUBDIR = "checkpoints_best"
-
-# These live in dan_jax.parallel; the names stay importable from train.
-create_mesh = parallel.create_mesh
-to_global = parallel.to_global
-to_host = parallel.to_host
 
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   """Fails fast (TrainingError) when the global batch cannot be split over the mesh."""
   try:
     parallel.check_batch_size(batch_size, mesh)
-  except parallel.ShardingError as e:
+  except ShardingError as e:
     raise TrainingError(str(e)) from e
 
 
 def _every(step: int, n: int) -> bool:
   return n > 0 and step % n == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Checking a training config's values
+# ---------------------------------------------------------------------------------------
+
+# Fields every training config has (configs/default.py states them all).
+_REQUIRED = ("model", "degradation", "data", "seed", "batch_size", "num_train_steps",
+             "learning_rate", "lr_milestones", "lr_gamma", "adam_b1", "adam_b2",
+             "weight_decay", "kernel_loss_weight", "supervise_all_iterations",
+             "ema_decay", "log_every_steps", "eval_every_steps",
+             "checkpoint_every_steps", "keep_checkpoints", "keep_best",
+             "image_every_steps", "init_checkpoint", "write_sr_images")
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _finite(x: Any) -> bool:
+  return isinstance(x, (int, float, np.number)) and math.isfinite(x)
+
+
+def _get(config: ml_collections.ConfigDict, path: str) -> Any:
+  for part in path.split("."):
+    config = config[part]
+  return config
+
+
+def _need(config: ml_collections.ConfigDict, ok: bool, field: str, what: str) -> None:
+  if not ok:
+    raise TrainingError(f"config.{field} must be {what}, got {_get(config, field)!r}")
+
+
+def validate_config(config: ml_collections.ConfigDict) -> Any:
+  """Checks the training fields; returns the model spec. Raises errors.TrainingError."""
+  for name in _REQUIRED:
+    if name not in config:
+      raise TrainingError(f"the config has no field {name!r} (start from "
+                          "configs/default.py)")
+  try:
+    spec = models.spec_from_config(config.model)
+  except ValueError as e:
+    raise TrainingError(f"config.{e}" if str(e).startswith("model.") else str(e)) from e
+  _check_optimization(config)
+  _check_schedule(config)
+  _check_recovery(config)
+  _check_model_fit(config, spec)
+  return spec
+
+
+def _check_optimization(config: ml_collections.ConfigDict) -> None:
+  need = functools.partial(_need, config)
+  need(_is_int(config.batch_size) and config.batch_size > 0, "batch_size",
+       "a positive integer")
+  need(_is_int(config.num_train_steps) and config.num_train_steps >= 0, "num_train_steps",
+       "a non-negative integer")
+  need(_finite(config.learning_rate) and config.learning_rate > 0, "learning_rate",
+       "a positive number")
+  ms = tuple(config.lr_milestones or ())
+  need(all(_is_int(m) and m > 0 for m in ms) and list(ms) == sorted(ms), "lr_milestones",
+       "increasing positive step numbers")
+  need(_finite(config.lr_gamma) and config.lr_gamma > 0, "lr_gamma", "a positive number")
+  for f in ("adam_b1", "adam_b2", "ema_decay"):
+    need(_finite(config[f]) and 0 <= config[f] < 1, f, "in [0, 1)")
+  for f in ("weight_decay", "kernel_loss_weight"):
+    need(_finite(config[f]) and config[f] >= 0, f, "a non-negative number")
+
+
+def _check_schedule(config: ml_collections.ConfigDict) -> None:
+  need = functools.partial(_need, config)
+  need(_is_int(config.log_every_steps) and config.log_every_steps > 0, "log_every_steps",
+       "a positive integer")
+  for f in ("eval_every_steps", "checkpoint_every_steps", "image_every_steps"):
+    need(_is_int(config[f]) and config[f] >= 0, f, "a non-negative integer (0: off)")
+  need(_is_int(config.keep_checkpoints) and config.keep_checkpoints > 0,
+       "keep_checkpoints", "a positive integer")
+
+
+def _check_recovery(config: ml_collections.ConfigDict) -> None:
+  """Recovery fields (configs written before they existed get the defaults' behaviour)."""
+  need = functools.partial(_need, config)
+  fields = steps.recovery_fields(config)
+  need(_finite(fields["clip_grad_norm"]) and fields["clip_grad_norm"] >= 0,
+       "clip_grad_norm", "a non-negative number (0: off)")
+  need(_finite(fields["collapse_psnr_drop"]) and fields["collapse_psnr_drop"] >= 0,
+       "collapse_psnr_drop", "a non-negative number of dB (0: off)")
+  for f in ("max_consecutive_nonfinite", "max_rollbacks"):
+    need(_is_int(fields[f]) and fields[f] >= 0, f, "a non-negative integer")
+  try:
+    faults = steps.faults_from_config(config)
+  except (TypeError, ValueError) as e:
+    raise TrainingError(f"config.debug: {e}") from e
+  need(all(s > 0 for s in faults.nan_at_steps), "debug.nan_at_steps",
+       "positive step numbers")
+  need(faults.collapse_at_step >= 0, "debug.collapse_at_step", "a step number (0: off)")
+
+
+def _check_model_fit(config: ml_collections.ConfigDict, spec: Any) -> None:
+  """The degradation, precision and backend fit the model `spec`."""
+  need = functools.partial(_need, config)
+  need(config.degradation.kernel_size == spec.kernel_size, "degradation.kernel_size",
+       f"the model's kernel size {spec.kernel_size}")
+  need(_is_int(config.degradation.pca_samples) and
+       config.degradation.pca_samples >= spec.code_len, "degradation.pca_samples",
+       f"an integer >= model.code_len ({spec.code_len})")
+  need(spec.code_len <= spec.kernel_size**2, "model.code_len",
+       f"at most kernel_size^2 = {spec.kernel_size**2}")
+  need(config.get("matmul_precision", "default") in ("default", "highest"),
+       "matmul_precision", '"default" or "highest" (bfloat16 activations: model.dtype)')
+  if spec.conv_backward == "gemm" and jax.default_backend() != "cpu":
+    raise TrainingError(
+        f"config.model.conv_backward = 'gemm' is for the CPU only (this run is on "
+        f"{jax.default_backend()}, where it becomes a convolution with a whole-image "
+        "window): use 'auto' or 'xla'")
+
+
+def preemption_check_every(config: ml_collections.ConfigDict) -> int:
+  """config.preemption_check_every_steps (default 10), checked. Raises TrainingError."""
+  every = config.get("preemption_check_every_steps", 10)
+  if not _is_int(every) or every <= 0:
+    raise TrainingError("config.preemption_check_every_steps must be a positive integer, "
+                        f"got {every!r}")
+  return int(every)
 
 
 # ---------------------------------------------------------------------------------------
@@ -125,7 +230,7 @@ def _initial_variables(config: ml_collections.ConfigDict, model: models.DAN,
                               n=int(config.degradation.pca_samples),
                               code_len=spec.code_len, seed=int(config.seed))
   if jax.process_count() > 1:  # identical on every host, whatever its float rounding
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    from jax.experimental import multihost_utils
     pca = np.asarray(multihost_utils.broadcast_one_to_all(pca))
   logging.info("PCA of %d kernels in %.1f s", config.degradation.pca_samples,
                time.perf_counter() - t)
@@ -145,7 +250,7 @@ def _initial_state(config: ml_collections.ConfigDict, spec: models.ModelSpec,
     template = state_template(spec, model, tx, config.ema_decay > 0)
     return checkpoint.restore_state(manager, latest, template, sharding), meta
   variables = _initial_variables(config, model, spec)
-  return to_global(create_train_state(variables, tx, config.ema_decay > 0), sharding), {}
+  return parallel.to_global(create_train_state(variables, tx, config.ema_decay > 0), sharding), {}
 
 
 @dataclasses.dataclass
@@ -162,7 +267,7 @@ class _Run:
   p_eval_step: Callable  # (variables, lr) -> (sr, code, kernel)
   manager: ocp.CheckpointManager  # WORKDIR/checkpoints: the latest checkpoints
   meta: dict  # every checkpoint's meta: the full config
-  recovery: dict  # recovery.recovery_fields(config)
+  recovery: dict  # steps.recovery_fields(config)
   preemption_every: int  # config.preemption_check_every_steps
   best_manager: Optional[ocp.CheckpointManager] = None  # WORKDIR/checkpoints_best
   writer: Any = None  # clu metric writer
@@ -198,16 +303,16 @@ class _Run:
 def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   """Checks the config and workdir, builds the mesh, jitted steps and checkpoint manager."""
   spec = validate_config(config)
-  preemption_every = config_lib.preemption_check_every(config)
-  recovery_config = recovery.recovery_fields(config)
+  preemption_every = preemption_check_every(config)
+  recovery_config = steps.recovery_fields(config)
   workdir = _prepare_workdir(workdir)
-  mesh = create_mesh()
+  mesh = parallel.create_mesh()
   check_batch_size(config.batch_size, mesh)
   model, learning_rate_fn, tx, p_train_step, p_eval_step = steps.step_functions(
       spec, tuple(tuple(config[f]) if f == "lr_milestones" else config.get(f, 0.0)
                   for f in steps.OPTIMIZER_FIELDS),
       mesh, float(config.kernel_loss_weight), bool(config.supervise_all_iterations),
-      float(config.ema_decay), faults_from_config(config),
+      float(config.ema_decay), steps.faults_from_config(config),
       config.get("matmul_precision", "default"))
   meta = {"config": config_lib.to_json(config)}
   manager = checkpoint.create_manager(
@@ -234,9 +339,9 @@ def _start(run: _Run) -> tuple[TrainState, Recovery, Optional[Iterator[dict]]]:
   config, spec = run.config, run.spec
   state, resumed_meta = _initial_state(config, spec, run.model, run.tx, run.manager,
                                        run.replicated)
-  start_step = int(to_host(state.step))
+  start_step = int(parallel.to_host(state.step))
   rec = Recovery.from_meta(resumed_meta, start_step)
-  rec.data_offset = int(to_host(state.data_offset))
+  rec.data_offset = int(parallel.to_host(state.data_offset))
   if config.keep_best:  # "last N plus best": the best lives in its own manager
     run.best_manager = best = checkpoint.create_manager(
         storage.join(run.workdir, BEST_SUBDIR), max_to_keep=1, async_save=True)
@@ -244,7 +349,7 @@ def _start(run: _Run) -> tuple[TrainState, Recovery, Optional[Iterator[dict]]]:
       # A checkpoint from before the 'recovery' meta: the bar is the best checkpoint's.
       rec.best_psnr = checkpoint.read_info(best, best.latest_step(), spec).get(BEST_METRIC)
       rec.best_step = best.latest_step()
-  run.pca = to_host(state.pca["matrix"])
+  run.pca = parallel.to_host(state.pca["matrix"])
   run.val = input_pipeline.create_validation_set(config, run.pca)
   train_iter = _train_batches(run, rec, start_step) if start_step < run.total else None
   # TensorBoard files are written by TensorFlow's own file system (see README).
@@ -317,7 +422,7 @@ class _Progress:
 
   def fetch(self) -> list:
     """The window's metrics on the host: the one device-to-host transfer per window."""
-    return [(s, {k: float(to_host(v)) for k, v in m.items()}) for s, m in self.window]
+    return [(s, {k: float(parallel.to_host(v)) for k, v in m.items()}) for s, m in self.window]
 
   def window_rates(self, batch_size: int) -> dict:
     elapsed = time.perf_counter() - self.window_start - self.window_paused
@@ -350,7 +455,6 @@ def _window_scalars(host: list) -> dict:
   out["train/skipped_steps"] = host[-1][1]["skipped"]
   out["train/skipped_in_window"] = float(sum(not h["finite"] for _, h in host))
   return out
-
 
 
 def _log_window(run: _Run, progress: _Progress, step: int) -> Optional[tuple]:
@@ -476,7 +580,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     checkpoint of 'step' is then saved, and no final validation is run), with
     'preempted_by' ('SIGTERM' or 'JAX preemption notice').
   Raises:
-    TrainingError, input_pipeline.DataError, checkpoint.CheckpointError: user errors.
+    errors.Error (TrainingError, DataError, CheckpointError, ...): user errors.
     DivergedError (NonFiniteLossError, CollapseError): rollbacks did not help.
   """
   start_time = time.perf_counter()
@@ -486,11 +590,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, rec, train_iter = _start(run)
     result: dict = {} if run.val is None else bicubic_baseline(run.val, run.spec.scale)
     rollbacks, report = _rollbacks(run), _new_report(run)
-    progress = _Progress(int(to_host(state.skipped)))
-    step = int(to_host(state.step))
+    progress = _Progress(int(parallel.to_host(state.skipped)))
+    step = int(parallel.to_host(state.step))
     while step < run.total:
       step += 1
-      state, step_metrics = run.p_train_step(state, to_global(next(train_iter), run.data))
+      state, step_metrics = run.p_train_step(state, parallel.to_global(next(train_iter), run.data))
       report(step)
       progress.add(step, step_metrics)  # read once per logging window: no sync per step
       progress.begin_pause()
@@ -515,7 +619,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         break
     loop_end = time.perf_counter()
     if run.val is not None and outputs is None and not preempted:  # nothing to train
-      _, outputs = _run_validation(run, state, int(to_host(state.step)), result)
+      _, outputs = _run_validation(run, state, int(parallel.to_host(state.step)), result)
   finally:
     preemption.close()
     checkpoint.close(run.manager)
@@ -535,7 +639,7 @@ def _finish(run: _Run, result: dict, state: TrainState, rec: Recovery, progress:
       preempted_by is None):
     write_sr_images(storage.join(run.workdir, VAL_SUBDIR), run.val, outputs, run.spec.scale)
   train_seconds = progress.train_seconds(loop_end)
-  result.update(step=int(to_host(state.step)), train_seconds=train_seconds,
+  result.update(step=int(parallel.to_host(state.step)), train_seconds=train_seconds,
                 wall_seconds=time.perf_counter() - start_time,
                 skipped_steps=progress.skipped_total, rollbacks=rec.rollbacks)
   if progress.timed_steps and train_seconds > 0:

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
-from typing import Sequence
+from typing import Callable, Sequence
+
+# The checkout these scripts belong to: its dan_jax is the one they launch.
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(1, REPO)
+from dan_jax.errors import Error  # noqa: E402  (a leaf: the standard library only)
+
+
+def run_main(main: Callable[[], int]) -> int:
+  """Runs a launcher's main; an errors.Error is one `error:` line and exit status 2."""
+  try:
+    return main()
+  except Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
 
 
 def quote(cmd: Sequence[str]) -> str:

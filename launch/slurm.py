@@ -19,7 +19,9 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _common  # pylint: disable=g-import-not-at-top,wrong-import-position
+from dan_jax.errors import UsageError  # _common put this checkout on sys.path
+
+import _common
 
 
 def sbatch_script(args: argparse.Namespace, overrides: list[str]) -> str:
@@ -61,8 +63,7 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--dry_run", action="store_true", help="print, write and submit nothing")
   args, overrides = parser.parse_known_args(argv)
   if args.nodes < 1 or args.gpus_per_node < 1:
-    print("error: --nodes and --gpus_per_node must be positive", file=sys.stderr)
-    return 2
+    raise UsageError("--nodes and --gpus_per_node must be positive")
   script = sbatch_script(args, overrides)
   path = os.path.join(args.workdir, "slurm", "train.sbatch")
   if args.dry_run:
@@ -76,4 +77,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  sys.exit(_common.run_main(main))

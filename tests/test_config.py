@@ -6,6 +6,7 @@ import pathlib
 import pytest
 
 from dan_jax import config as config_lib
+from dan_jax import errors
 
 ROOT = pathlib.Path(__file__).parents[1]
 
@@ -15,9 +16,9 @@ def test_load_spec_with_argument_and_shipped_fallback(tmp_path, monkeypatch):
   assert v1.model.version == "DANv1" and v1.model.scale == 4
   monkeypatch.chdir(tmp_path)  # no configs/ here: the shipped copy is used
   assert config_lib.load("configs/x4.py").model.version == "DANv2"
-  with pytest.raises(config_lib.ConfigError, match="no such config file: configs/nope.py"):
+  with pytest.raises(errors.ConfigError, match="no such config file: configs/nope.py"):
     config_lib.load("configs/nope.py")
-  with pytest.raises(config_lib.ConfigError, match="config argument must be v1, v2 or dcls"):
+  with pytest.raises(errors.ConfigError, match="config argument must be v1, v2 or dcls"):
     config_lib.load("configs/x4.py:v3")
 
 
@@ -37,7 +38,7 @@ def test_overrides_convert_to_the_field_type():
                        ("model.scale=five", "model.scale=five: not a valid int"),
                        ("data.cache_decoded=maybe", "not a valid bool"),
                        ("batch_size", "expected FIELD=VALUE")]:
-    with pytest.raises(config_lib.ConfigError, match=message.replace("(", r"\(").replace(
+    with pytest.raises(errors.ConfigError, match=message.replace("(", r"\(").replace(
         ")", r"\)").replace("?", r"\?")):
       config_lib.apply_overrides(c, [bad])
   assert json.loads(config_lib.to_json(c))["model"]["scale"] == 3
@@ -54,9 +55,9 @@ def test_split_override_args_accepts_absl_spellings():
 def test_broken_config_files_are_one_config_error(tmp_path):
   broken = tmp_path / "broken.py"
   broken.write_text("import nonexistent_module_xyz\n")
-  with pytest.raises(config_lib.ConfigError, match="broken.py: ModuleNotFoundError"):
+  with pytest.raises(errors.ConfigError, match="broken.py: ModuleNotFoundError"):
     config_lib.load(str(broken))
   empty = tmp_path / "empty.py"
   empty.write_text("X = 1\n")
-  with pytest.raises(config_lib.ConfigError, match="must define get_config"):
+  with pytest.raises(errors.ConfigError, match="must define get_config"):
     config_lib.load(str(empty))

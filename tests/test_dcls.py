@@ -18,16 +18,18 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 
 from dan_jax import checkpoint
+from dan_jax import config as config_lib
 from dan_jax import convert
+from dan_jax import errors
 from dan_jax import models
 from dan_jax.models import dcls
 
-import test_notebooks  # pylint: disable=g-bad-import-order (nbclient runner, kernel fixture)
-from test_notebooks import kernel_env  # pylint: disable=unused-import,g-bad-import-order
+import test_notebooks  # the nbclient runner
+from test_notebooks import kernel_env  # noqa: F401  (a pytest fixture of this module)
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 CASES = ("x4_setting1", "x4_setting2", "x2_setting1")
@@ -116,12 +118,13 @@ def test_dcls_config_errors_name_the_field():
 
 
 def test_bad_remat_in_a_training_config_is_one_clear_error():
-  from dan_jax import config as config_lib  # pylint: disable=g-import-not-at-top
-  from dan_jax.errors import TrainingError  # pylint: disable=g-import-not-at-top
-  c = checkpoint.load_config_file(str(ROOT / "configs" / "test.py:dcls"))
+  from dan_jax import config as config_lib
+  from dan_jax import train
+  from dan_jax.errors import TrainingError
+  c = config_lib.load(str(ROOT / "configs" / "test.py:dcls"))
   c.model.remat = "group"
   with pytest.raises(TrainingError, match=r"^config.model.remat must be one of"):
-    config_lib.validate_config(c)
+    train.validate_config(c)
 
 
 @pytest.mark.slow  # ~25-50 s on 2 cores: compiles three Restorer gradients
@@ -202,8 +205,8 @@ ROOT = pathlib.Path(__file__).parents[1]
     ("x2", 2, 21, 2.0), ("x3", 3, 21, 3.0), ("x4", 4, 21, 4.0),
     ("x2_setting2", 2, 11, 5.0), ("x4_setting2", 4, 31, 5.0)])
 def test_dcls_configs_follow_the_official_yamls(name, scale, kernel, sig_max):
-  from dan_jax import train  # pylint: disable=g-import-not-at-top
-  c = checkpoint.load_config_file(str(ROOT / "configs" / f"{name}.py:dcls"))
+  from dan_jax import train
+  c = config_lib.load(str(ROOT / "configs" / f"{name}.py:dcls"))
   spec = train.validate_config(c)
   assert spec.version == "DCLS" and spec.scale == scale and spec.loops == 1
   assert (spec.nf, spec.nb, spec.ng, spec.input_para, spec.estimator_nb) == (64, 10, 5, 256, 3)
@@ -216,8 +219,9 @@ def test_dcls_configs_follow_the_official_yamls(name, scale, kernel, sig_max):
 
 @pytest.mark.slow  # ~75 s on 2 cores: compiles the DCLS train and eval steps
 def test_dcls_trains_with_the_reformulated_kernel_loss(tmp_path):
-  from dan_jax import input_pipeline, train  # pylint: disable=g-import-not-at-top
-  c = checkpoint.load_config_file(str(ROOT / "configs" / "test.py:dcls"))
+  from dan_jax import input_pipeline
+  from dan_jax import train
+  c = config_lib.load(str(ROOT / "configs" / "test.py:dcls"))
   pca = np.zeros((11 * 11, c.model.code_len), np.float32)
   batch = next(iter(input_pipeline.create_train_iterator(c, pca)))
   b, h = c.batch_size, c.data.hr_crop // c.model.scale
@@ -245,7 +249,7 @@ def test_init_follows_the_official_constructors():
 
 
 def test_predictor_runs_dcls_whole_images_and_refuses_tiles():
-  from dan_jax import predict  # pylint: disable=g-import-not-at-top
+  from dan_jax import predict
   data = np.load(FIXTURES / "parity_dcls_x4_setting1.npz")
   config = convert.infer_dcls_config(_state_dict(data))
   variables = convert.dcls_params_from_torch(_state_dict(data), config)
@@ -254,16 +258,16 @@ def test_predictor_runs_dcls_whole_images_and_refuses_tiles():
   assert predictor.has_kernel and not predictor.tiled_is_exact
   assert _rel_err(pred.sr, data["sr"][0]) < 1e-4
   assert _rel_err(pred.kernel, data["kernel"][0]) < 1e-4
-  with pytest.raises(predict.InferenceError, match="tiled inference is not available for DCLS"):
+  with pytest.raises(errors.InferenceError, match="tiled inference is not available for DCLS"):
     predict.Predictor(config, variables, tile=8)
 
 
 @pytest.mark.slow  # ~25 s on 2 cores
 def test_dcls_resumed_run_matches_uninterrupted_run(tmp_path):
-  from dan_jax import train  # pylint: disable=g-import-not-at-top
+  from dan_jax import train
 
   def config(steps):
-    c = checkpoint.load_config_file(str(ROOT / "configs" / "test.py:dcls"))
+    c = config_lib.load(str(ROOT / "configs" / "test.py:dcls"))
     c.num_train_steps, c.data.val_source, c.checkpoint_every_steps = steps, "none", 0
     return c
 
@@ -296,10 +300,12 @@ def ckpt_dcls(tmp_path_factory) -> str:
 
 @pytest.mark.slow  # ~30 s on 2 cores: compiles the tiny DCLS for 4 image sizes
 def test_evaluate_scores_dcls_kernels_like_danv2(tmp_path, ckpt_dcls, capsys):
-  import test_evaluate  # pylint: disable=g-import-not-at-top (its Gaussian8/DIV2KRK makers)
-  from dan_jax import evaluate, metrics  # pylint: disable=g-import-not-at-top
-  test_evaluate._make_hr(tmp_path / "hr")  # pylint: disable=protected-access
-  kernels = test_evaluate._make_div2krk(tmp_path / "krk")  # pylint: disable=protected-access
+  from dan_jax import evaluate
+  from dan_jax import metrics
+
+  import test_evaluate  # its Gaussian8/DIV2KRK makers
+  test_evaluate._make_hr(tmp_path / "hr")
+  kernels = test_evaluate._make_div2krk(tmp_path / "krk")
   work = tmp_path / "work"
   rc = evaluate.main(["--checkpoint", ckpt_dcls, "--dataset", f"Tiny={tmp_path / 'hr'}",
                       "--div2krk", str(tmp_path / "krk"), "--out", str(work),
@@ -307,7 +313,7 @@ def test_evaluate_scores_dcls_kernels_like_danv2(tmp_path, ckpt_dcls, capsys):
   out, err = capsys.readouterr()
   assert rc == 0, err
   (run_dir,) = [p for p in work.iterdir() if p.name.startswith("eval-")]
-  rows = test_evaluate._read_csv(run_dir / "metrics.csv")  # pylint: disable=protected-access
+  rows = test_evaluate._read_csv(run_dir / "metrics.csv")
   assert len(rows) == 8 * 2 + 2 and rows[16]["dataset"] == "DIV2KRK"
   # Every row has kernel errors (Gaussian8: the isotropic kernel; DIV2KRK: the .mat one),
   # computed from the saved estimate, which is what the model gives for that LR image.
@@ -334,19 +340,19 @@ _SHARDED = textwrap.dedent("""
     import json, sys
     import jax
     import numpy as np
-    from dan_jax import checkpoint, models, parallel, train
+    from dan_jax import checkpoint, models, parallel, steps, validation
     ckpt, out, n, part = sys.argv[1:5]
     assert jax.device_count() == int(n), jax.devices()
     model_config, variables, _ = checkpoint.load_model(ckpt)
     model = models.create_model(model_config)
-    mesh = train.create_mesh()
+    mesh = parallel.create_mesh()
     rng = np.random.default_rng(0)
     if part == "eval":  # the eval step sharded over the mesh (3 images of one size, 1 other)
       lrs = [rng.uniform(size=s).astype(np.float32) for s in [(12, 10, 3)] * 3 + [(9, 14, 3)]]
       val = {"lr": lrs, "hr": [np.kron(x, np.ones((2, 2, 1), np.float32)) for x in lrs]}
-      scores, outputs = train.evaluate(
-          train.make_eval_step(model, mesh),
-          train.to_global(variables, parallel.replicated(mesh)), val, 2,
+      scores, outputs = validation.evaluate(
+          steps.make_eval_step(model, mesh),
+          parallel.to_global(variables, parallel.replicated(mesh)), val, 2,
           parallel.data_sharded(mesh))
       np.savez(out, *[o[0] for o in outputs])
       print("RESULT " + json.dumps({"val": scores}))
@@ -359,7 +365,7 @@ _SHARDED = textwrap.dedent("""
              "code": np.zeros((4, 10), np.float32), "lr_clean": lr,
              "lr_blurred": np.clip(lr + 0.02 * rng.uniform(size=lr.shape), 0, 1
                                    ).astype(np.float32)}
-    step, state, batch = train.benchmark_step(model, variables, batch)
+    step, state, batch = steps.benchmark_step(model, variables, batch)
     losses = []
     for _ in range(2):
       state, metrics = step(state, batch)
@@ -422,13 +428,13 @@ def test_dcls_training_sharded_over_four_devices_equals_one(tmp_path, ckpt_dcls)
 
 
 @pytest.mark.slow  # ~20-25 s on 2 cores: a Jupyter kernel, the tiny DCLS compiled twice
-def test_inference_notebook_takes_a_dcls_checkpoint(tmp_path, ckpt_dcls, kernel_env):
+def test_inference_notebook_takes_a_dcls_checkpoint(tmp_path, ckpt_dcls, kernel_env):  # noqa: F811
   # CPU_TEST makes its own DANv2, so the notebook runs as a user would: CHECKPOINT set.
   del kernel_env  # a Jupyter kernel of this interpreter (test_notebooks' fixture)
-  nb = test_notebooks._execute("inference.ipynb", {  # pylint: disable=protected-access
+  nb = test_notebooks._execute("inference.ipynb", {
       "CPU_TEST": False, "CHECKPOINT": ckpt_dcls, "IMAGE_PATH": "sample", "HR_CROP": 48,
       "WORKDIR": str(tmp_path / "work"), "REPO_DIR": str(ROOT)})
-  text = test_notebooks._text  # pylint: disable=protected-access
+  text = test_notebooks._text
   assert "DCLS x2, 1 alternating iterations" in text(test_notebooks._cell(nb, "checkpoint"))
   assert "Y-PSNR: bicubic" in text(test_notebooks._cell(nb, "run"))
   strip = text(test_notebooks._cell(nb, "strip"))
@@ -440,7 +446,8 @@ def test_inference_notebook_takes_a_dcls_checkpoint(tmp_path, ckpt_dcls, kernel_
 
 @pytest.mark.slow  # ~60 s on 2 cores: four formats converted and run, infer twice
 def test_dcls_exports_at_one_size_and_infer_runs_it(tmp_path, ckpt_dcls, capsys):
-  from dan_jax import export, infer  # pylint: disable=g-import-not-at-top
+  from dan_jax import export
+  from dan_jax import infer
   out = tmp_path / "export"
   # Without --size: one error line, nothing written.
   assert export.main(["--checkpoint", ckpt_dcls, "--out", str(out),
@@ -478,4 +485,5 @@ def test_dcls_exports_at_one_size_and_infer_runs_it(tmp_path, ckpt_dcls, capsys)
   assert infer.main(["--exported", str(out), "--input", str(src / "other.png"),
                      "--output", str(tmp_path / "c")]) == 1
   err = capsys.readouterr().err
-  assert f"error: {src / 'other.png'}: this DCLS artifact takes 20x24 LR images only, got 24x20" in err, err
+  assert (f"error: {src / 'other.png'}: this DCLS artifact takes 20x24 LR images only, "
+          "got 24x20") in err, err

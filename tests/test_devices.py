@@ -10,14 +10,13 @@ import textwrap
 
 import jax
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 from skimage import data
 
 from dan_jax import checkpoint
 from dan_jax import models
 from dan_jax import parallel
-from dan_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 V2 = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11, code_len=10,
@@ -28,7 +27,7 @@ _RUN = textwrap.dedent("""
     import contextlib, io, json, sys
     import jax
     import numpy as np
-    from dan_jax import checkpoint, evaluate, infer, models, parallel, train
+    from dan_jax import checkpoint, evaluate, infer, models, parallel, steps, validation
     ckpt, hr, images, out, n = sys.argv[1:6]
     assert jax.device_count() == int(n), jax.devices()
     rc_eval = evaluate.main(["--checkpoint", ckpt, "--dataset", f"Tiny={hr}", "--out",
@@ -40,14 +39,14 @@ _RUN = textwrap.dedent("""
     # In-training validation: the eval step sharded over the training mesh.
     model_config, variables, _ = checkpoint.load_model(ckpt)
     model = models.create_model(model_config)
-    mesh = train.create_mesh()
+    mesh = parallel.create_mesh()
     rng = np.random.default_rng(0)
     lrs = [rng.uniform(size=s).astype(np.float32) for s in
            [(12, 10, 3)] * 3 + [(9, 14, 3)]]
     val = {"lr": lrs, "hr": [np.kron(x, np.ones((2, 2, 1), np.float32)) for x in lrs]}
-    variables = train.to_global(variables, parallel.replicated(mesh))
-    scores, outputs = train.evaluate(train.make_eval_step(model, mesh), variables, val, 2,
-                                     parallel.data_sharded(mesh))
+    variables = parallel.to_global(variables, parallel.replicated(mesh))
+    scores, outputs = validation.evaluate(steps.make_eval_step(model, mesh), variables, val,
+                                          2, parallel.data_sharded(mesh))
     np.savez(out + "/val.npz", *[o[0] for o in outputs], *[o[1] for o in outputs])
     print("RESULT " + json.dumps({"rc": [rc_eval, rc_infer, rc_tiled], "val": scores}))
 """)

@@ -7,17 +7,19 @@ import subprocess
 import sys
 
 import numpy as np
+from PIL import Image
 import pytest
 import scipy.io
-from PIL import Image
 from skimage import data
 
+from dan_jax import benchmark_sets
 from dan_jax import degradation
+from dan_jax import errors
 from dan_jax import evaluate
-from dan_jax import infer
 from dan_jax import metrics
+from dan_jax import predict
 
-from conftest import TINY_V2 as V2  # pylint: disable=g-bad-import-order
+from conftest import TINY_V2 as V2
 from conftest import tiny_variables as _variables
 
 
@@ -137,7 +139,7 @@ def test_evaluate_end_to_end(tmp_path, ckpt_v2, capsys):
 
 
 def test_batched_same_size_images_equal_single_image_inference():
-  predictor = infer.Predictor(V2, _variables(V2), batch_size=4)
+  predictor = predict.Predictor(V2, _variables(V2), batch_size=4)
   photo = data.astronaut().astype(np.float32) / 255
   lrs = np.stack([photo[i * 30:i * 30 + 18, 40:62] for i in range(3)])
   batched = predictor.predict_batch(lrs)  # padded to a batch of 4
@@ -151,20 +153,20 @@ def test_div2krk_files_are_matched_by_number(tmp_path, capsys):
   root = tmp_path / "krk"
   _make_div2krk(root, numbers=(1, 10))
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "lr_x2" / "im_3.png")
-  jobs = evaluate.div2krk_jobs(str(root), 2)
+  jobs = benchmark_sets.div2krk_jobs(str(root), 2)
   assert [(j.name, os.path.basename(j.gt_path), os.path.basename(j.kernel_path))
           for j in jobs] == [("im_1", "img_1_gt.png", "kernel_1.mat"),
                              ("im_10", "img_10_gt.png", "kernel_10.mat")]
   note = capsys.readouterr().out
   assert "no ground truth" in note and "[3]" in note
-  with pytest.raises(evaluate.EvaluationError, match="lr_x4"):
-    evaluate.div2krk_jobs(str(root), 4)
+  with pytest.raises(errors.EvaluationError, match="lr_x4"):
+    benchmark_sets.div2krk_jobs(str(root), 4)
   # Kernels under another variable name still load when unambiguous; junk does not.
   scipy.io.savemat(tmp_path / "k.mat", {"K": np.eye(3)})
-  np.testing.assert_array_equal(evaluate.load_kernel(str(tmp_path / "k.mat")), np.eye(3))
+  np.testing.assert_array_equal(benchmark_sets.load_kernel(str(tmp_path / "k.mat")), np.eye(3))
   (tmp_path / "bad.mat").write_bytes(b"nonsense")
-  with pytest.raises(evaluate.EvaluationError, match="bad.mat"):
-    evaluate.load_kernel(str(tmp_path / "bad.mat"))
+  with pytest.raises(errors.EvaluationError, match="bad.mat"):
+    benchmark_sets.load_kernel(str(tmp_path / "bad.mat"))
 
 
 def test_tables_report_missing_kernel_metrics_as_na():
@@ -177,12 +179,12 @@ def test_tables_report_missing_kernel_metrics_as_na():
 
 
 def test_dataset_arguments_are_checked(tmp_path):
-  assert evaluate.parse_datasets([f"A={tmp_path}"], f"B={tmp_path}") == {
+  assert benchmark_sets.parse_datasets([f"A={tmp_path}"], f"B={tmp_path}") == {
       "A": str(tmp_path), "B": str(tmp_path)}
   for bad, match in [(["Set5"], "NAME=PATH"), ([f"A={tmp_path}", f"A={tmp_path}"], "twice"),
                      (["A=/no/such/dir"], "not a folder"), ([f"a b={tmp_path}"], "letters")]:
-    with pytest.raises(evaluate.EvaluationError, match=match):
-      evaluate.parse_datasets(bad)
+    with pytest.raises(errors.EvaluationError, match=match):
+      benchmark_sets.parse_datasets(bad)
 
 
 @pytest.mark.slow
@@ -202,7 +204,7 @@ def test_cli_subprocess(tmp_path, ckpt_v2):
 
 
 def test_pad_to_multiple_shares_one_compilation():
-  predictor = infer.Predictor(V2, _variables(V2), pad_to_multiple=16)
+  predictor = predict.Predictor(V2, _variables(V2), pad_to_multiple=16)
   rng = np.random.default_rng(0)
   a = predictor.predict(rng.random((18, 22, 3), np.float32))
   b = predictor.predict(rng.random((20, 30, 3), np.float32))

@@ -4,16 +4,21 @@ import json
 import shutil
 import sys
 
+from etils import epath
 import jax
 import numpy as np
-import pytest
 from PIL import Image
+import pytest
 from skimage import data
 
 from dan_jax import checkpoint
+from dan_jax import errors
 from dan_jax import export
+from dan_jax import exported
 from dan_jax import infer
 from dan_jax import models
+from dan_jax import predict
+from dan_jax import prediction
 
 V2 = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11, code_len=10,
           estimator_nf=8, estimator_nb=1)
@@ -77,7 +82,7 @@ def test_stablehlo_and_savedmodel_symbolic_shapes(exported_v2, ckpt_v2):
   lr = (data.chelsea()[:13, :21] / 255.0).astype(np.float32)[None]
   want = models.create_model(model_config).apply(variables, lr)
   for fmt in ("stablehlo", "savedmodel"):
-    got = export.load_runner(fmt, export.epath.Path(out) / export.FILES[fmt])(lr)
+    got = export.load_runner(fmt, epath.Path(out) / export.FORMATS[fmt].file)(lr)
     assert got["sr"].shape == (1, 26, 42, 3)
     np.testing.assert_allclose(got["sr"], want.sr[-1], atol=1e-5)
     np.testing.assert_allclose(got["kernel"], want.kernel[-1], atol=1e-6)
@@ -118,6 +123,24 @@ def test_infer_exported_equals_checkpoint(tmp_path, exported_v2, ckpt_v2, capsys
 
 
 @pytest.mark.slow
+def test_exported_predictor_and_predictor_share_one_interface(exported_v2, ckpt_v2):
+  model_config, variables, _ = checkpoint.load_model(ckpt_v2)
+  ours = predict.Predictor(model_config, variables)
+  artifact = exported.ExportedPredictor(exported_v2[0], batch_size=2)  # 3 images: 2 calls
+  lrs = np.stack([data.chelsea()[40:64, 100:130], data.coffee()[40:64, 100:130],
+                  data.astronaut()[:24, :30]]).astype(np.float32) / 255.0
+  for predictor in (ours, artifact):
+    assert isinstance(predictor, prediction.SRPredictor)
+    assert predictor.scale == 2 and predictor.has_kernel
+  got, want = artifact.predict_batch(lrs), ours.predict_batch(lrs)
+  assert len(got) == len(want) == 3
+  for g, w in zip(got, want):
+    np.testing.assert_allclose(g.sr, w.sr, atol=1e-5)
+    np.testing.assert_allclose(g.kernel, w.kernel, atol=1e-6)
+  np.testing.assert_array_equal(artifact.predict(lrs[1]).sr, got[1].sr)
+
+
+@pytest.mark.slow
 def test_failed_check_removes_only_that_artifact(tmp_path, exported_v2, ckpt_v2,
                                                  monkeypatch):
   out = tmp_path / "out"
@@ -129,7 +152,7 @@ def test_failed_check_removes_only_that_artifact(tmp_path, exported_v2, ckpt_v2,
     return lambda x: {k: 2 * v + 1 if k == "sr" else v for k, v in run(x).items()}
 
   monkeypatch.setattr(export, "load_runner", off_by_half)
-  with pytest.raises(export.ExportError, match="differs from model.apply by"):
+  with pytest.raises(errors.ExportError, match="differs from model.apply by"):
     export.export(ckpt_v2, str(out), ["stablehlo"], platforms=["cpu"], overwrite=True)
   assert not (out / "dan.stablehlo").exists()
   assert (out / "savedmodel" / "saved_model.pb").exists()
@@ -164,5 +187,5 @@ def test_missing_package_names_the_extra(monkeypatch):
   for name in ("jax2onnx", "onnxruntime", "ai_edge_litert", "ai_edge_litert.interpreter"):
     monkeypatch.setitem(sys.modules, name, None)  # what an uninstalled package gives
   for fmt in ("onnx", "tflite"):
-    with pytest.raises(export.ExportError, match=r'pip install "dan_jax\[export\]"'):
+    with pytest.raises(errors.ExportError, match=r'pip install "dan_jax\[export\]"'):
       export.export("/nonexistent", "/tmp/unused", [fmt], size=(8, 8))

@@ -99,7 +99,7 @@ def gcs(tmp_path_factory):
                 f"or user namespaces): {probe.stderr.strip()}")
   binary = _server_binary()
   tmp = tmp_path_factory.mktemp("gcs")
-  log = open(tmp / "server.log", "w")  # pylint: disable=consider-using-with
+  log = open(tmp / "server.log", "w")
   url = f"http://127.0.0.1:{PORT}"
   # `exec`: the server keeps the shell's pid, which names the namespace for nsenter.
   server = subprocess.Popen(

@@ -4,16 +4,19 @@ import io
 import os
 
 import numpy as np
+from PIL import Image
+from PIL import ImageOps
 import pytest
-from PIL import Image, ImageOps
 from skimage import data
 
 from dan_jax import checkpoint
+from dan_jax import errors
 from dan_jax import image_io
 from dan_jax import infer
 from dan_jax import predict
+from dan_jax import prediction_io
 
-from conftest import TINY_V1 as V1  # pylint: disable=g-bad-import-order
+from conftest import TINY_V1 as V1
 from conftest import TINY_V2 as V2
 from conftest import tiny_variables as _variables
 
@@ -73,7 +76,7 @@ def test_self_ensemble_is_flip_equivariant():
 
 
 def test_bad_tile_overlap_is_one_clear_error():
-  with pytest.raises(predict.InferenceError, match="--tile_overlap"):
+  with pytest.raises(errors.InferenceError, match="--tile_overlap"):
     predict.Predictor(V2, _variables(V2), tile=10)  # default exact overlap is 14
 
 
@@ -150,7 +153,7 @@ def test_cli_formats_failures_and_tiles(tmp_path, ckpt_v2, capsys):
   assert gray.mode == "L" and gray.size == (48, 40)
   rgba = Image.open(out / "rgba_x2.png")
   assert rgba.mode == "RGBA" and rgba.size == (48, 40)
-  want_alpha = image_io.quantize(infer.upscale_alpha(alpha / 255.0, 2), 8)
+  want_alpha = image_io.quantize(prediction_io.upscale_alpha(alpha / 255.0, 2), 8)
   np.testing.assert_array_equal(np.asarray(rgba)[..., 3], want_alpha)
   for name, is_gray in [("deep_x2.png", False), ("deep_gray_x2.png", True),
                         ("deep_tiff_x2.png", False)]:

@@ -9,6 +9,8 @@ import tensorflow as tf
 
 from dan_jax import config as config_lib
 from dan_jax import degradation as deg
+from dan_jax import errors
+from dan_jax import image_sources
 from dan_jax import input_pipeline as ip
 
 CONFIG = pathlib.Path(__file__).parents[1] / "configs" / "default.py"
@@ -128,7 +130,7 @@ def test_kernel_family_noise_range_and_jpeg_reach_the_batches(pca, demo_run):
   np.testing.assert_array_equal(noisy["kernel"], demo_run[0]["kernel"])
   assert np.abs(noisy["lr"] - demo_run[0]["lr"]).mean() > 0.005
   c.degradation.sig_mx = 3.0  # a misspelled field is an error, not silently ignored
-  with pytest.raises(ip.DataError, match="sig_mx"):
+  with pytest.raises(errors.DataError, match="sig_mx"):
     ip.create_train_iterator(c, pca, process_index=0, process_count=1)
 
 
@@ -251,7 +253,7 @@ def test_corrupt_pixel_data_names_the_file(tmp_path, pca):
   c = _config(source="folder", train_dir=str(tmp_path))
   c.batch_size = 2
   it = ip.create_train_iterator(c, pca, process_index=0, process_count=1)
-  with pytest.raises(ip.DataError, match="truncated.png"):
+  with pytest.raises(errors.DataError, match="truncated.png"):
     next(it)
 
 
@@ -269,7 +271,7 @@ def test_cache_decoded_gives_the_same_batches(tmp_path, pca):
   # With the cache a corrupt file is found up front.
   png = tf.io.encode_png((rng.rand(40, 40, 3) * 255).astype(np.uint8))
   (tmp_path / "cut.png").write_bytes(png.numpy()[:300])
-  with pytest.raises(ip.DataError, match="cut.png"):
+  with pytest.raises(errors.DataError, match="cut.png"):
     ip.create_train_iterator(c, pca, process_index=0, process_count=1)
 
 
@@ -331,7 +333,7 @@ def test_errors(tmp_path, pca, case, match):
   elif case == "tfds_bad_feature":
     c.data.source = "tfds"
     c.data.tfds_image_key = "image"
-  with pytest.raises(ip.DataError, match=match):
+  with pytest.raises(errors.DataError, match=match):
     ip.create_train_iterator(c, pca, **kw)
 
 
@@ -339,19 +341,20 @@ def test_errors(tmp_path, pca, case, match):
 
 
 def test_demo_images_and_held_out_split():
-  imgs = ip.demo_images()
-  assert len(imgs) == len(ip.DEMO_IMAGE_NAMES) >= 6
+  imgs = image_sources.demo_images()
+  assert len(imgs) == len(image_sources.DEMO_IMAGE_NAMES) >= 6
   assert all(i.dtype == np.uint8 and i.ndim == 3 and i.shape[2] == 3 for i in imgs)
-  assert not set(ip.DEMO_VAL_NAMES) & set(ip.DEMO_TRAIN_NAMES)
-  assert len(ip.demo_images("train")) + len(ip.demo_images("val")) == len(imgs)
-  assert min(min(i.shape[:2]) for i in ip.demo_images("train")) >= 256  # default crop fits
+  assert not set(image_sources.DEMO_VAL_NAMES) & set(image_sources.DEMO_TRAIN_NAMES)
+  train, val = image_sources.demo_images("train"), image_sources.demo_images("val")
+  assert len(train) + len(val) == len(imgs)
+  assert min(min(i.shape[:2]) for i in train) >= 256  # default crop fits
 
 
 def test_validation_set_demo(pca):
   c = _config(val_source="demo", val_crop=0, val_sigma=1.2)
   val = ip.create_validation_set(c, pca)
-  assert val["names"] == list(ip.DEMO_VAL_NAMES)
-  held = ip.demo_images("val")
+  assert val["names"] == list(image_sources.DEMO_VAL_NAMES)
+  held = image_sources.demo_images("val")
   for hr, lr, src in zip(val["hr"], val["lr"], held):
     h, w = src.shape[0] // 2 * 2, src.shape[1] // 2 * 2  # modcrop
     assert hr.shape == (h, w, 3) and lr.shape == (h // 2, w // 2, 3)
@@ -395,13 +398,13 @@ def test_validation_names_stay_unique(tmp_path, pca):
 
 def test_validation_set_none_and_errors(tmp_path, pca):
   assert ip.create_validation_set(_config(val_source="none"), pca) is None
-  with pytest.raises(ip.DataError, match="data.val_source"):
+  with pytest.raises(errors.DataError, match="data.val_source"):
     ip.create_validation_set(_config(val_source="div2k"), pca)
-  with pytest.raises(ip.DataError, match="data.val_dir is not set"):
+  with pytest.raises(errors.DataError, match="data.val_dir is not set"):
     ip.create_validation_set(_config(val_source="folder", val_dir=""), pca)
-  with pytest.raises(ip.DataError, match="does not exist"):
+  with pytest.raises(errors.DataError, match="does not exist"):
     ip.create_validation_set(_config(val_source="folder", val_dir=str(tmp_path / "x")), pca)
-  with pytest.raises(ip.DataError, match="no .png"):
+  with pytest.raises(errors.DataError, match="no .png"):
     ip.create_validation_set(_config(val_source="folder", val_dir=str(tmp_path)), pca)
-  with pytest.raises(ip.DataError, match="val_crop"):
+  with pytest.raises(errors.DataError, match="val_crop"):
     ip.create_validation_set(_config(val_source="demo", val_crop=41), pca)

@@ -1,6 +1,5 @@
 """The launch scripts' dry runs print the commands they would run, and run nothing."""
 
-import os
 import pathlib
 import shlex
 import subprocess

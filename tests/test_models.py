@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from dan_jax import convert
+from dan_jax import errors
 from dan_jax import models
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -95,13 +96,13 @@ def test_parity_with_official_forward(name):
 def test_params_from_torch_rejects_wrong_version_and_shapes():
   version, options, state_dict, _ = _load_fixture("danv2_x2")
   v1_config = convert.model_config_from_official("DANv1", upscale=2, nf=16, nb=2)
-  with pytest.raises(convert.ConversionError, match="DANv2"):
+  with pytest.raises(errors.ConversionError, match="DANv2"):
     convert.params_from_torch(state_dict, v1_config)
   wrong_scale = convert.model_config_from_official(version, **{**options, "upscale": 4})
-  with pytest.raises(convert.ConversionError, match="does not fit"):
+  with pytest.raises(errors.ConversionError, match="does not fit"):
     convert.params_from_torch(state_dict, wrong_scale)
   fewer_blocks = convert.model_config_from_official(version, **{**options, "nb": 1})
-  with pytest.raises(convert.ConversionError, match="unexpected"):
+  with pytest.raises(errors.ConversionError, match="unexpected"):
     convert.params_from_torch(state_dict, fewer_blocks)
 
 

@@ -14,10 +14,10 @@ import pathlib
 import sys
 import time
 
-import nbformat
-import pytest
 from nbclient import NotebookClient
+import nbformat
 from PIL import Image
+import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COLAB = REPO / "colab"

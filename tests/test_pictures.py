@@ -1,6 +1,9 @@
-"""dan_jax.pictures: the notebooks' captioned picture rows (fast, Pillow only)."""
+"""dan_jax.pictures: the notebooks' captioned picture rows, and the README's picture."""
+
+import pathlib
 
 import numpy as np
+import pytest
 
 from dan_jax import pictures
 
@@ -46,3 +49,29 @@ def test_panel_row_and_stack_sizes():
   tall = pictures.stack([row, a], gap=3)
   assert tall.size == (row.width, row.height + 3 + 8)
   np.testing.assert_array_equal(np.asarray(tall)[row.height + 3:, 8:], 255)  # white fill
+
+
+@pytest.mark.slow
+def test_demo_picture_shows_every_validation_image(tmp_path):
+  """benchmarks/demo_picture.py (the README's picture) on a tiny untrained checkpoint."""
+  import sys
+  root = pathlib.Path(__file__).parents[1]
+  sys.path.insert(0, str(root / "benchmarks"))
+  try:
+    import demo_picture
+  finally:
+    sys.path.remove(str(root / "benchmarks"))
+  from dan_jax import checkpoint
+  from dan_jax import config as config_lib
+  from dan_jax import models
+  config = config_lib.load(str(root / "configs" / "test.py"))
+  config.data.val_max_images = 2
+  k = config.model.kernel_size
+  pca = np.linalg.qr(np.random.default_rng(0).normal(size=(k * k, config.model.code_len)))[0]
+  model = models.create_model(config.model)
+  checkpoint.save_model(str(tmp_path), models.init_variables(model, 0, pca), config.model)
+  picture, lines = demo_picture.demo_picture(config, str(tmp_path), height=48)
+  # Two rows of LR, bicubic, SR, HR and two kernels, each 48 px high under its caption.
+  assert len(lines) == 2 and all("Y-PSNR bicubic" in l for l in lines), lines
+  assert picture.mode == "RGB" and picture.height == 2 * (40 + 48) + 6
+  assert picture.width == 6 * 48 + 5 * 6  # square crops and kernels

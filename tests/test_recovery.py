@@ -17,7 +17,11 @@ import pytest
 import tensorflow as tf
 
 from dan_jax import checkpoint
+from dan_jax import config as config_lib
+from dan_jax import errors
 from dan_jax import models
+from dan_jax import parallel
+from dan_jax import steps
 from dan_jax import train
 from dan_jax import train_state
 
@@ -26,7 +30,7 @@ TEST_CONFIG = str(ROOT / "configs" / "test.py")
 
 
 def _config(**overrides):
-  c = checkpoint.load_config_file(TEST_CONFIG)
+  c = config_lib.load(TEST_CONFIG)
   for key, value in overrides.items():
     *path, name = key.split(".")
     parent = c
@@ -64,15 +68,15 @@ def test_nonfinite_step_is_skipped_on_the_device():
   spec = models.spec_from_config(config.model)
   model = models.create_model(spec)
   pca = np.linalg.qr(np.random.default_rng(0).normal(size=(49, 4)))[0].astype(np.float32)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
-  state = train.create_train_state(models.init_variables(model, 0, pca), tx, ema=True)
+  tx = steps.create_optimizer(config, steps.create_learning_rate_fn(config))
+  state = train_state.create_train_state(models.init_variables(model, 0, pca), tx, ema=True)
   rng = np.random.default_rng(1)
   batch = {"lr": rng.random((2, 8, 8, 3), np.float32),
            "hr": rng.random((2, 16, 16, 3), np.float32),
            "kernel": rng.random((2, 7, 7), np.float32),
            "code": rng.random((2, 4), np.float32)}
-  step = jax.jit(lambda s, b: train.train_step(
-      s, b, model=model, tx=tx, ema_decay=0.5, faults=train.Faults(nan_at_steps=(2, 3))))
+  step = jax.jit(lambda s, b: steps.train_step(
+      s, b, model=model, tx=tx, ema_decay=0.5, faults=steps.Faults(nan_at_steps=(2, 3))))
   s1, m1 = step(state, batch)  # step 1: applied
   s2, m2 = step(s1, batch)  # step 2: NaN injected
   s3, m3 = step(s2, batch)  # step 3: NaN injected
@@ -96,7 +100,7 @@ def test_clip_grad_norm_is_off_by_default_and_clips_when_set():
   grads = {"w": np.full((4,), 10.0, np.float32)}  # global norm 20
   for clip, norm in ((0.0, 20.0), (1.0, 1.0)):
     config.clip_grad_norm = clip
-    tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
+    tx = steps.create_optimizer(config, steps.create_learning_rate_fn(config))
     _, opt_state = tx.update(grads, tx.init(params), params)
     adam = next(s for s in opt_state if hasattr(s, "nu"))
     # Adam's second moment saw the (clipped) gradient: (1 - b2) * g^2.
@@ -189,7 +193,7 @@ def test_rollbacks_that_do_not_help_stop_with_advice(tmp_path):
                    max_consecutive_nonfinite=2, max_rollbacks=1,
                    **{"debug.nan_at_steps": tuple(range(5, 100)),
                       "data.val_source": "none"})
-  with pytest.raises(train.NonFiniteLossError) as info:
+  with pytest.raises(errors.NonFiniteLossError) as info:
     train.train_and_evaluate(config, str(tmp_path / "run"))
   message = str(info.value)
   # 5, 6 NaN -> back to 4; 5, 6 (batches 7, 8) NaN again -> the second rollback in a row
@@ -215,7 +219,7 @@ def test_best_checkpoint_of_a_step_rerun_with_another_score_is_replaced(tmp_path
   best_dir = workdir / train.BEST_SUBDIR
   assert os.listdir(best_dir) == ["4"]
   assert _meta(best_dir, 4)["val_psnr_y"] == first["val_psnr_y"]
-  import shutil  # pylint: disable=g-import-not-at-top
+  import shutil
   shutil.rmtree(workdir / "checkpoints" / "4")
   # Other batches from step 2 on (another seed; no recompilation): another score.
   rerun = train.train_and_evaluate(_config(seed=1, **kw), str(workdir))
@@ -237,9 +241,9 @@ def test_checkpoint_from_before_the_counters_resumes(tmp_path):
   config = _config(num_train_steps=3, **kw)
   spec = models.spec_from_config(config.model)
   new = checkpoint.create_manager(str(tmp_path / "new" / "checkpoints"), async_save=False)
-  mesh = train.create_mesh(jax.devices()[:1])
+  mesh = parallel.create_mesh(jax.devices()[:1])
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
+  tx = steps.create_optimizer(config, steps.create_learning_rate_fn(config))
   template = train_state.state_template(spec, models.create_model(spec), tx, True)
   state = checkpoint.restore_state(new, 2, template, sharding)
   new.close()

@@ -40,6 +40,7 @@ import numpy as np
 import pytest
 
 from dan_jax import checkpoint
+from dan_jax import preemption
 
 ROOT = pathlib.Path(__file__).parents[1]
 TEST_CONFIG = str(ROOT / "configs" / "test.py")
@@ -73,8 +74,8 @@ def _train_argv(workdir, *flags: str, config: str = TEST_CONFIG) -> list[str]:
 
 def _start(argv: list[str], env: dict, log_prefix: pathlib.Path) -> subprocess.Popen:
   """Starts a CLI with stdout/stderr in files (LOG.out, LOG.err): no pipe can fill up."""
-  out = open(f"{log_prefix}.out", "w")  # pylint: disable=consider-using-with
-  err = open(f"{log_prefix}.err", "w")  # pylint: disable=consider-using-with
+  out = open(f"{log_prefix}.out", "w")
+  err = open(f"{log_prefix}.err", "w")
   proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=out, stderr=err)
   out.close()
   err.close()
@@ -311,12 +312,11 @@ def test_sigterm_saves_the_current_step_and_exits_zero(interrupted):
 
 
 def test_preemption_watch_flags_sigterm_and_restores_the_handler():
-  from dan_jax import train  # pylint: disable=g-import-not-at-top
   calls = []
   handler = lambda *a: calls.append(a)
   previous = signal.signal(signal.SIGTERM, handler)
   try:
-    watch = train.PreemptionWatch(every=10)
+    watch = preemption.PreemptionWatch(every=10)
     assert not watch.should_stop(1)
     os.kill(os.getpid(), signal.SIGTERM)  # delivered to the main thread before kill returns
     assert watch.requested and watch.should_stop(7)  # one process: every step
@@ -325,9 +325,9 @@ def test_preemption_watch_flags_sigterm_and_restores_the_handler():
     os.kill(os.getpid(), signal.SIGTERM)
     assert len(calls) == 1 and signal.getsignal(signal.SIGTERM) is handler  # back
     # Outside the main thread (e.g. a notebook's worker) nothing is installed.
-    import threading  # pylint: disable=g-import-not-at-top
+    import threading
     other = []
-    thread = threading.Thread(target=lambda: other.append(train.PreemptionWatch()))
+    thread = threading.Thread(target=lambda: other.append(preemption.PreemptionWatch()))
     thread.start()
     thread.join()
     assert signal.getsignal(signal.SIGTERM) is handler
@@ -465,7 +465,7 @@ class Case:
 
 
 def _png(path: pathlib.Path, size: int, seed: int = 0) -> pathlib.Path:
-  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import Image
   path.parent.mkdir(parents=True, exist_ok=True)
   pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
   Image.fromarray(pixels).save(path)
@@ -700,7 +700,7 @@ def convert_weights_of_another_version(tmp, ref):
 
 @_case
 def convert_out_holds_a_checkpoint(tmp, ref):
-  from dan_jax import convert  # pylint: disable=g-import-not-at-top
+  from dan_jax import convert
   npz = _state_dict_npz(tmp / "danv2_x2.npz")
   convert.convert_file(str(npz), str(tmp / "out"))  # an earlier conversion
   return Case(_py("dan_jax.convert", "--official", npz, "--out", tmp / "out"),

@@ -9,9 +9,12 @@ from unittest import mock
 
 import pytest
 
+from dan_jax import errors
 from dan_jax import evaluate
 from dan_jax import infer
 from dan_jax import main as main_lib
+from dan_jax import precision as precision_lib
+from dan_jax import predict
 from dan_jax import runtime
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -61,14 +64,14 @@ def test_not_imported_tensorflow_is_left_alone_when_asked(monkeypatch):
     assert "tensorflow" not in sys.modules
 
 
-class _SetUp(Exception):
+class _SetUp(Exception):  # noqa: N818  (a signal to stop, not an error)
   pass
 
 
 def _sweep_main():
   sys.path.insert(0, str(ROOT / "launch"))
   try:
-    import sweep  # pylint: disable=import-outside-toplevel
+    import sweep
   finally:
     sys.path.pop(0)
   return sweep.main
@@ -108,10 +111,10 @@ def test_real_tensorflow_sees_no_accelerator_after_set_up():
 
 
 def test_precision_names():
-  assert runtime.compute_dtype("bfloat16") == "bfloat16"
-  assert runtime.compute_dtype("highest", "float32") == "float32"
+  assert precision_lib.compute_dtype("bfloat16") == "bfloat16"
+  assert precision_lib.compute_dtype("highest", "float32") == "float32"
   with pytest.raises(ValueError, match="highest, default, bfloat16"):
-    runtime.check_precision("tf32")
+    precision_lib.check_precision("tf32")
 
 
 def test_infer_precision_flag_refuses_unknown_values(tmp_path, capsys):
@@ -122,18 +125,19 @@ def test_infer_precision_flag_refuses_unknown_values(tmp_path, capsys):
 
 
 def test_predictor_precisions():
-  import numpy as np  # pylint: disable=import-outside-toplevel
-  from dan_jax import models  # pylint: disable=import-outside-toplevel
+  import numpy as np
+
+  from dan_jax import models
   config = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11,
                 code_len=10, estimator_nf=8, estimator_nb=1)
   pca = np.linalg.qr(np.random.default_rng(0).normal(size=(121, 10)))[0]
   variables = models.init_variables(models.create_model(config), 0, pca)
   lr = np.random.default_rng(1).uniform(size=(12, 10, 3)).astype(np.float32)
-  full = infer.Predictor(config, variables).predict(lr)
-  half = infer.Predictor(config, variables, precision="bfloat16")
+  full = predict.Predictor(config, variables).predict(lr)
+  half = predict.Predictor(config, variables, precision="bfloat16")
   assert half.spec.dtype == np.dtype("bfloat16") and half.num_devices == 1
   got = half.predict(lr)
   assert got.sr.dtype == np.float32
   assert 0 < np.abs(got.sr - full.sr).max() < 0.05  # bfloat16 ran, and stayed close
-  with pytest.raises(infer.InferenceError, match="precision must be one of"):
-    infer.Predictor(config, variables, precision="fp8")
+  with pytest.raises(errors.InferenceError, match="precision must be one of"):
+    predict.Predictor(config, variables, precision="fp8")

@@ -32,6 +32,7 @@ ALLOWED = {
         "--official: the official .npz/.pth input file, read by numpy/torch",
     ("dan_jax/train.py", "_prepare_workdir", "os.access"):
         "local workdirs only: URLs return before it",
+    ("launch/_common.py", "<module>", "os.path.abspath"): "__file__: the repository",
     ("launch/gpu.py", "<module>", "os.path.abspath"): "__file__: the repository",
     ("launch/slurm.py", "<module>", "os.path.abspath"): "__file__: the repository",
     ("launch/slurm.py", "main", "os.path.abspath"): "__file__: the repository",

@@ -6,13 +6,12 @@ import shlex
 import subprocess
 import sys
 
-import pytest
 from PIL import Image
 import pytest
 
 ROOT = pathlib.Path(__file__).parent.parent
 sys.path.insert(0, str(ROOT / "launch"))
-import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sweep  # noqa: E402  (launch/ is put on sys.path above)
 
 
 @pytest.mark.slow

@@ -22,9 +22,14 @@ import tensorflow as tf
 
 from dan_jax import checkpoint
 from dan_jax import config as config_lib
+from dan_jax import errors
+from dan_jax import image_sources
 from dan_jax import input_pipeline
 from dan_jax import models
+from dan_jax import parallel
+from dan_jax import steps
 from dan_jax import train
+from dan_jax import train_state
 
 ROOT = pathlib.Path(__file__).parents[1]
 TEST_CONFIG = str(ROOT / "configs" / "test.py")
@@ -122,7 +127,7 @@ def test_checkpoints_and_images_written(trained):
   for suffix in ("sr", "bicubic", "lr", "hr"):
     assert (workdir / "val" / f"chelsea_{suffix}.png").is_file()
   # The saved SR image is the one the final validation scored.
-  from dan_jax import metrics  # pylint: disable=g-import-not-at-top
+  from dan_jax import metrics
   sr = tf.io.decode_png((workdir / "val" / "chelsea_sr.png").read_bytes()).numpy()
   hr = tf.io.decode_png((workdir / "val" / "chelsea_hr.png").read_bytes()).numpy()
   assert metrics.psnr_y(sr, hr, crop_border=2) == pytest.approx(result["val_psnr_y"])
@@ -155,7 +160,7 @@ def test_cheap_gradient_equals_full_gradient(version):
   model, variables, batch = _tiny(version)
 
   def value_and_grad(cheap, supervise_all=False):
-    fn = lambda p: train.compute_losses(model, p, variables["pca"], batch,
+    fn = lambda p: steps.compute_losses(model, p, variables["pca"], batch,
                                         kernel_loss_weight=0.5, cheap_gradient=cheap,
                                         supervise_all=supervise_all)
     return jax.jit(jax.value_and_grad(fn, has_aux=True))(variables["params"])
@@ -179,7 +184,7 @@ def test_cheap_gradient_equals_full_gradient(version):
 
 def test_learning_rate_schedule_is_multistep():
   config = _config(learning_rate=4e-4, lr_milestones=(2, 5, 5), lr_gamma=0.5)
-  fn = train.create_learning_rate_fn(config)
+  fn = steps.create_learning_rate_fn(config)
   assert [float(fn(s)) for s in (0, 1, 2, 4, 5, 9)] == pytest.approx(
       [4e-4, 4e-4, 2e-4, 2e-4, 5e-5, 5e-5])
 
@@ -246,7 +251,7 @@ def test_checkpoint_of_another_model_is_not_resumed(tmp_path):
                            str(workdir))
   before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
   other = _config(num_train_steps=2, **{"model.scale": 4, "data.val_source": "none"})
-  with pytest.raises(train.TrainingError, match=r"DANv2 x2 .* DANv2 x4 .*refusing"):
+  with pytest.raises(errors.TrainingError, match=r"DANv2 x2 .* DANv2 x4 .*refusing"):
     train.train_and_evaluate(other, str(workdir))
   assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
 
@@ -263,7 +268,7 @@ def test_nan_batch_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
         batch = dict(batch, hr=np.full_like(batch["hr"], np.nan))
       yield batch
 
-  monkeypatch.setattr(train.input_pipeline, "create_train_iterator", poisoned)
+  monkeypatch.setattr(input_pipeline, "create_train_iterator", poisoned)
   workdir = tmp_path / "run"
   config = _config(num_train_steps=8, checkpoint_every_steps=2, keep_checkpoints=10,
                    **{"data.val_source": "none"})
@@ -306,9 +311,9 @@ def _tiny_official(name="x4"):
 def test_official_config_without_folder_trains_on_tfds_div2k(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
   config = _tiny_official()
-  assert config.data.source == "auto" and input_pipeline.train_source(config.data) == "tfds"
+  assert config.data.source == "auto" and image_sources.train_source(config.data) == "tfds"
   config.data.train_dir = "/data/DIV2K_train_HR"
-  assert input_pipeline.train_source(config.data) == "folder"
+  assert image_sources.train_source(config.data) == "folder"
   config.data.train_dir = ""
   with tfds.testing.mock_data(num_examples=4):
     result = train.train_and_evaluate(config, str(tmp_path / "run"))
@@ -328,7 +333,7 @@ def test_tfds_download_without_internet_names_cause_and_folder(tmp_path, monkeyp
   config = _tiny_official()
   config.data.tfds_data_dir = str(tmp_path / "tfds")
   pca = np.eye(11 * 11, 5, dtype=np.float32)
-  with pytest.raises(input_pipeline.DataError) as e:
+  with pytest.raises(errors.DataError) as e:
     input_pipeline.create_train_iterator(config, pca, process_index=0, process_count=1)
   message = str(e.value)
   assert "\n" not in message and "no internet" in message and "ConnectionError" in message
@@ -342,18 +347,19 @@ _SHARDED_RUN = textwrap.dedent("""
     import json, sys
     import jax
     import numpy as np
-    from dan_jax import config as config_lib, train
+    from dan_jax import config as config_lib, parallel, train
+    from dan_jax.errors import TrainingError
     assert jax.device_count() == 8, jax.devices()
     config = config_lib.load(sys.argv[1])
     config.num_train_steps = 2
     config.data.val_source = "none"
     result = train.train_and_evaluate(config, sys.argv[2])
-    mesh = train.create_mesh()
+    mesh = parallel.create_mesh()
     errors = []
     for batch_size in (12, 4):
       try:
         train.check_batch_size(batch_size, mesh)
-      except train.TrainingError as e:
+      except TrainingError as e:
         errors.append(str(e))
     print("RESULT " + json.dumps({"loss": result["train_loss"], "errors": errors}))
 """)
@@ -439,7 +445,7 @@ def test_bad_config_values_are_one_clear_error(tmp_path, field, value, message):
   if name == "kernel_size":  # tied to model.kernel_size by a reference: untie it
     del parent["kernel_size"]
   parent[name] = value
-  with pytest.raises(train.TrainingError, match=message):
+  with pytest.raises(errors.TrainingError, match=message):
     train.train_and_evaluate(config, str(tmp_path / "run"))
   assert not (tmp_path / "run").exists()
 
@@ -447,9 +453,9 @@ def test_bad_config_values_are_one_clear_error(tmp_path, field, value, message):
 def test_unwritable_workdir_is_an_error(tmp_path):
   blocker = tmp_path / "file"
   blocker.write_text("not a folder")
-  with pytest.raises(train.TrainingError, match="cannot create workdir"):
+  with pytest.raises(errors.TrainingError, match="cannot create workdir"):
     train.train_and_evaluate(_config(), str(blocker / "run"))
-  with pytest.raises(train.TrainingError, match="is not a folder"):
+  with pytest.raises(errors.TrainingError, match="is not a folder"):
     train.train_and_evaluate(_config(), str(blocker))
 
 
@@ -477,10 +483,10 @@ def test_xla_conv_gradient_equals_gemm_in_a_train_step(version):
     model = models.create_model(models.spec_from_config(base.model))
     variables = models.init_variables(model, 0, pca)
     # SGD with rate 1: the step's update is minus the gradient.
-    step = train.make_train_step(model, optax.sgd(1.0), train.create_mesh(),
+    step = steps.make_train_step(model, optax.sgd(1.0), parallel.create_mesh(),
                                  precision="highest")
-    state = train.create_train_state(variables, optax.sgd(1.0))
-    new, m = step(train.to_global(state, train.NamedSharding(train.create_mesh(),
+    state = train_state.create_train_state(variables, optax.sgd(1.0))
+    new, m = step(parallel.to_global(state, train.NamedSharding(parallel.create_mesh(),
                                                              train.P())), batch)
     grads = jax.tree_util.tree_map(lambda a, b: np.asarray(a) - np.asarray(b),
                                    variables["params"], jax.device_get(new.params))
@@ -495,7 +501,7 @@ def test_xla_conv_gradient_equals_gemm_in_a_train_step(version):
 def test_gemm_conv_backward_is_refused_off_cpu(monkeypatch):
   config = _config(**{"model.conv_backward": "gemm"})
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  with pytest.raises(train.TrainingError, match="'gemm' is for the CPU only"):
+  with pytest.raises(errors.TrainingError, match="'gemm' is for the CPU only"):
     train.validate_config(config)
   model = models.create_model(models.spec_from_config(config.model))
   with pytest.raises(ValueError, match="'gemm' is for the CPU only"):
@@ -506,16 +512,16 @@ def test_matmul_precision_reaches_the_compiled_step():
   config = _config()
   spec = models.spec_from_config(config.model)
   model = models.create_model(spec)
-  mesh = train.create_mesh()
+  mesh = parallel.create_mesh()
   tx = optax.sgd(0.1)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
-  state = train.create_train_state(jax.tree_util.tree_map(
+  state = train_state.create_train_state(jax.tree_util.tree_map(
       lambda x: np.zeros(x.shape, x.dtype), variables), tx)
   batch = {"lr": np.zeros((8, 8, 8, 3), np.float32), "hr": np.zeros((8, 16, 16, 3),
                                                                       np.float32),
            "kernel": np.zeros((8, 7, 7), np.float32), "code": np.zeros((8, 4), np.float32)}
-  texts = {p: train.make_train_step(model, tx, mesh, precision=p).lower(
+  texts = {p: steps.make_train_step(model, tx, mesh, precision=p).lower(
       state, batch).as_text() for p in ("default", "highest")}
   assert "HIGHEST" in texts["highest"] and "HIGHEST" not in texts["default"]
-  with pytest.raises(train.TrainingError, match="matmul_precision"):
+  with pytest.raises(errors.TrainingError, match="matmul_precision"):
     train.validate_config(_config(matmul_precision="bfloat16"))

@@ -11,9 +11,10 @@ import optax
 import pytest
 
 from dan_jax import models
-from dan_jax import train
+from dan_jax import steps
+from dan_jax import train_state
 
-from conftest import TINY_V2  # pylint: disable=g-bad-import-order
+from conftest import TINY_V2
 from conftest import tiny_variables
 
 
@@ -43,9 +44,9 @@ def test_ema_is_decay_times_ema_plus_rest_times_new_params():
   model = models.create_model(spec)
   variables = tiny_variables(spec)
   config = _optimizer_config()
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
-  state = train.create_train_state(variables, tx, ema=True)
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, ema_decay=0.9))
+  tx = steps.create_optimizer(config, steps.create_learning_rate_fn(config))
+  state = train_state.create_train_state(variables, tx, ema=True)
+  step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx, ema_decay=0.9))
   batch = _batch(spec)
   ema = _leaves(state.params)
   for _ in range(2):  # from the second step on the EMA and the params differ
@@ -60,7 +61,7 @@ def test_weight_decay_is_torch_adam_l2_not_decoupled():
   """torch.optim.Adam(weight_decay=wd): the gradient gets wd * param before the moments."""
   lr, b1, b2, wd, eps = 1e-2, 0.9, 0.99, 0.1, 1e-8
   config = _optimizer_config(learning_rate=lr, adam_b1=b1, adam_b2=b2, weight_decay=wd)
-  tx = train.create_optimizer(config, train.create_learning_rate_fn(config))
+  tx = steps.create_optimizer(config, steps.create_learning_rate_fn(config))
   rng = np.random.default_rng(0)
   p = rng.normal(size=(5, 4)).astype(np.float32)
   grads = [rng.normal(size=(5, 4)).astype(np.float32) * s for s in (1.0, 0.0, 0.5)]
@@ -87,9 +88,9 @@ def test_supervise_all_iterations_through_train_step():
   variables = tiny_variables(TINY_V2)
   batch = _batch(TINY_V2)
   tx = optax.sgd(1.0)
-  state = train.create_train_state(variables, tx)
+  state = train_state.create_train_state(variables, tx)
   new, metrics = jax.jit(functools.partial(
-      train.train_step, model=model, tx=tx, kernel_loss_weight=0.5,
+      steps.train_step, model=model, tx=tx, kernel_loss_weight=0.5,
       supervise_all=True))(state, batch)
 
   def loss_fn(params):  # every iteration's L1(SR, HR) + 0.5 L1(kernel, true kernel)

@@ -5,26 +5,34 @@ import subprocess
 import sys
 from unittest import mock
 
+import jax
 import pytest
 
-from dan_jax import runtime
+from dan_jax import platform as platform_lib
 from dan_jax import xla_cpu
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
-  """Neither XLA_FLAGS nor the opt-out variable set."""
+  """Neither XLA_FLAGS, the opt-out variable nor JAX_PLATFORMS set.
+
+  JAX_PLATFORMS also leaves the JAX config it was read into when jax was imported (a
+  caller's `JAX_PLATFORMS=cpu` would otherwise still decide `platform.cpu_only()`).
+  """
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.delenv("DAN_JAX_XLA_CPU_DEFAULTS", raising=False)
   monkeypatch.delenv("JAX_PLATFORMS", raising=False)
-  return monkeypatch
+  saved = jax.config.jax_platforms
+  jax.config.update("jax_platforms", None)
+  yield monkeypatch
+  jax.config.update("jax_platforms", saved)
 
 
 @pytest.fixture
 def fresh(clean_env):
   """configure() as in a process whose JAX backend has not started."""
   with mock.patch("jax._src.xla_bridge.backends_are_initialized", return_value=False), \
-      mock.patch.object(runtime, "accelerator_plugins", return_value=[]):
+      mock.patch.object(platform_lib, "accelerator_plugins", return_value=[]):
     yield clean_env
 
 
@@ -69,18 +77,18 @@ def test_started_backend_is_left_alone(clean_env):
 def test_only_cpu_only_processes(fresh, plugins, platforms, applied):
   if platforms:
     fresh.setenv("JAX_PLATFORMS", platforms)
-  with mock.patch.object(runtime, "accelerator_plugins", return_value=plugins):
+  with mock.patch.object(platform_lib, "accelerator_plugins", return_value=plugins):
     assert xla_cpu.configure() == applied
   assert (xla_cpu.FLAG in os.environ.get("XLA_FLAGS", "")) == applied
 
 
 def test_accelerator_plugins_reads_installed_metadata():
   # This machine has none; the names the check matches are those of real plugins.
-  assert runtime.accelerator_plugins() == []
+  assert platform_lib.accelerator_plugins() == []
   for name in ("jax-cuda12-plugin", "jax_cuda13_pjrt", "libtpu", "libtpu-nightly",
                "jax-rocm7-plugin"):
-    assert runtime._PLUGIN_RE.match(name), name
-  assert not runtime._PLUGIN_RE.match("jaxlib")
+    assert platform_lib._PLUGIN_RE.match(name), name
+  assert not platform_lib._PLUGIN_RE.match("jaxlib")
 
 
 def _fresh_process(code, **env_extra):

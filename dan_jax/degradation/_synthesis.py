@@ -5,18 +5,24 @@ noise level ranges (`NoiseSpec`), JPEG and the one-call `synthesize`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 import tensorflow as tf
 
-from dan_jax.degradation._common import (ArrayLike, _check_scale, _to_float_image,
-                                         _to_kernel)
-from dan_jax.degradation.kernel_families import sample_kernels
-from dan_jax.degradation.kernels import (NON_KERNEL_CONFIG_KEYS, KernelSpec, _check_range,
-                                         _coerce, _config_items, _reject_unknown)
-from dan_jax.degradation.resize import imresize
+from dan_jax.degradation._common import _check_scale
+from dan_jax.degradation._common import _to_float_image
+from dan_jax.degradation._common import _to_kernel
+from dan_jax.degradation._common import ArrayLike
+from dan_jax.degradation._kernel_families import sample_kernels
+from dan_jax.degradation._kernels import _check_range
+from dan_jax.degradation._kernels import _coerce
+from dan_jax.degradation._kernels import _config_items
+from dan_jax.degradation._kernels import _reject_unknown
+from dan_jax.degradation._kernels import KernelSpec
+from dan_jax.degradation._kernels import NON_KERNEL_CONFIG_KEYS
+from dan_jax.degradation._resize import imresize
+
 
 def _fft_length(n: int) -> int:
   # Smallest 2^a 3^b 5^c 7^d >= n: the FFT is much faster for such sizes than for n with

@@ -10,7 +10,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 import tensorflow as tf
 
-from dan_jax.degradation._common import ArrayLike, _to_kernel
+from dan_jax.degradation._common import _to_kernel
+from dan_jax.degradation._common import ArrayLike
+
 
 def build_pca(kernel_sampler: Callable[[int, int], Any], n: int = 30000, code_len: int = 10,
               seed: int = 0, return_mean: bool = False):

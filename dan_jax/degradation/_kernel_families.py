@@ -11,10 +11,16 @@ from typing import Any, Callable, Mapping, Union
 import numpy as np
 import tensorflow as tf
 
-from dan_jax.degradation._common import ArrayLike, _check_odd_size
-from dan_jax.degradation.kernels import (KernelSpec, _as_param, _disturb, _normalize,
-                                          _quadratic_form, kernel_spec_from_config,
-                                          random_kernels, sample_kernel_params)
+from dan_jax.degradation._common import _check_odd_size
+from dan_jax.degradation._common import ArrayLike
+from dan_jax.degradation._kernels import _as_param
+from dan_jax.degradation._kernels import _disturb
+from dan_jax.degradation._kernels import _normalize
+from dan_jax.degradation._kernels import _quadratic_form
+from dan_jax.degradation._kernels import kernel_spec_from_config
+from dan_jax.degradation._kernels import KernelSpec
+from dan_jax.degradation._kernels import random_kernels
+from dan_jax.degradation._kernels import sample_kernel_params
 
 
 def generalized_gaussian_kernel(size: int, sigma_x: ArrayLike, sigma_y: ArrayLike,

@@ -8,7 +8,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from dan_jax.degradation._common import ArrayLike, _to_float_image
+from dan_jax.degradation._common import _to_float_image
+from dan_jax.degradation._common import ArrayLike
+
 
 def _cubic(x: tf.Tensor) -> tf.Tensor:
   # Keys cubic with a = -0.5 (MATLAB imresize).

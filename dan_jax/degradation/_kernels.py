@@ -13,7 +13,9 @@ from typing import Any, Mapping, Union
 import numpy as np
 import tensorflow as tf
 
-from dan_jax.degradation._common import ArrayLike, _check_odd_size
+from dan_jax.degradation._common import _check_odd_size
+from dan_jax.degradation._common import ArrayLike
+
 
 def _grid(size: int) -> tuple[tf.Tensor, tf.Tensor]:
   # Official grid: np.arange(-l // 2 + 1., l // 2 + 1.); xx varies along columns.

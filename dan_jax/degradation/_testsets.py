@@ -8,10 +8,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from dan_jax import image_io, storage
-from dan_jax.degradation._common import _check_odd_size, _check_scale
-from dan_jax.degradation.kernels import isotropic_gaussian_kernel
-from dan_jax.degradation.synthesis import degrade
+from dan_jax import image_io
+from dan_jax import storage
+from dan_jax.degradation._common import _check_odd_size
+from dan_jax.degradation._common import _check_scale
+from dan_jax.degradation._kernels import isotropic_gaussian_kernel
+from dan_jax.degradation._synthesis import degrade
 
 # The image files a Gaussian8 set is built from (what tf.io.decode_image reads).
 _IMAGE_EXTENSIONS = image_io.TF_IMAGE_EXTENSIONS
