@@ -59,12 +59,26 @@ import timing  # benchmarks/timing.py, beside this script
 # chip; v4 and later, one chip), from the vendors' data sheets. Matched by prefix of
 # `device_kind`, longest first.
 PEAK_TFLOPS = {
-    "TPU v2": 22.5, "TPU v3": 61.5, "TPU v4": 275.0, "TPU v5 lite": 197.0,
-    "TPU v5e": 197.0, "TPU v5p": 459.0, "TPU v5": 459.0, "TPU v6 lite": 918.0,
-    "TPU v6e": 918.0, "TPU7x": 2307.0,
-    "NVIDIA H200": 989.0, "NVIDIA H100": 989.0, "NVIDIA GH200": 989.0,
-    "NVIDIA B200": 2250.0, "NVIDIA A100": 312.0, "NVIDIA A10G": 125.0,
-    "NVIDIA L4": 121.0, "NVIDIA L40S": 362.0, "Tesla V100": 125.0, "Tesla T4": 65.0,
+  "TPU v2": 22.5,
+  "TPU v3": 61.5,
+  "TPU v4": 275.0,
+  "TPU v5 lite": 197.0,
+  "TPU v5e": 197.0,
+  "TPU v5p": 459.0,
+  "TPU v5": 459.0,
+  "TPU v6 lite": 918.0,
+  "TPU v6e": 918.0,
+  "TPU7x": 2307.0,
+  "NVIDIA H200": 989.0,
+  "NVIDIA H100": 989.0,
+  "NVIDIA GH200": 989.0,
+  "NVIDIA B200": 2250.0,
+  "NVIDIA A100": 312.0,
+  "NVIDIA A10G": 125.0,
+  "NVIDIA L4": 121.0,
+  "NVIDIA L40S": 362.0,
+  "Tesla V100": 125.0,
+  "Tesla T4": 65.0,
 }
 # Relative L2 gradient error allowed against the CPU float32 reference.
 # highest: of the whole gradient; float32 rounding (GPU/TPU convolutions sum in another
@@ -147,24 +161,33 @@ def _parity_errors(name: str, data, precision: str) -> tuple[float, float]:
   with precision_lib.precision_scope(precision):
     out = jax.jit(model.apply)(variables, lr)
   sr = np.asarray(out.sr).transpose(0, 1, 4, 2, 3)
-  return (max(_rel(sr[i], data["sr"][i]) for i in range(sr.shape[0])),
-          max(_rel(out.code[i], data["code"][i]) for i in range(sr.shape[0])))
+  return (
+    max(_rel(sr[i], data["sr"][i]) for i in range(sr.shape[0])),
+    max(_rel(out.code[i], data["code"][i]) for i in range(sr.shape[0])),
+  )
 
 
 def check_parity(report: Report, names: list[str], precisions: list[str]) -> None:
-  report.add("## 1. Parity with the official PyTorch forward pass", "",
-             f"Max relative error of every iteration's SR image and code (DCLS: the kernel "
-             f"estimate; its Fourier deconvolution is DFT products at 'highest' whatever "
-             f"the precision) against the official outputs (tests/fixtures); bound "
-             f"{PARITY_TOL:g} at 'highest'.", "",
-             "| fixture | precision | SR rel. err | code/kernel rel. err | verdict |",
-             "|---|---|---|---|---|")
+  report.add(
+    "## 1. Parity with the official PyTorch forward pass",
+    "",
+    f"Max relative error of every iteration's SR image and code (DCLS: the kernel "
+    f"estimate; its Fourier deconvolution is DFT products at 'highest' whatever "
+    f"the precision) against the official outputs (tests/fixtures); bound "
+    f"{PARITY_TOL:g} at 'highest'.",
+    "",
+    "| fixture | precision | SR rel. err | code/kernel rel. err | verdict |",
+    "|---|---|---|---|---|",
+  )
   for name in names:
     data = np.load(FIXTURES / f"parity_{name}.npz")
     for precision in precisions:
       e_sr, e_code = _parity_errors(name, data, precision)
-      verdict = (report.check(max(e_sr, e_code) < PARITY_TOL, f"parity {name}")
-                 if precision == "highest" else "(information)")
+      verdict = (
+        report.check(max(e_sr, e_code) < PARITY_TOL, f"parity {name}")
+        if precision == "highest"
+        else "(information)"
+      )
       report.add(f"| {name} | {precision} | {e_sr:.2e} | {e_code:.2e} | {verdict} |")
   report.add("")
 
@@ -175,19 +198,23 @@ def check_parity(report: Report, names: list[str], precisions: list[str]) -> Non
 
 
 def _batch(rng, b: int, size: int, scale: int, k: int, code_len: int) -> dict:
-  return {"lr": rng.uniform(size=(b, size, size, 3)).astype(np.float32),
-          "hr": rng.uniform(size=(b, size * scale, size * scale, 3)).astype(np.float32),
-          "kernel": rng.dirichlet(np.ones(k * k), b).reshape(b, k, k).astype(np.float32),
-          "code": rng.normal(size=(b, code_len)).astype(np.float32)}
+  return {
+    "lr": rng.uniform(size=(b, size, size, 3)).astype(np.float32),
+    "hr": rng.uniform(size=(b, size * scale, size * scale, 3)).astype(np.float32),
+    "kernel": rng.dirichlet(np.ones(k * k), b).reshape(b, k, k).astype(np.float32),
+    "code": rng.normal(size=(b, code_len)).astype(np.float32),
+  }
 
 
 def _grads(model_config: dict, variables: dict, batch: dict, device, precision: str):
-  spec = models.spec_from_config(dict(model_config, conv_backward="xla",
-                                      dtype=precision_lib.compute_dtype(precision)))
+  spec = models.spec_from_config(
+    dict(model_config, conv_backward="xla", dtype=precision_lib.compute_dtype(precision))
+  )
   model = models.create_model(spec)
   put = lambda t: jax.device_put(t, device)
-  fn = jax.jit(lambda p, pca, bt: jax.value_and_grad(
-      lambda q: steps.compute_losses(model, q, pca, bt)[0])(p))
+  fn = jax.jit(
+    lambda p, pca, bt: jax.value_and_grad(lambda q: steps.compute_losses(model, q, pca, bt)[0])(p)
+  )
   with precision_lib.precision_scope(precision):
     loss, grads = fn(put(variables["params"]), put(variables["pca"]), put(batch))
   return float(loss), jax.tree_util.tree_map(lambda g: np.asarray(g, np.float64), grads)
@@ -210,19 +237,23 @@ def check_gradients(report: Report, model_config: dict, b: int, size: int) -> No
   weights = [i for i, p in enumerate(paths) if p.endswith("['kernel']")]
 
   def rel_l2(leaves, which):
-    num = sum(np.sum((leaves[i] - ref_leaves[i])**2) for i in which)
-    return float(np.sqrt(num / sum(np.sum(ref_leaves[i]**2) for i in which)))
+    num = sum(np.sum((leaves[i] - ref_leaves[i]) ** 2) for i in which)
+    return float(np.sqrt(num / sum(np.sum(ref_leaves[i] ** 2) for i in which)))
 
-  report.add("## 2. One training step's gradient against the CPU float32 reference", "",
-             f"{spec.version} x{spec.scale} (nf {spec.nf}, {spec.loops} iterations), "
-             f"batch {b} of {size}x{size} LR, conv_backward 'xla', on {dev.device_kind}; "
-             f"reference: the same step on the host CPU at float32 ({ref_s:.0f} s). "
-             "Relative L2 error of the whole gradient, of the convolution weights' part and "
-             "of the worst weight; the verdict is on the whole gradient at 'highest' and on "
-             "the weights otherwise (biases: see GRAD_TOL in the script).", "",
-             "| precision | loss | rel. L2 (all) | rel. L2 (weights) | worst weight | "
-             "tolerance | verdict |", "|---|---|---|---|---|---|---|",
-             f"| CPU float32 (reference) | {ref_loss:.6f} | 0 | 0 | 0 | | |")
+  report.add(
+    "## 2. One training step's gradient against the CPU float32 reference",
+    "",
+    f"{spec.version} x{spec.scale} (nf {spec.nf}, {spec.loops} iterations), "
+    f"batch {b} of {size}x{size} LR, conv_backward 'xla', on {dev.device_kind}; "
+    f"reference: the same step on the host CPU at float32 ({ref_s:.0f} s). "
+    "Relative L2 error of the whole gradient, of the convolution weights' part and "
+    "of the worst weight; the verdict is on the whole gradient at 'highest' and on "
+    "the weights otherwise (biases: see GRAD_TOL in the script).",
+    "",
+    "| precision | loss | rel. L2 (all) | rel. L2 (weights) | worst weight | tolerance | verdict |",
+    "|---|---|---|---|---|---|---|",
+    f"| CPU float32 (reference) | {ref_loss:.6f} | 0 | 0 | 0 | | |",
+  )
   for precision in ("highest", "default", "bfloat16"):
     loss, grads = _grads(model_config, variables, batch, dev, precision)
     leaves = jax.tree_util.tree_leaves(grads)
@@ -231,8 +262,10 @@ def check_gradients(report: Report, model_config: dict, b: int, size: int) -> No
     worst = max(rel_l2(leaves, [i]) for i in weights)
     tol = GRAD_TOL[precision]
     err = err_all if precision == "highest" else err_w
-    report.add(f"| {precision} | {loss:.6f} | {err_all:.2e} | {err_w:.2e} | {worst:.2e} | "
-               f"{tol:g} | {report.check(err < tol, f'gradient {precision}')} |")
+    report.add(
+      f"| {precision} | {loss:.6f} | {err_all:.2e} | {err_w:.2e} | {worst:.2e} | "
+      f"{tol:g} | {report.check(err < tol, f'gradient {precision}')} |"
+    )
   report.add("")
 
 
@@ -246,14 +279,18 @@ def _train_losses(config, num_steps: int, devices: list) -> tuple[list[float], A
   spec = models.spec_from_config(config.model)
   model = models.create_model(spec)
   pca = degradation.build_pca(
-      degradation.make_kernel_sampler(input_pipeline.kernel_spec(config)),
-      n=int(config.degradation.pca_samples), code_len=spec.code_len, seed=int(config.seed))
+    degradation.make_kernel_sampler(input_pipeline.kernel_spec(config)),
+    n=int(config.degradation.pca_samples),
+    code_len=spec.code_len,
+    seed=int(config.seed),
+  )
   variables = models.init_variables(model, int(config.seed), pca)
   tx = steps.create_optimizer(config, steps.create_learning_rate_fn(config))
   mesh = parallel.create_mesh(devices)
   step = steps.make_train_step(model, tx, mesh, precision=config.matmul_precision)
-  state = parallel.to_global(train_state.create_train_state(variables, tx),
-                             parallel.replicated(mesh))
+  state = parallel.to_global(
+    train_state.create_train_state(variables, tx), parallel.replicated(mesh)
+  )
   batches = input_pipeline.create_train_iterator(config, pca, start_step=0)
   losses = []
   for _ in range(num_steps):
@@ -276,28 +313,35 @@ def check_loss_curves(report: Report, num_steps: int) -> None:
     config = _tiny_config(parallel.round_up(8, n))
     config.model.dtype = dtype
     t = time.perf_counter()
-    curves[name] = (_train_losses(config, num_steps, jax.devices())[0],
-                    time.perf_counter() - t)
+    curves[name] = (_train_losses(config, num_steps, jax.devices())[0], time.perf_counter() - t)
   f32, bf16 = curves["float32"][0], curves["bfloat16"][0]
   every = max(num_steps // 10, 1)
   marks = sorted({1, *range(every, num_steps + 1, every)})
-  report.add("## 3. Loss curves: configs/test.py in float32 and bfloat16", "",
-             f"{num_steps} steps, batch {parallel.round_up(8, n)} on {n} device(s), "
-             f"precision 'default' (config.matmul_precision); loss at each step. Wall time "
-             f"float32 {curves['float32'][1]:.1f} s, bfloat16 {curves['bfloat16'][1]:.1f} s "
-             "(with compilation).", "",
-             "| step | float32 | bfloat16 | difference |", "|---|---|---|---|")
+  report.add(
+    "## 3. Loss curves: configs/test.py in float32 and bfloat16",
+    "",
+    f"{num_steps} steps, batch {parallel.round_up(8, n)} on {n} device(s), "
+    f"precision 'default' (config.matmul_precision); loss at each step. Wall time "
+    f"float32 {curves['float32'][1]:.1f} s, bfloat16 {curves['bfloat16'][1]:.1f} s "
+    "(with compilation).",
+    "",
+    "| step | float32 | bfloat16 | difference |",
+    "|---|---|---|---|",
+  )
   for s in marks:
-    report.add(f"| {s} | {f32[s - 1]:.5f} | {bf16[s - 1]:.5f} | "
-               f"{bf16[s - 1] - f32[s - 1]:+.5f} |")
+    report.add(f"| {s} | {f32[s - 1]:.5f} | {bf16[s - 1]:.5f} | {bf16[s - 1] - f32[s - 1]:+.5f} |")
   w = max(num_steps // 10, 1)
   mean = lambda xs: float(np.mean(xs))
   finite = all(np.isfinite(f32 + bf16))
   fell = mean(f32[-w:]) < mean(f32[:w])
-  report.add("", f"Both finite: {report.check(finite, 'loss curves finite')}; float32 "
-             f"loss fell from {mean(f32[:w]):.4f} (first {w}) to {mean(f32[-w:]):.4f} "
-             f"(last {w}): {report.check(fell or num_steps < 20, 'loss falls')}; bfloat16 "
-             f"{mean(bf16[:w]):.4f} -> {mean(bf16[-w:]):.4f}.", "")
+  report.add(
+    "",
+    f"Both finite: {report.check(finite, 'loss curves finite')}; float32 "
+    f"loss fell from {mean(f32[:w]):.4f} (first {w}) to {mean(f32[-w:]):.4f} "
+    f"(last {w}): {report.check(fell or num_steps < 20, 'loss falls')}; bfloat16 "
+    f"{mean(bf16[:w]):.4f} -> {mean(bf16[-w:]):.4f}.",
+    "",
+  )
 
 
 def check_devices(report: Report, num_steps: int) -> None:
@@ -307,12 +351,12 @@ def check_devices(report: Report, num_steps: int) -> None:
   config.matmul_precision = "highest"
   one, p_one = _train_losses(config, num_steps, devices[:1])
   every, p_all = _train_losses(config, num_steps, devices)
-  param_err = max(_rel(a, b) for a, b in zip(jax.tree_util.tree_leaves(p_all),
-                                             jax.tree_util.tree_leaves(p_one)))
+  param_err = max(
+    _rel(a, b) for a, b in zip(jax.tree_util.tree_leaves(p_all), jax.tree_util.tree_leaves(p_one))
+  )
   loss_err = max(abs(a - b) / abs(b) for a, b in zip(every, one))
   spec = models.spec_from_config(config.model)
-  pca = np.linalg.qr(np.random.default_rng(0).normal(
-      size=(spec.kernel_size**2, spec.code_len)))[0]
+  pca = np.linalg.qr(np.random.default_rng(0).normal(size=(spec.kernel_size**2, spec.code_len)))[0]
   variables = models.init_variables(models.create_model(spec), 0, pca)
   images = np.random.default_rng(1).uniform(size=(3, 40, 48, 3)).astype(np.float32)
   preds = {}
@@ -320,17 +364,23 @@ def check_devices(report: Report, num_steps: int) -> None:
     predictor = predict.Predictor(config.model, variables, devices=devs)
     preds[label] = predictor.predict_batch(images)
   sr_err = max(float(np.abs(a.sr - b.sr).max()) for a, b in zip(preds["one"], preds["all"]))
-  report.add("## 4. One device vs all devices", "",
-             f"configs/test.py, {num_steps} steps at precision 'highest', batch "
-             f"{config.batch_size}: mesh of 1 device vs all {n}; inference of 3 images "
-             "(predict.Predictor, whole images) on 1 vs all devices.", "",
-             "| quantity | max relative difference | bound | verdict |", "|---|---|---|---|",
-             f"| training loss, every step | {loss_err:.2e} | 1e-4 | "
-             f"{report.check(loss_err < 1e-4, 'devices: loss')} |",
-             f"| parameters after {num_steps} steps | {param_err:.2e} | 1e-3 | "
-             f"{report.check(param_err < 1e-3, 'devices: params')} |",
-             f"| inference SR (absolute, [0,1] range) | {sr_err:.2e} | 1e-5 | "
-             f"{report.check(sr_err < 1e-5, 'devices: inference')} |", "")
+  report.add(
+    "## 4. One device vs all devices",
+    "",
+    f"configs/test.py, {num_steps} steps at precision 'highest', batch "
+    f"{config.batch_size}: mesh of 1 device vs all {n}; inference of 3 images "
+    "(predict.Predictor, whole images) on 1 vs all devices.",
+    "",
+    "| quantity | max relative difference | bound | verdict |",
+    "|---|---|---|---|",
+    f"| training loss, every step | {loss_err:.2e} | 1e-4 | "
+    f"{report.check(loss_err < 1e-4, 'devices: loss')} |",
+    f"| parameters after {num_steps} steps | {param_err:.2e} | 1e-3 | "
+    f"{report.check(param_err < 1e-3, 'devices: params')} |",
+    f"| inference SR (absolute, [0,1] range) | {sr_err:.2e} | 1e-5 | "
+    f"{report.check(sr_err < 1e-5, 'devices: inference')} |",
+    "",
+  )
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,23 +388,34 @@ def check_devices(report: Report, num_steps: int) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def bench(report: Report, model_config: dict, per_device: int, lr_size: int,
-          infer_size: tuple[int, int], repeats: int,
-          precisions: tuple[str, ...] = ("default", "highest", "bfloat16")) -> None:
+def bench(
+  report: Report,
+  model_config: dict,
+  per_device: int,
+  lr_size: int,
+  infer_size: tuple[int, int],
+  repeats: int,
+  precisions: tuple[str, ...] = ("default", "highest", "bfloat16"),
+) -> None:
   devices = jax.devices()
   n = len(devices)
   peak = peak_tflops(devices[0])
-  report.add("## 5. Benchmarks", "",
-             f"{model_config['version']} x{model_config['scale']} "
-             f"(nf {model_config.get('nf', 64)}), train step: batch {per_device} per device "
-             f"x {n} device(s) of {lr_size}x{lr_size} LR (the cheap final-iteration "
-             f"gradient); inference: one {infer_size[0]}x{infer_size[1]} LR image on one "
-             f"device. Median of {repeats}. MFU: model FLOPs (XLA cost analysis of one "
-             "iteration x (loops + 2) for a step, x loops for inference) / time / peak "
-             f"dense bf16 of the devices used ({devices[0].device_kind}: "
-             f"{'%g TFLOP/s' % peak if peak else 'unknown peak'}).", "",
-             "| precision | train step (s) | samples/s | train TFLOP/s | train MFU | "
-             "infer (s) | infer TFLOP/s | infer MFU |", "|---|---|---|---|---|---|---|---|")
+  report.add(
+    "## 5. Benchmarks",
+    "",
+    f"{model_config['version']} x{model_config['scale']} "
+    f"(nf {model_config.get('nf', 64)}), train step: batch {per_device} per device "
+    f"x {n} device(s) of {lr_size}x{lr_size} LR (the cheap final-iteration "
+    f"gradient); inference: one {infer_size[0]}x{infer_size[1]} LR image on one "
+    f"device. Median of {repeats}. MFU: model FLOPs (XLA cost analysis of one "
+    "iteration x (loops + 2) for a step, x loops for inference) / time / peak "
+    f"dense bf16 of the devices used ({devices[0].device_kind}: "
+    f"{'%g TFLOP/s' % peak if peak else 'unknown peak'}).",
+    "",
+    "| precision | train step (s) | samples/s | train TFLOP/s | train MFU | "
+    "infer (s) | infer TFLOP/s | infer MFU |",
+    "|---|---|---|---|---|---|---|---|",
+  )
   rng = np.random.default_rng(0)
   for precision in precisions:
     spec = models.spec_from_config(dict(model_config, dtype=precision_lib.compute_dtype(precision)))
@@ -364,11 +425,15 @@ def bench(report: Report, model_config: dict, per_device: int, lr_size: int,
     b = per_device * n
     batch = _batch(rng, b, lr_size, spec.scale, spec.kernel_size, spec.code_len)
     with precision_lib.precision_scope(precision):
-      one = jax.jit(lambda v, x: model.apply(v, x, iterations=1)).lower(
-          variables, jnp.asarray(batch["lr"][:per_device])).compile()
+      one = (
+        jax.jit(lambda v, x: model.apply(v, x, iterations=1))
+        .lower(variables, jnp.asarray(batch["lr"][:per_device]))
+        .compile()
+      )
     iter_flops = _flops(one)  # per device batch
     step, state, dev_batch = steps.benchmark_step(
-        model, variables, batch, precision="highest" if precision == "highest" else "default")
+      model, variables, batch, precision="highest" if precision == "highest" else "default"
+    )
     compiled = step.lower(state, dev_batch).compile()
     holder = [compiled(state, dev_batch)[0]]
 
@@ -384,56 +449,100 @@ def bench(report: Report, model_config: dict, per_device: int, lr_size: int,
       c = predictor.lower(variables, lr).compile()
     jax.block_until_ready(c(variables, lr))
     infer_s = timing.median_seconds(lambda: c(variables, lr), repeats)
-    infer_flops = spec.loops * iter_flops * (infer_size[0] * infer_size[1]) / (
-        per_device * lr_size * lr_size)
+    infer_flops = (
+      spec.loops * iter_flops * (infer_size[0] * infer_size[1]) / (per_device * lr_size * lr_size)
+    )
     infer_tf = infer_flops / infer_s / 1e12
     mfu = lambda tf, devs: f"{tf / (peak * devs):.1%}" if peak else "n/a"
-    label = {"default": "float32 (default)", "highest": "float32 (highest)",
-             "bfloat16": "bfloat16"}[precision]
-    report.add(f"| {label} | {step_s:.4f} | {b / step_s:.1f} | {train_tf:.2f} | "
-               f"{mfu(train_tf, n)} | {infer_s:.4f} | {infer_tf:.2f} | {mfu(infer_tf, 1)} |")
+    label = {
+      "default": "float32 (default)",
+      "highest": "float32 (highest)",
+      "bfloat16": "bfloat16",
+    }[precision]
+    report.add(
+      f"| {label} | {step_s:.4f} | {b / step_s:.1f} | {train_tf:.2f} | "
+      f"{mfu(train_tf, n)} | {infer_s:.4f} | {infer_tf:.2f} | {mfu(infer_tf, 1)} |"
+    )
   report.add("")
 
 
 def main(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--out", default="accelerator_report.md", help="markdown report path")
-  ap.add_argument("--small", action="store_true",
-                  help="small shapes and few steps (the CPU run in the tests)")
+  ap.add_argument(
+    "--small", action="store_true", help="small shapes and few steps (the CPU run in the tests)"
+  )
   args = ap.parse_args(argv)
   start = time.perf_counter()
   report = Report()
   devices = jax.devices()
-  report.add(f"# dan_jax accelerator check{' (--small)' if args.small else ''}", "",
-             f"{time.strftime('%Y-%m-%d %H:%M')}, jax {jax.__version__}, backend "
-             f"{jax.default_backend()}: {len(devices)} x {devices[0].device_kind}; host "
-             f"{platform.machine()}; command `python benchmarks/accelerator_check.py"
-             f"{' --small' if args.small else ''}`.", "")
-  small_model = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11,
-                     code_len=10, estimator_nf=8, estimator_nb=1)
+  report.add(
+    f"# dan_jax accelerator check{' (--small)' if args.small else ''}",
+    "",
+    f"{time.strftime('%Y-%m-%d %H:%M')}, jax {jax.__version__}, backend "
+    f"{jax.default_backend()}: {len(devices)} x {devices[0].device_kind}; host "
+    f"{platform.machine()}; command `python benchmarks/accelerator_check.py"
+    f"{' --small' if args.small else ''}`.",
+    "",
+  )
+  small_model = dict(
+    version="DANv2",
+    scale=2,
+    nf=8,
+    nb=1,
+    ng=1,
+    loops=2,
+    kernel_size=11,
+    code_len=10,
+    estimator_nf=8,
+    estimator_nb=1,
+  )
   sections = [
-      ("parity", lambda: check_parity(
-          report, ["danv2_x2", "dcls_x2_setting1"] if args.small else
-          ["danv1_x2", "danv1_x3", "danv1_x4", "danv2_x2", "danv2_x4", "dcls_x2_setting1",
-           "dcls_x4_setting1", "dcls_x4_setting2"],
-          ["highest"] if args.small else ["highest", "default"])),
-      ("gradients", lambda: check_gradients(
-          report, small_model if args.small else OFFICIAL_V2_X4, 2,
-          12 if args.small else 48)),
-      ("loss curves", lambda: check_loss_curves(report, 10 if args.small else 100)),
-      ("devices", lambda: check_devices(report, 3 if args.small else 10)),
-      ("benchmarks", lambda: bench(
-          report, small_model if args.small else OFFICIAL_V2_X4, 2 if args.small else 8,
-          16 if args.small else 64, (24, 32) if args.small else (180, 320),
-          1 if args.small else 5,
-          ("default", "bfloat16") if args.small else ("default", "highest", "bfloat16"))),
+    (
+      "parity",
+      lambda: check_parity(
+        report,
+        ["danv2_x2", "dcls_x2_setting1"]
+        if args.small
+        else [
+          "danv1_x2",
+          "danv1_x3",
+          "danv1_x4",
+          "danv2_x2",
+          "danv2_x4",
+          "dcls_x2_setting1",
+          "dcls_x4_setting1",
+          "dcls_x4_setting2",
+        ],
+        ["highest"] if args.small else ["highest", "default"],
+      ),
+    ),
+    (
+      "gradients",
+      lambda: check_gradients(
+        report, small_model if args.small else OFFICIAL_V2_X4, 2, 12 if args.small else 48
+      ),
+    ),
+    ("loss curves", lambda: check_loss_curves(report, 10 if args.small else 100)),
+    ("devices", lambda: check_devices(report, 3 if args.small else 10)),
+    (
+      "benchmarks",
+      lambda: bench(
+        report,
+        small_model if args.small else OFFICIAL_V2_X4,
+        2 if args.small else 8,
+        16 if args.small else 64,
+        (24, 32) if args.small else (180, 320),
+        1 if args.small else 5,
+        ("default", "bfloat16") if args.small else ("default", "highest", "bfloat16"),
+      ),
+    ),
   ]
   for name, run in sections:
     t = time.perf_counter()
     run()
     print(f"[{name}: {time.perf_counter() - t:.1f} s]", file=sys.stderr, flush=True)
-  verdict = ("all checks passed" if not report.failures else
-             f"FAILED: {', '.join(report.failures)}")
+  verdict = "all checks passed" if not report.failures else f"FAILED: {', '.join(report.failures)}"
   report.add(f"**{verdict}** ({time.perf_counter() - start:.0f} s in all)")
   pathlib.Path(args.out).write_text("\n".join(report.lines) + "\n")
   print(f"wrote {args.out}", file=sys.stderr)

@@ -31,6 +31,7 @@ def _synth_fn(spec, scale):
     kernels = degradation.sample_kernels(tf.shape(hr)[0], spec, seed)
     lr = degradation.degrade(hr, kernels, scale)
     return degradation.quantize_8bit(lr), kernels
+
   return fn
 
 
@@ -51,10 +52,14 @@ def main() -> None:
 
   rng = np.random.default_rng(0)
   hr = tf.constant(rng.random((args.batch, args.hr, args.hr, 3), dtype=np.float32))
-  print(f"TF {tf.__version__}, {os.cpu_count()} CPU cores; batch {args.batch} x "
-        f"{args.hr}x{args.hr}x3 HR crops, x{args.scale}")
-  for name, spec in (("setting1 (iso 21x21)", degradation.setting1_spec()),
-                     ("setting2 (aniso 21x21, disturbed)", degradation.setting2_spec())):
+  print(
+    f"TF {tf.__version__}, {os.cpu_count()} CPU cores; batch {args.batch} x "
+    f"{args.hr}x{args.hr}x3 HR crops, x{args.scale}"
+  )
+  for name, spec in (
+    ("setting1 (iso 21x21)", degradation.setting1_spec()),
+    ("setting2 (aniso 21x21, disturbed)", degradation.setting2_spec()),
+  ):
     fn = _synth_fn(spec, args.scale)
     graph_fn = tf.function(fn)
 
@@ -71,8 +76,9 @@ def main() -> None:
 
     kernels = degradation.sample_kernels(args.batch, spec, [0, 0])
 
-    blur_fns = {m: tf.function(functools.partial(degradation.blur, method=m))
-                for m in ("auto", "direct")}
+    blur_fns = {
+      m: tf.function(functools.partial(degradation.blur, method=m)) for m in ("auto", "direct")
+    }
 
     def run_blur(n, method="auto"):
       for _ in range(n):
@@ -87,16 +93,18 @@ def main() -> None:
       out.numpy()
 
     rates = {
-        "tf.function end-to-end": _time(run_fn, args.batches, args.batch),
-        "tf.data parallel map": _time(run_data, args.batches, args.batch),
-        "  blur only (auto=fft)": _time(run_blur, args.batches, args.batch),
-        "  blur only (direct)": _time(lambda n: run_blur(n, "direct"), max(1, args.batches // 2),
-                                      args.batch),
-        "  imresize only": _time(run_resize, args.batches, args.batch),
+      "tf.function end-to-end": _time(run_fn, args.batches, args.batch),
+      "tf.data parallel map": _time(run_data, args.batches, args.batch),
+      "  blur only (auto=fft)": _time(run_blur, args.batches, args.batch),
+      "  blur only (direct)": _time(
+        lambda n: run_blur(n, "direct"), max(1, args.batches // 2), args.batch
+      ),
+      "  imresize only": _time(run_resize, args.batches, args.batch),
     }
     print(f"{name}:")
     for label, rate in rates.items():
       print(f"  {label:<24}: {rate:8.1f} samples/s")
+
 
 if __name__ == "__main__":
   try:

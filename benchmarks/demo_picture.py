@@ -55,29 +55,51 @@ def demo_picture(config, workdir: str, height: int = 192) -> tuple[Image.Image, 
     true = val["kernel"][i]
     kernel_psnr = metrics.kernel_error(estimated, true)["psnr"]
     psnr_bicubic, psnr_sr = y_psnr(bicubic, hr), y_psnr(pred.sr, hr)
-    rows.append(pictures.panel_row(
-        [pictures.to_pil(lr), pictures.to_pil(bicubic), pictures.to_pil(pred.sr),
-         pictures.to_pil(hr), pictures.kernel_pil(estimated, height),
-         pictures.kernel_pil(true, height)],
-        [f"{name}: LR (x{scale})", f"bicubic\nY-PSNR {psnr_bicubic:.2f} dB",
-         f"{model_config.version} (step {step})\nY-PSNR {psnr_sr:.2f} dB", "HR",
-         f"estimated kernel\nPSNR {kernel_psnr:.1f} dB",
-         f"true kernel\nsigma {config.data.val_sigma}"], height=height))
-    lines.append(f"{name}: Y-PSNR bicubic {psnr_bicubic:.2f} dB, {model_config.version} "
-                 f"{psnr_sr:.2f} dB; kernel PSNR {kernel_psnr:.1f} dB")
+    rows.append(
+      pictures.panel_row(
+        [
+          pictures.to_pil(lr),
+          pictures.to_pil(bicubic),
+          pictures.to_pil(pred.sr),
+          pictures.to_pil(hr),
+          pictures.kernel_pil(estimated, height),
+          pictures.kernel_pil(true, height),
+        ],
+        [
+          f"{name}: LR (x{scale})",
+          f"bicubic\nY-PSNR {psnr_bicubic:.2f} dB",
+          f"{model_config.version} (step {step})\nY-PSNR {psnr_sr:.2f} dB",
+          "HR",
+          f"estimated kernel\nPSNR {kernel_psnr:.1f} dB",
+          f"true kernel\nsigma {config.data.val_sigma}",
+        ],
+        height=height,
+      )
+    )
+    lines.append(
+      f"{name}: Y-PSNR bicubic {psnr_bicubic:.2f} dB, {model_config.version} "
+      f"{psnr_sr:.2f} dB; kernel PSNR {kernel_psnr:.1f} dB"
+    )
   return pictures.stack(rows), lines
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True, help="the demo's workdir (its checkpoint)")
-  parser.add_argument("--config", default="configs/demo.py",
-                      help="the config it was trained with (rebuilds the validation set)")
+  parser.add_argument(
+    "--config",
+    default="configs/demo.py",
+    help="the config it was trained with (rebuilds the validation set)",
+  )
   parser.add_argument("--out", default="docs/demo.png", help="the PNG to write")
   parser.add_argument("--height", type=int, default=192, help="panel height in pixels")
-  parser.add_argument("--colors", type=int, default=256,
-                      help="palette size of the PNG (256: ~130 kB, a mean error of ~1.5 grey "
-                           "levels; 0: full RGB, ~400 kB)")
+  parser.add_argument(
+    "--colors",
+    type=int,
+    default=256,
+    help="palette size of the PNG (256: ~130 kB, a mean error of ~1.5 grey "
+    "levels; 0: full RGB, ~400 kB)",
+  )
   args = parser.parse_args(argv)
   picture, lines = demo_picture(config_lib.load(args.config), args.workdir, args.height)
   out = pathlib.Path(args.out)

@@ -57,14 +57,17 @@ def main() -> None:
   args = p.parse_args()
   size = export.parse_size(args.size)
   config = config_lib.load(
-      str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "x4.py") + ":v2").model
+    str(pathlib.Path(__file__).resolve().parents[1] / "configs" / "x4.py") + ":v2"
+  ).model
   model = models.create_model(config)
   k2, n = config.kernel_size**2, config.code_len
   pca = np.linalg.qr(np.random.default_rng(0).normal(size=(k2, n)))[0]
   variables = models.init_variables(model, 0, pca)
-  print(f"DANv2 x4: {models.count_params(variables['params']):,} parameters, "
-        f"{config.loops} iterations, LR {size[0]}x{size[1]}, {os.cpu_count()} CPU(s), "
-        f"jax {jax.__version__}")
+  print(
+    f"DANv2 x4: {models.count_params(variables['params']):,} parameters, "
+    f"{config.loops} iterations, LR {size[0]}x{size[1]}, {os.cpu_count()} CPU(s), "
+    f"jax {jax.__version__}"
+  )
 
   with tempfile.TemporaryDirectory() as tmp:
     ckpt = checkpoint.save_model(os.path.join(tmp, "ckpt"), variables, config)
@@ -85,16 +88,17 @@ def main() -> None:
       diff = max(float(np.max(np.abs(np.asarray(got[k]) - want[k]))) for k in want)
       rows.append((fmt, f"{a['bytes'] / 1e6:.1f}", f"{diff:.1e}", first, secs))
 
-  print(f"\n| runtime | file (MB) | max diff at {args.size} | first run (s) | "
-        f"time (s) | vs JAX |")
+  print(f"\n| runtime | file (MB) | max diff at {args.size} | first run (s) | time (s) | vs JAX |")
   print("|---|---|---|---|---|---|")
   for name, mb, diff, first, secs in rows:
     print(f"| {name} | {mb} | {diff} | {first:.2f} | {secs:.2f} | {secs / jax_s:.2f}x |")
   print("\nmax diff on the two check photographs (export):")
   for fmt in export.FORMATS:
     a = manifest["artifacts"][fmt]
-    print(f"  {fmt}: {a['checked_input_shapes']}: " +
-          ", ".join(f"{k} {v:.1e}" for k, v in a["max_abs_diff"].items()))
+    print(
+      f"  {fmt}: {a['checked_input_shapes']}: "
+      + ", ".join(f"{k} {v:.1e}" for k, v in a["max_abs_diff"].items())
+    )
 
 
 if __name__ == "__main__":

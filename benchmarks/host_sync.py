@@ -41,8 +41,7 @@ from dan_jax import train
 from dan_jax import train_state
 
 
-def _loop(step_fn, state, batches, data_sharding, steps: int, window: int,
-          per_step: bool):
+def _loop(step_fn, state, batches, data_sharding, steps: int, window: int, per_step: bool):
   """Runs `steps` steps; returns (state, seconds, seconds the host waited in reads)."""
   start = time.perf_counter()
   pending, kept, waited = None, [], 0.0
@@ -64,11 +63,13 @@ def _loop(step_fn, state, batches, data_sharding, steps: int, window: int,
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--config", default=os.path.join(
-      os.path.dirname(__file__), "..", "configs", "test.py"))
+  parser.add_argument(
+    "--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "test.py")
+  )
   parser.add_argument("--steps", type=int, default=300)
-  parser.add_argument("--window", type=int, default=100,
-                      help="steps per logging window (configs/default.py: 100)")
+  parser.add_argument(
+    "--window", type=int, default=100, help="steps per logging window (configs/default.py: 100)"
+  )
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
 
@@ -78,14 +79,23 @@ def main() -> None:
   mesh = parallel.create_mesh(jax.devices()[:1])
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   model, _, tx, step_fn, _ = steps.step_functions(
-      spec, tuple(tuple(config[f]) if f == "lr_milestones" else config.get(f, 0.0)
-                  for f in steps.OPTIMIZER_FIELDS),
-      mesh, float(config.kernel_loss_weight), bool(config.supervise_all_iterations),
-      float(config.ema_decay))
-  pca = np.linalg.qr(np.random.default_rng(0).normal(
-      size=(spec.kernel_size**2, spec.code_len)))[0].astype(np.float32)
-  state = parallel.to_global(train_state.create_train_state(
-      models.init_variables(model, 0, pca), tx, config.ema_decay > 0), replicated)
+    spec,
+    tuple(
+      tuple(config[f]) if f == "lr_milestones" else config.get(f, 0.0)
+      for f in steps.OPTIMIZER_FIELDS
+    ),
+    mesh,
+    float(config.kernel_loss_weight),
+    bool(config.supervise_all_iterations),
+    float(config.ema_decay),
+  )
+  pca = np.linalg.qr(np.random.default_rng(0).normal(size=(spec.kernel_size**2, spec.code_len)))[
+    0
+  ].astype(np.float32)
+  state = parallel.to_global(
+    train_state.create_train_state(models.init_variables(model, 0, pca), tx, config.ema_decay > 0),
+    replicated,
+  )
   batches = input_pipeline.create_train_iterator(config, pca)
   state, *_ = _loop(step_fn, state, batches, data, 20, args.window, True)  # compile, warm
 
@@ -93,21 +103,26 @@ def main() -> None:
   waits = {name: [] for name in times}
   for _ in range(args.repeats):  # alternate, so drifts hit both alike
     for name in times:
-      state, seconds, waited = _loop(step_fn, state, batches, data, args.steps,
-                                     args.window, name == "per-step")
+      state, seconds, waited = _loop(
+        step_fn, state, batches, data, args.steps, args.window, name == "per-step"
+      )
       times[name].append(args.steps / seconds)
       waits[name].append(1e3 * waited / args.steps)
-  print(f"# host reads, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
-        f"{os.cpu_count()} cores, devices {[d.platform for d in jax.devices()]}, "
-        f"jax {jax.__version__}, config {os.path.basename(args.config)} "
-        f"(batch {config.batch_size}), {args.steps} steps x {args.repeats}, window "
-        f"{args.window}")
+  print(
+    f"# host reads, {time.strftime('%Y-%m-%d')}, {platform.machine()}, "
+    f"{os.cpu_count()} cores, devices {[d.platform for d in jax.devices()]}, "
+    f"jax {jax.__version__}, config {os.path.basename(args.config)} "
+    f"(batch {config.batch_size}), {args.steps} steps x {args.repeats}, window "
+    f"{args.window}"
+  )
   print("| loop | steps/s (median) | all runs | host blocked in reads, ms/step (median) |")
   print("|---|---|---|---|")
   for name, values in times.items():
-    print(f"| read {name} | {statistics.median(values):.1f} | "
-          f"{', '.join(f'{v:.1f}' for v in values)} | "
-          f"{statistics.median(waits[name]):.2f} |")
+    print(
+      f"| read {name} | {statistics.median(values):.1f} | "
+      f"{', '.join(f'{v:.1f}' for v in values)} | "
+      f"{statistics.median(waits[name]):.2f} |"
+    )
   ratio = statistics.median(times["per-window"]) / statistics.median(times["per-step"])
   print(f"per-window / per-step: {ratio:.2f}x")
 

@@ -59,8 +59,10 @@ def load_official(checkout: str):
   codes = os.path.join(checkout, "codes")
   modules = os.path.join(codes, "config", "DCLS", "models", "modules")
   if not os.path.isfile(os.path.join(modules, "dcls_arch.py")):
-    raise SystemExit(f"error: {checkout} has no codes/config/DCLS/models/modules/dcls_arch.py "
-                     "(not a megvii-research/DCLS-SR checkout)")
+    raise SystemExit(
+      f"error: {checkout} has no codes/config/DCLS/models/modules/dcls_arch.py "
+      "(not a megvii-research/DCLS-SR checkout)"
+    )
   # dcls_utils imports torchvision only for make_grid; a stub keeps it importable.
   if "torchvision" not in sys.modules:
     tv = types.ModuleType("torchvision")
@@ -118,24 +120,32 @@ def main() -> None:
   ap.add_argument("--lr_size", type=int, default=64)
   ap.add_argument("--infer_sizes", default="180x320")
   ap.add_argument("--repeats", type=int, default=3)
-  ap.add_argument("--threads", type=int, default=0,
-                  help="torch intra-op threads (0: one per core). On a shared, busy CPU "
-                  "PyTorch's threads wait on each other at every op: 1 can be far faster")
+  ap.add_argument(
+    "--threads",
+    type=int,
+    default=0,
+    help="torch intra-op threads (0: one per core). On a shared, busy CPU "
+    "PyTorch's threads wait on each other at every op: 1 can be far faster",
+  )
   ap.add_argument("--only", default="", help="comma list of: train,forward,infer,fft,memory")
   args = ap.parse_args()
-  only = set(filter(None, args.only.split(","))) or {"train", "forward", "infer", "fft",
-                                                       "memory"}
+  only = set(filter(None, args.only.split(","))) or {"train", "forward", "infer", "fft", "memory"}
 
   import torch
+
   install_shim(torch)
   torch.set_num_threads(args.threads or os.cpu_count() or 1)
   arch, loss_module, utils = load_official(args.checkout)
   torch.manual_seed(0)
   k, scale, b, s = args.kernel_size, args.scale, args.batch, args.lr_size
-  net = arch.DCLS(nf=args.nf, nb=args.nb, ng=args.ng, input_para=args.input_para,
-                  kernel_size=k, upscale=scale)
-  result = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "params": sum(p.numel() for p in net.parameters())}
+  net = arch.DCLS(
+    nf=args.nf, nb=args.nb, ng=args.ng, input_para=args.input_para, kernel_size=k, upscale=scale
+  )
+  result = {
+    "torch": torch.__version__,
+    "threads": torch.get_num_threads(),
+    "params": sum(p.numel() for p in net.parameters()),
+  }
 
   opt = torch.optim.Adam(net.parameters(), lr=4e-4, betas=(0.9, 0.99))
   cri_kernel = loss_module.CorrectionLoss(scale=scale, eps=1e-20)
@@ -172,8 +182,8 @@ def main() -> None:
       padded = torch.nn.functional.pad(feats, (k, k, k, k), "replicate")
       out = torch.zeros(feats.shape)
       for i in range(c):
-        full = utils.get_uperleft_denominator(padded[:, i:i + 1], ker, smooth[:, i:i + 1])
-        out[:, i:i + 1] = full[:, :, k:-k, k:-k]
+        full = utils.get_uperleft_denominator(padded[:, i : i + 1], ker, smooth[:, i : i + 1])
+        out[:, i : i + 1] = full[:, :, k:-k, k:-k]
       return out
 
     with torch.no_grad():

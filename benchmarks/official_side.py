@@ -59,19 +59,26 @@ def main() -> None:
   args = ap.parse_args()
 
   import torch
+
   torch.set_num_threads(os.cpu_count() or 1)
   arch = _load_arch(args.checkout, args.version)
   k, scale = 21, 4
   with tempfile.TemporaryDirectory() as tmp:
     pca_path = os.path.join(tmp, "pca.pth")
     torch.save(torch.randn(k * k, 10) * 0.05, pca_path)
-    kwargs = dict(nf=args.nf, nb=args.nb, upscale=scale, input_para=10, kernel_size=k,
-                  loop=args.loops, pca_matrix_path=pca_path)
+    kwargs = dict(
+      nf=args.nf,
+      nb=args.nb,
+      upscale=scale,
+      input_para=10,
+      kernel_size=k,
+      loop=args.loops,
+      pca_matrix_path=pca_path,
+    )
     if args.version == "DANv2":
       kwargs["ng"] = args.ng
     net = arch.DAN(**kwargs)
-  result = {"version": args.version, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+  result = {"version": args.version, "torch": torch.__version__, "threads": torch.get_num_threads()}
 
   # Train step: the official optimize_parameters (L1 on the last iteration's SR and
   # kernel term, backward through the whole unrolled loop, Adam step).

@@ -47,10 +47,11 @@ from dan_jax import steps
 import timing  # beside this script
 
 MODELS = {
-    "DANv1": dict(version="DANv1", scale=4, nf=64, nb=40, loops=4),
-    "DANv2": dict(version="DANv2", scale=4, nf=64, nb=10, ng=5, loops=4),
-    "DCLS": dict(version="DCLS", scale=4, nf=64, nb=10, ng=5, input_para=256, kernel_size=21,
-                 loops=1),
+  "DANv1": dict(version="DANv1", scale=4, nf=64, nb=40, loops=4),
+  "DANv2": dict(version="DANv2", scale=4, nf=64, nb=10, ng=5, loops=4),
+  "DCLS": dict(
+    version="DCLS", scale=4, nf=64, nb=10, ng=5, input_para=256, kernel_size=21, loops=1
+  ),
 }
 
 
@@ -94,11 +95,23 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131
 
 def _memory_child(args: argparse.Namespace, name: str) -> int:
   """Train-step peak memory of `name`, measured in a fresh process with MALLOC_ENV."""
-  cmd = [sys.executable, os.path.abspath(__file__), "--memory_child", name, "--batch",
-         str(args.batch), "--lr_size", str(args.lr_size), "--dtype", args.dtype,
-         "--remat", args.remat or ""]
-  res = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                       env=dict(os.environ, **MALLOC_ENV))
+  cmd = [
+    sys.executable,
+    os.path.abspath(__file__),
+    "--memory_child",
+    name,
+    "--batch",
+    str(args.batch),
+    "--lr_size",
+    str(args.lr_size),
+    "--dtype",
+    args.dtype,
+    "--remat",
+    args.remat or "",
+  ]
+  res = subprocess.run(
+    cmd, capture_output=True, text=True, check=False, env=dict(os.environ, **MALLOC_ENV)
+  )
   if res.returncode:
     raise SystemExit(f"error: the memory benchmark failed:\n{res.stderr[-2000:]}")
   return int(json.loads(res.stdout.strip().splitlines()[-1])["train_step_peak_bytes"])
@@ -107,6 +120,7 @@ def _memory_child(args: argparse.Namespace, name: str) -> int:
 def bench_cls_fft(args: argparse.Namespace, channels: int, kernel_size: int) -> dict:
   """DCLS's CLS Fourier deconvolution alone at the train-step feature shape."""
   from dan_jax.models import dcls
+
   rng = np.random.default_rng(2)
   b, s = args.batch, args.lr_size
   x = jnp.asarray(rng.uniform(size=(b, s, s, channels)), jnp.float32)
@@ -114,12 +128,13 @@ def bench_cls_fft(args: argparse.Namespace, channels: int, kernel_size: int) -> 
   k = jnp.asarray(k / k.sum((1, 2), keepdims=True), jnp.float32)
   smooth = jnp.asarray(rng.uniform(-0.5, 0.5, size=(b, 3, 3, channels)), jnp.float32)
   fwd = jax.jit(dcls.cls_deconvolution)
-  grad = jax.jit(jax.grad(lambda x, sm: jnp.sum(dcls.cls_deconvolution(x, k, sm)),
-                          argnums=(0, 1)))
+  grad = jax.jit(jax.grad(lambda x, sm: jnp.sum(dcls.cls_deconvolution(x, k, sm)), argnums=(0, 1)))
   jax.block_until_ready(fwd(x, k, smooth))
   jax.block_until_ready(grad(x, smooth))
-  return {"fft_forward_s": timing.median_seconds(lambda: fwd(x, k, smooth), args.repeats),
-          "fft_grad_s": timing.median_seconds(lambda: grad(x, smooth), args.repeats)}
+  return {
+    "fft_forward_s": timing.median_seconds(lambda: fwd(x, k, smooth), args.repeats),
+    "fft_grad_s": timing.median_seconds(lambda: grad(x, smooth), args.repeats),
+  }
 
 
 def _flops(compiled) -> float:
@@ -141,15 +156,16 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
   rng = np.random.default_rng(1)
   b, s = args.batch, args.lr_size
   batch = {
-      "lr": rng.uniform(size=(b, s, s, 3)).astype(np.float32),
-      "hr": rng.uniform(size=(b, 4 * s, 4 * s, 3)).astype(np.float32),
-      "kernel": rng.dirichlet(np.ones(k * k), size=b).reshape(b, k, k).astype(np.float32),
-      "code": rng.normal(size=(b, 10)).astype(np.float32),
+    "lr": rng.uniform(size=(b, s, s, 3)).astype(np.float32),
+    "hr": rng.uniform(size=(b, 4 * s, 4 * s, 3)).astype(np.float32),
+    "kernel": rng.dirichlet(np.ones(k * k), size=b).reshape(b, k, k).astype(np.float32),
+    "code": rng.normal(size=(b, 10)).astype(np.float32),
   }
   if name == "DCLS":  # the reformulated-kernel loss needs the noise-free blurred/clean LR
     batch["lr_clean"] = batch["lr"]
-    batch["lr_blurred"] = np.clip(batch["lr"] + 0.01 * rng.uniform(size=batch["lr"].shape),
-                                  0, 1).astype(np.float32)
+    batch["lr_blurred"] = np.clip(
+      batch["lr"] + 0.01 * rng.uniform(size=batch["lr"].shape), 0, 1
+    ).astype(np.float32)
   out: dict = {"model": name, "params": models.count_params(variables["params"])}
 
   # Model FLOPs from XLA's cost analysis of ONE iteration (the cost analysis counts the
@@ -203,8 +219,12 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     jax.block_until_ready(c(variables, lr))
     sec = timing.median_seconds(lambda: c(variables, lr), args.repeats)
     flops = out["forward_flops"] * (h * w) / (b * s * s)
-    infer[size] = {"s": sec, "s_per_output_mpix": sec / (h * w * 16 / 1e6),
-                   "compile_s": compile_s, "gflops": flops / sec / 1e9}
+    infer[size] = {
+      "s": sec,
+      "s_per_output_mpix": sec / (h * w * 16 / 1e6),
+      "compile_s": compile_s,
+      "gflops": flops / sec / 1e9,
+    }
   out["infer"] = infer
   return out
 
@@ -215,8 +235,10 @@ def bench_pipeline(setting: int, threads: int, batches: int) -> float:
 
   from dan_jax import degradation
   from dan_jax import input_pipeline
+
   sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
   from configs import default
+
   config = default.get_config()
   config.data.source = "demo"
   config.batch_size = 16
@@ -240,27 +262,73 @@ def bench_pipeline(setting: int, threads: int, batches: int) -> float:
 def official(args: argparse.Namespace, name: str) -> dict:
   cfg = MODELS[name]
   if name == "DCLS":
-    cmd = [args.official_python, os.path.join(os.path.dirname(__file__), "official_dcls_side.py"),
-           "--checkout", args.official_dcls_checkout, "--nf", str(cfg["nf"]), "--nb",
-           str(cfg["nb"]), "--ng", str(cfg["ng"]), "--input_para", str(cfg["input_para"]),
-           "--kernel_size", str(cfg["kernel_size"]), "--scale", str(cfg["scale"]),
-           "--batch", str(args.batch), "--lr_size", str(args.lr_size),
-           "--infer_sizes", args.infer_sizes, "--repeats", str(args.repeats),
-           "--threads", str(args.official_threads)]
-    res = subprocess.run(cmd + ["--only", "train,forward,infer,fft"], capture_output=True,
-                         text=True, check=False)
-    mem = subprocess.run(cmd + ["--only", "memory"], capture_output=True, text=True,
-                         check=False, env=dict(os.environ, **MALLOC_ENV))
+    cmd = [
+      args.official_python,
+      os.path.join(os.path.dirname(__file__), "official_dcls_side.py"),
+      "--checkout",
+      args.official_dcls_checkout,
+      "--nf",
+      str(cfg["nf"]),
+      "--nb",
+      str(cfg["nb"]),
+      "--ng",
+      str(cfg["ng"]),
+      "--input_para",
+      str(cfg["input_para"]),
+      "--kernel_size",
+      str(cfg["kernel_size"]),
+      "--scale",
+      str(cfg["scale"]),
+      "--batch",
+      str(args.batch),
+      "--lr_size",
+      str(args.lr_size),
+      "--infer_sizes",
+      args.infer_sizes,
+      "--repeats",
+      str(args.repeats),
+      "--threads",
+      str(args.official_threads),
+    ]
+    res = subprocess.run(
+      cmd + ["--only", "train,forward,infer,fft"], capture_output=True, text=True, check=False
+    )
+    mem = subprocess.run(
+      cmd + ["--only", "memory"],
+      capture_output=True,
+      text=True,
+      check=False,
+      env=dict(os.environ, **MALLOC_ENV),
+    )
     for r in (res, mem):
       if r.returncode:
         raise SystemExit(f"error: the official DCLS benchmark failed:\n{r.stderr[-2000:]}")
-    return dict(json.loads(res.stdout.strip().splitlines()[-1]),
-                **json.loads(mem.stdout.strip().splitlines()[-1]))
-  cmd = [args.official_python, os.path.join(os.path.dirname(__file__), "official_side.py"),
-         "--checkout", args.official_checkout, "--version", name, "--nf", str(cfg["nf"]),
-         "--nb", str(cfg["nb"]), "--ng", str(cfg.get("ng", 5)), "--batch", str(args.batch),
-         "--lr_size", str(args.lr_size), "--infer_sizes", args.infer_sizes,
-         "--repeats", str(args.repeats)]
+    return dict(
+      json.loads(res.stdout.strip().splitlines()[-1]),
+      **json.loads(mem.stdout.strip().splitlines()[-1]),
+    )
+  cmd = [
+    args.official_python,
+    os.path.join(os.path.dirname(__file__), "official_side.py"),
+    "--checkout",
+    args.official_checkout,
+    "--version",
+    name,
+    "--nf",
+    str(cfg["nf"]),
+    "--nb",
+    str(cfg["nb"]),
+    "--ng",
+    str(cfg.get("ng", 5)),
+    "--batch",
+    str(args.batch),
+    "--lr_size",
+    str(args.lr_size),
+    "--infer_sizes",
+    args.infer_sizes,
+    "--repeats",
+    str(args.repeats),
+  ]
   res = subprocess.run(cmd, capture_output=True, text=True, check=False)
   if res.returncode:
     raise SystemExit(f"error: the official benchmark failed:\n{res.stderr[-2000:]}")
@@ -276,19 +344,31 @@ def main() -> None:
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--dtype", default="float32")
   ap.add_argument("--scan_unroll", type=int, default=1)
-  ap.add_argument("--remat", default="", choices=("",) + models.REMAT_MODES,
-                  help="DCLS model.remat: what its backward pass recomputes (default: the "
-                  "model's, 'groups'; see RESULTS.md)")
+  ap.add_argument(
+    "--remat",
+    default="",
+    choices=("",) + models.REMAT_MODES,
+    help="DCLS model.remat: what its backward pass recomputes (default: the "
+    "model's, 'groups'; see RESULTS.md)",
+  )
   ap.add_argument("--skip", default="", help="comma list of: model,pipeline,gemm")
   ap.add_argument("--pipeline_batches", type=int, default=8)
   ap.add_argument("--official_checkout", default="", help="checkout of greatlog/DAN")
-  ap.add_argument("--official_dcls_checkout", default="",
-                  help="checkout of megvii-research/DCLS-SR (official side of the DCLS rows)")
-  ap.add_argument("--official_threads", type=int, default=0,
-                  help="torch threads of the official DCLS side (0: one per core; on a busy "
-                  "CPU 1 can be much faster, see RESULTS.md)")
-  ap.add_argument("--official_python", default=sys.executable,
-                  help="a Python with torch for the official side")
+  ap.add_argument(
+    "--official_dcls_checkout",
+    default="",
+    help="checkout of megvii-research/DCLS-SR (official side of the DCLS rows)",
+  )
+  ap.add_argument(
+    "--official_threads",
+    type=int,
+    default=0,
+    help="torch threads of the official DCLS side (0: one per core; on a busy "
+    "CPU 1 can be much faster, see RESULTS.md)",
+  )
+  ap.add_argument(
+    "--official_python", default=sys.executable, help="a Python with torch for the official side"
+  )
   ap.add_argument("--json", default="", help="also write all figures to this file")
   ap.add_argument("--memory_child", default="", help=argparse.SUPPRESS)  # see _memory_child
   args = ap.parse_args()
@@ -298,17 +378,21 @@ def main() -> None:
   skip = set(filter(None, args.skip.split(",")))
 
   cpu = platform.processor() or platform.machine()
-  print(f"# dan_jax benchmarks, {time.strftime('%Y-%m-%d')}, {cpu}, "
-        f"{os.cpu_count()} cores, devices {[d.device_kind for d in jax.devices()]}, "
-        f"jax {jax.__version__}, dtype {args.dtype}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  print(
+    f"# dan_jax benchmarks, {time.strftime('%Y-%m-%d')}, {cpu}, "
+    f"{os.cpu_count()} cores, devices {[d.device_kind for d in jax.devices()]}, "
+    f"jax {jax.__version__}, dtype {args.dtype}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+  )
   results: dict = {"models": []}
   if "gemm" not in skip:
     results["gemm_gflops"] = gemm_gflops()
     print(f"float32 GEMM (2048^3): {results['gemm_gflops']:.0f} GFLOP/s")
   if "model" not in skip:
-    print("| model | params | forward (s) | train step (s) | samples/s | train GFLOP/s "
-          "| train compile (s) | 180x320 infer (s) | infer GFLOP/s | infer compile (s) "
-          "| s/out-MPix by size |")
+    print(
+      "| model | params | forward (s) | train step (s) | samples/s | train GFLOP/s "
+      "| train compile (s) | 180x320 infer (s) | infer GFLOP/s | infer compile (s) "
+      "| s/out-MPix by size |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
       r = bench_model(name, args)
@@ -317,19 +401,25 @@ def main() -> None:
       results["models"].append(r)
       first = args.infer_sizes.split(",")[0]
       per = ", ".join(f"{k}: {v['s_per_output_mpix']:.2f}" for k, v in r["infer"].items())
-      print(f"| {name} | {r['params']:,} | {r['forward_s']:.2f} | {r['train_step_s']:.2f} | "
-            f"{r['train_samples_per_s']:.2f} | {r['train_gflops']:.0f} | "
-            f"{r['train_compile_s']:.1f} | {r['infer'][first]['s']:.2f} | "
-            f"{r['infer'][first]['gflops']:.0f} | {r['infer'][first]['compile_s']:.1f} | "
-            f"{per} |")
+      print(
+        f"| {name} | {r['params']:,} | {r['forward_s']:.2f} | {r['train_step_s']:.2f} | "
+        f"{r['train_samples_per_s']:.2f} | {r['train_gflops']:.0f} | "
+        f"{r['train_compile_s']:.1f} | {r['infer'][first]['s']:.2f} | "
+        f"{r['infer'][first]['gflops']:.0f} | {r['infer'][first]['compile_s']:.1f} | "
+        f"{per} |"
+      )
       if "official" in r:
         o = r["official"]
-        print(f"| {name} official (torch {o['torch']}) | | {o['forward_s']:.2f} | "
-              f"{o['train_step_s']:.2f} | {o['train_samples_per_s']:.2f} | | | "
-              f"{o['infer_s'][first]:.2f} | | | |")
-        print(f"| ratio ours/official (speed) | | {o['forward_s'] / r['forward_s']:.2f} | | "
-              f"{r['train_samples_per_s'] / o['train_samples_per_s']:.2f} | | | "
-              f"{o['infer_s'][first] / r['infer'][first]['s']:.2f} | | | |")
+        print(
+          f"| {name} official (torch {o['torch']}) | | {o['forward_s']:.2f} | "
+          f"{o['train_step_s']:.2f} | {o['train_samples_per_s']:.2f} | | | "
+          f"{o['infer_s'][first]:.2f} | | | |"
+        )
+        print(
+          f"| ratio ours/official (speed) | | {o['forward_s'] / r['forward_s']:.2f} | | "
+          f"{r['train_samples_per_s'] / o['train_samples_per_s']:.2f} | | | "
+          f"{o['infer_s'][first] / r['infer'][first]['s']:.2f} | | | |"
+        )
   for r in results["models"]:
     if "fft_forward_s" not in r:
       continue
@@ -337,14 +427,24 @@ def main() -> None:
     mib = lambda v: f"{v / 2**20:.0f} MiB"
     print(f"| {r['model']} | ours | official | ratio |")
     print("|---|---|---|---|")
-    print(f"| train-step peak memory | {mib(r['train_step_peak_bytes'])} (XLA temporaries "
-          f"{mib(r.get('train_step_xla_temp_bytes', float('nan')))}) | "
-          + (f"{mib(o['train_step_peak_bytes'])} | official/ours "
-             f"{o['train_step_peak_bytes'] / r['train_step_peak_bytes']:.2f} |" if o else "| |"))
-    for key, label in (("fft_forward_s", "CLS FFT deconvolution, forward (s)"),
-                       ("fft_grad_s", "CLS FFT deconvolution, forward + gradient (s)")):
-      print(f"| {label} | {r[key]:.4f} | "
-            + (f"{o[key]:.4f} | speed {o[key] / r[key]:.2f} |" if o else "| |"))
+    print(
+      f"| train-step peak memory | {mib(r['train_step_peak_bytes'])} (XLA temporaries "
+      f"{mib(r.get('train_step_xla_temp_bytes', float('nan')))}) | "
+      + (
+        f"{mib(o['train_step_peak_bytes'])} | official/ours "
+        f"{o['train_step_peak_bytes'] / r['train_step_peak_bytes']:.2f} |"
+        if o
+        else "| |"
+      )
+    )
+    for key, label in (
+      ("fft_forward_s", "CLS FFT deconvolution, forward (s)"),
+      ("fft_grad_s", "CLS FFT deconvolution, forward + gradient (s)"),
+    ):
+      print(
+        f"| {label} | {r[key]:.4f} | "
+        + (f"{o[key]:.4f} | speed {o[key] / r[key]:.2f} |" if o else "| |")
+      )
   if "pipeline" not in skip:
     print("| input pipeline (x4, 256 HR crops) | 1 thread | 2 threads |")
     print("|---|---|---|")
@@ -355,11 +455,13 @@ def main() -> None:
   if "gemm_gflops" in results:
     for r in results["models"]:
       first = args.infer_sizes.split(",")[0]
-      print(f"{r['model']}: forward pass ({r['forward_flops'] / 1e12:.2f} TFLOP) at "
-            f"{r['forward_gflops'] / results['gemm_gflops']:.0%} of the GEMM floor, inference "
-            f"at {r['infer'][first]['gflops'] / results['gemm_gflops']:.0%}, train step "
-            f"({r['train_flops'] / 1e12:.2f} TFLOP) at "
-            f"{r['train_gflops'] / results['gemm_gflops']:.0%}")
+      print(
+        f"{r['model']}: forward pass ({r['forward_flops'] / 1e12:.2f} TFLOP) at "
+        f"{r['forward_gflops'] / results['gemm_gflops']:.0%} of the GEMM floor, inference "
+        f"at {r['infer'][first]['gflops'] / results['gemm_gflops']:.0%}, train step "
+        f"({r['train_flops'] / 1e12:.2f} TFLOP) at "
+        f"{r['train_gflops'] / results['gemm_gflops']:.0%}"
+      )
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1, default=float)

@@ -22,8 +22,9 @@ def version_from_arg(arg: str, default: str = "v2") -> str:
   """'v1'/'DANv1' -> 'DANv1', 'v2'/'DANv2'/'' -> 'DANv2', 'dcls' -> 'DCLS' (`FILE:ARG`)."""
   key = (arg or default).strip().lower().replace("dan", "")
   if key not in VERSIONS:
-    raise ValueError(f"config argument must be v1, v2 or dcls (e.g. --config=configs/x4.py:v1), "
-                     f"got {arg!r}")
+    raise ValueError(
+      f"config argument must be v1, v2 or dcls (e.g. --config=configs/x4.py:v1), got {arg!r}"
+    )
   return VERSIONS[key]
 
 
@@ -170,8 +171,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   return config
 
 
-def official(version: str = "DANv2", scale: int = 4, setting: int = 1
-             ) -> ml_collections.ConfigDict:
+def official(version: str = "DANv2", scale: int = 4, setting: int = 1) -> ml_collections.ConfigDict:
   """The official training recipe (codes/config/DANv{1,2}/options/setting{1,2}/train).
 
   Common to all: batch 64, LR crop 64 (HR crop 64 * scale), flips and rotations, Adam

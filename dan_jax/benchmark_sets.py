@@ -58,8 +58,7 @@ def parse_datasets(datasets: Sequence[str] = (), hr_dirs: str = "") -> dict[str,
     if not sep or not name or not path:
       raise EvaluationError(f"dataset {spec!r} must be NAME=PATH, e.g. Set5=/data/Set5")
     if not _NAME_RE.match(name):
-      raise EvaluationError(f"dataset name {name!r} may use only letters, digits, '_', "
-                            "'.', '-'")
+      raise EvaluationError(f"dataset name {name!r} may use only letters, digits, '_', '.', '-'")
     if name in out or name == DIV2KRK_NAME:
       raise EvaluationError(f"dataset name {name} is given twice (or is reserved)")
     if not storage.path(path).is_dir():
@@ -78,12 +77,16 @@ def _hr_listing(hr_dir: str) -> dict[str, int]:
 def sigma_dirs(cache_root: str, scale: int) -> dict[str, str]:
   """{"%.2f" sigma: folder} of a Gaussian8 set laid out by write_gaussian8_set."""
   from dan_jax import degradation
-  return {f"{s:.2f}": storage.join(cache_root, f"x{scale}", f"sig{s:.2f}")
-          for s in degradation.gaussian8_sigmas(scale)}
+
+  return {
+    f"{s:.2f}": storage.join(cache_root, f"x{scale}", f"sig{s:.2f}")
+    for s in degradation.gaussian8_sigmas(scale)
+  }
 
 
-def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
-                      log=print) -> dict[str, str]:
+def prepare_gaussian8(
+  name: str, hr_dir: str, workdir: str, scale: int, log=print
+) -> dict[str, str]:
   """Builds (or reuses) the cached Gaussian8 set of one HR folder; {sigma: folder}.
 
   The set is written to a temporary folder and renamed into place with its manifest, so an
@@ -92,6 +95,7 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
   place and its manifest, written last, marks it complete.
   """
   from dan_jax import degradation
+
   root = storage.path(storage.join(workdir, "gaussian8", name))
   final = root / f"x{scale}"
   manifest_path = final / "manifest.json"
@@ -106,14 +110,17 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
     try:
       manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as e:
-      raise EvaluationError(f"dataset {name}: {final} exists but has no readable "
-                            f"manifest.json; delete it to rebuild ({e})") from e
-    if manifest.get("files") != listing or manifest.get("kernel_size") != \
-        GAUSSIAN8_KERNEL_SIZE:
+      raise EvaluationError(
+        f"dataset {name}: {final} exists but has no readable "
+        f"manifest.json; delete it to rebuild ({e})"
+      ) from e
+    if manifest.get("files") != listing or manifest.get("kernel_size") != GAUSSIAN8_KERNEL_SIZE:
       changed = sorted(set(manifest.get("files", {}).items()) ^ set(listing.items()))[:3]
-      raise EvaluationError(f"dataset {name}: the cached Gaussian8 set {final} was built "
-                            f"from other HR images than {hr_dir} (differences: {changed});"
-                            " delete it or use another --out")
+      raise EvaluationError(
+        f"dataset {name}: the cached Gaussian8 set {final} was built "
+        f"from other HR images than {hr_dir} (differences: {changed});"
+        " delete it or use another --out"
+      )
     dirs = sigma_dirs(root, scale)
     stems = {os.path.splitext(n)[0] + ".png" for n in listing}
     for d in dirs.values():
@@ -121,8 +128,10 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
         folder = storage.path(storage.join(d, sub))
         have = {f.name for f in folder.iterdir()} if folder.is_dir() else set()
         if not stems <= have:
-          raise EvaluationError(f"dataset {name}: cached set {d}/{sub} lacks "
-                                f"{sorted(stems - have)[:3]}; delete {final} to rebuild")
+          raise EvaluationError(
+            f"dataset {name}: cached set {d}/{sub} lacks "
+            f"{sorted(stems - have)[:3]}; delete {final} to rebuild"
+          )
     log(f"{name}: using cached Gaussian8 x{scale} set {final}")
     return dirs
   stems = [os.path.splitext(n)[0] for n in listing]
@@ -135,9 +144,18 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
       tmp.rmtree()
   log(f"{name}: building the Gaussian8 x{scale} set of {len(listing)} image(s) in {final}")
   degradation.write_gaussian8_set(hr_dir, str(tmp), scale, kernel_size=GAUSSIAN8_KERNEL_SIZE)
-  (tmp / f"x{scale}" / "manifest.json").write_text(json.dumps(
-      {"source": str(storage.path(hr_dir)), "scale": scale, "sigmas": sigmas,
-       "kernel_size": GAUSSIAN8_KERNEL_SIZE, "files": listing}, indent=1))
+  (tmp / f"x{scale}" / "manifest.json").write_text(
+    json.dumps(
+      {
+        "source": str(storage.path(hr_dir)),
+        "scale": scale,
+        "sigmas": sigmas,
+        "kernel_size": GAUSSIAN8_KERNEL_SIZE,
+        "files": listing,
+      },
+      indent=1,
+    )
+  )
   if not in_place:
     (tmp / f"x{scale}").rename(final)
     tmp.rmtree()
@@ -147,12 +165,21 @@ def prepare_gaussian8(name: str, hr_dir: str, workdir: str, scale: int,
 def gaussian8_jobs(name: str, dirs: dict[str, str], scale: int) -> list[Job]:
   """Jobs of a Gaussian8 set ({"%.2f" sigma: folder}, from `prepare_gaussian8`)."""
   from dan_jax import degradation
+
   exact = {f"{s:.2f}": float(s) for s in degradation.gaussian8_sigmas(scale)}
   jobs = []
   for sigma, d in dirs.items():
     for fn in sorted(f.name for f in storage.path(storage.join(d, "LR")).iterdir()):
-      jobs.append(Job(name, sigma, os.path.splitext(fn)[0], storage.join(d, "LR", fn),
-                      storage.join(d, "HR", fn), kernel_sigma=exact[sigma]))
+      jobs.append(
+        Job(
+          name,
+          sigma,
+          os.path.splitext(fn)[0],
+          storage.join(d, "LR", fn),
+          storage.join(d, "HR", fn),
+          kernel_sigma=exact[sigma],
+        )
+      )
   return jobs
 
 
@@ -166,8 +193,10 @@ def _by_number(folder: str, exts: Sequence[str]) -> dict[int, str]:
       continue
     n = int(m.group())
     if n in out:
-      raise EvaluationError(f"{folder}: {os.path.basename(out[n])} and {fn} have the same "
-                            f"number {n}; files are matched by the number in their names")
+      raise EvaluationError(
+        f"{folder}: {os.path.basename(out[n])} and {fn} have the same "
+        f"number {n}; files are matched by the number in their names"
+      )
     out[n] = storage.join(folder, fn)
   return out
 
@@ -178,10 +207,12 @@ def div2krk_jobs(root: str, scale: int, log=print) -> list[Job]:
   k_dir = storage.join(root, f"gt_k_x{scale}")
   for d in (gt_dir, lr_dir):
     if not storage.path(d).is_dir():
-      have = (sorted(f.name for f in storage.path(root).iterdir())
-              if storage.path(root).is_dir() else [])
-      raise EvaluationError(f"DIV2KRK: no folder {d} (DIV2KRK has gt/, lr_x2/, lr_x4/; "
-                            f"found {have})")
+      have = (
+        sorted(f.name for f in storage.path(root).iterdir()) if storage.path(root).is_dir() else []
+      )
+      raise EvaluationError(
+        f"DIV2KRK: no folder {d} (DIV2KRK has gt/, lr_x2/, lr_x4/; found {have})"
+      )
   gts = _by_number(gt_dir, image_io.IMAGE_EXTENSIONS)
   lrs = _by_number(lr_dir, image_io.IMAGE_EXTENSIONS)
   kernels = _by_number(k_dir, (".mat", ".npy")) if storage.path(k_dir).is_dir() else {}
@@ -192,8 +223,18 @@ def div2krk_jobs(root: str, scale: int, log=print) -> list[Job]:
     log(f"note: DIV2KRK: no ground truth for LR image(s) {missing[:10]}; skipped")
   if kernels and set(lrs) - set(kernels):
     log(f"note: DIV2KRK: no true kernel for {sorted(set(lrs) - set(kernels))[:10]}")
-  return [Job(DIV2KRK_NAME, "", os.path.splitext(os.path.basename(lrs[n]))[0], lrs[n],
-              gts[n], kernels.get(n)) for n in sorted(lrs) if n in gts]
+  return [
+    Job(
+      DIV2KRK_NAME,
+      "",
+      os.path.splitext(os.path.basename(lrs[n]))[0],
+      lrs[n],
+      gts[n],
+      kernels.get(n),
+    )
+    for n in sorted(lrs)
+    if n in gts
+  ]
 
 
 def load_kernel(path: str) -> np.ndarray:
@@ -204,15 +245,16 @@ def load_kernel(path: str) -> np.ndarray:
       k = np.load(data)
     else:
       import scipy.io
+
       mat = scipy.io.loadmat(data)
       if "Kernel" in mat:
         k = mat["Kernel"]
       else:
-        arrays = [v for n, v in mat.items() if not n.startswith("__") and
-                  np.ndim(v) == 2]
+        arrays = [v for n, v in mat.items() if not n.startswith("__") and np.ndim(v) == 2]
         if len(arrays) != 1:
-          raise EvaluationError(f"{path}: no 'Kernel' variable and not exactly one 2-D "
-                                f"array (variables: {sorted(mat)})")
+          raise EvaluationError(
+            f"{path}: no 'Kernel' variable and not exactly one 2-D array (variables: {sorted(mat)})"
+          )
         k = arrays[0]
   except EvaluationError:
     raise
@@ -227,6 +269,7 @@ def load_kernel(path: str) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _gaussian8_kernel(sigma: float) -> np.ndarray:
   from dan_jax import degradation
+
   return degradation.isotropic_gaussian_kernel(GAUSSIAN8_KERNEL_SIZE, sigma).numpy()
 
 

@@ -45,9 +45,14 @@ def model_config_to_dict(model_config: Any) -> dict:
   return out
 
 
-def create_manager(directory: storage.PathLike, *, max_to_keep: Optional[int] = 3,
-                   best_metric: Optional[str] = None, async_save: bool = True,
-                   read_only: bool = False) -> ocp.CheckpointManager:
+def create_manager(
+  directory: storage.PathLike,
+  *,
+  max_to_keep: Optional[int] = 3,
+  best_metric: Optional[str] = None,
+  async_save: bool = True,
+  read_only: bool = False,
+) -> ocp.CheckpointManager:
   """A CheckpointManager over `directory` (a `checkpoints/` dir) with our items.
 
   Args:
@@ -59,21 +64,22 @@ def create_manager(directory: storage.PathLike, *, max_to_keep: Optional[int] = 
   """
   directory = storage.path(directory)
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep,
-      best_fn=(lambda m: m[best_metric]) if best_metric else None,
-      best_mode="max",
-      keep_checkpoints_without_metrics=True,
-      enable_async_checkpointing=async_save,
-      create=not read_only,
-      read_only=read_only,
-      # A run killed while saving leaves a `<step>.orbax-checkpoint-tmp-*` folder (orbax
-      # writes there and renames when complete); it is never read as a checkpoint, and
-      # the next writer removes it.
-      cleanup_tmp_directories=not read_only,
-      # Processes meet at barriers named after the step: the latest and the best
-      # checkpoint of one step, saved at once by two managers, need distinct names.
-      multiprocessing_options=ocp.options.MultiprocessingOptions(
-          barrier_sync_key_prefix=re.sub(r"\W", "_", directory.name)),
+    max_to_keep=max_to_keep,
+    best_fn=(lambda m: m[best_metric]) if best_metric else None,
+    best_mode="max",
+    keep_checkpoints_without_metrics=True,
+    enable_async_checkpointing=async_save,
+    create=not read_only,
+    read_only=read_only,
+    # A run killed while saving leaves a `<step>.orbax-checkpoint-tmp-*` folder (orbax
+    # writes there and renames when complete); it is never read as a checkpoint, and
+    # the next writer removes it.
+    cleanup_tmp_directories=not read_only,
+    # Processes meet at barriers named after the step: the latest and the best
+    # checkpoint of one step, saved at once by two managers, need distinct names.
+    multiprocessing_options=ocp.options.MultiprocessingOptions(
+      barrier_sync_key_prefix=re.sub(r"\W", "_", directory.name)
+    ),
   )
   manager = ocp.CheckpointManager(directory, options=options, item_names=ITEMS)
   # orbax removes leftover temporary folders in a background thread started here; wait
@@ -86,13 +92,12 @@ def create_manager(directory: storage.PathLike, *, max_to_keep: Optional[int] = 
   return manager
 
 
-def save_args(state: Any, model_config: Any, meta: Optional[dict] = None
-              ) -> ocp.args.Composite:
+def save_args(state: Any, model_config: Any, meta: Optional[dict] = None) -> ocp.args.Composite:
   """Orbax save arguments for one checkpoint."""
   return ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      model_config=ocp.args.JsonSave(model_config_to_dict(model_config)),
-      meta=ocp.args.JsonSave(meta or {}),
+    state=ocp.args.StandardSave(state),
+    model_config=ocp.args.JsonSave(model_config_to_dict(model_config)),
+    meta=ocp.args.JsonSave(meta or {}),
   )
 
 
@@ -109,8 +114,10 @@ def save_model(out_dir: str, variables: dict, model_config: Any, step: int = 0) 
     raise CheckpointError(f"cannot create checkpoint directory {directory}: {e}") from e
   manager = create_manager(directory, max_to_keep=None, async_save=False)
   if step in manager.all_steps():
-    raise CheckpointError(f"{directory} already holds a checkpoint at step {step}; "
-                          "choose another --out (nothing was overwritten)")
+    raise CheckpointError(
+      f"{directory} already holds a checkpoint at step {step}; "
+      "choose another --out (nothing was overwritten)"
+    )
   state = {"params": variables["params"], "pca": variables["pca"]}
   manager.save(step, args=save_args(state, model_config, {"source": "dan_jax.convert"}))
   manager.wait_until_finished()
@@ -130,13 +137,14 @@ def resolve(path: storage.PathLike) -> tuple[str, Optional[int]]:
     return str(path.parent), int(path.name)
   if any(d.name.isdigit() for d in path.iterdir()):
     return str(path), None
-  raise CheckpointError(f"no checkpoint at {path}: expected a workdir with "
-                        f"{CHECKPOINTS_SUBDIR}/, a {CHECKPOINTS_SUBDIR}/ directory or one "
-                        "step's directory")
+  raise CheckpointError(
+    f"no checkpoint at {path}: expected a workdir with "
+    f"{CHECKPOINTS_SUBDIR}/, a {CHECKPOINTS_SUBDIR}/ directory or one "
+    "step's directory"
+  )
 
 
-def load_model(path: str, use_ema: bool = True
-               ) -> tuple[ml_collections.ConfigDict, dict, int]:
+def load_model(path: str, use_ema: bool = True) -> tuple[ml_collections.ConfigDict, dict, int]:
   """Loads a checkpoint for inference.
 
   Args:
@@ -158,9 +166,13 @@ def load_model(path: str, use_ema: bool = True
     # A checkpoint written by a run on other devices (e.g. 8 GPUs or a TPU pod) names
     # devices this process may not have: such arrays come back on the first local one.
     fallback = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    restored = manager.restore(step, args=ocp.args.Composite(
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
         state=ocp.args.StandardRestore(fallback_sharding=fallback),
-        model_config=ocp.args.JsonRestore()))
+        model_config=ocp.args.JsonRestore(),
+      ),
+    )
   except Exception as e:  # orbax raises many types for truncated or foreign files
     raise CheckpointError(f"checkpoint {directory}/{step} is unreadable: {e}") from e
   finally:
@@ -182,16 +194,23 @@ def check_variables(variables: dict, model_config: Any, where: str = "checkpoint
   """Raises CheckpointError unless `variables` have exactly the shapes the config needs."""
   model = models.create_model(model_config)
   spec = model.spec
-  expected = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), np.zeros((1, 8, 8, spec.in_nc), np.float32), iterations=1))
-  exp = {"/".join(str(getattr(k, "key", k)) for k in p): v.shape
-         for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]}
-  got = {"/".join(str(getattr(k, "key", k)) for k in p): np.shape(v)
-         for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]}
+  expected = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), np.zeros((1, 8, 8, spec.in_nc), np.float32), iterations=1)
+  )
+  exp = {
+    "/".join(str(getattr(k, "key", k)) for k in p): v.shape
+    for p, v in jax.tree_util.tree_flatten_with_path(expected)[0]
+  }
+  got = {
+    "/".join(str(getattr(k, "key", k)) for k in p): np.shape(v)
+    for p, v in jax.tree_util.tree_flatten_with_path(variables)[0]
+  }
   if exp != got:
     diff = sorted(set(exp.items()) ^ set(got.items()))[:4]
-    raise CheckpointError(f"{where}: parameters do not fit the model config "
-                          f"({spec.version} x{spec.scale}); first differences: {diff}")
+    raise CheckpointError(
+      f"{where}: parameters do not fit the model config "
+      f"({spec.version} x{spec.scale}); first differences: {diff}"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -199,8 +218,21 @@ def check_variables(variables: dict, model_config: Any, where: str = "checkpoint
 # ---------------------------------------------------------------------------------------
 
 # Fields whose change makes a checkpoint another model (not: dtype, scan_unroll, ...).
-ARCH_FIELDS = ("version", "scale", "nf", "nb", "ng", "in_nc", "loops", "kernel_size",
-               "code_len", "estimator_nf", "estimator_nb", "input_para", "reduction")
+ARCH_FIELDS = (
+  "version",
+  "scale",
+  "nf",
+  "nb",
+  "ng",
+  "in_nc",
+  "loops",
+  "kernel_size",
+  "code_len",
+  "estimator_nf",
+  "estimator_nb",
+  "input_para",
+  "reduction",
+)
 
 
 def _arch(model_config: Any) -> dict:
@@ -216,8 +248,9 @@ def _describe(arch: dict) -> str:
   return f"{arch['version']} x{arch['scale']}"
 
 
-def check_compatible(stored_model_config: dict, spec: models.ModelSpec, where: str,
-                     what: str) -> None:
+def check_compatible(
+  stored_model_config: dict, spec: models.ModelSpec, where: str, what: str
+) -> None:
   """Raises TrainingError unless the stored model config is the same model as `spec`.
 
   `where` names the checkpoint in the message, `what` says what to do about it.
@@ -228,37 +261,48 @@ def check_compatible(stored_model_config: dict, spec: models.ModelSpec, where: s
     raise TrainingError(f"{where} has an unreadable model config: {e}") from e
   want = _arch(spec)
   if have != want:
-    diff = ", ".join(f"{k} {have.get(k)!r} vs {want.get(k)!r}" for k in want
-                     if have.get(k) != want.get(k))
-    raise TrainingError(f"{where} holds a {_describe(have)} model but the config trains "
-                        f"{_describe(want)} ({diff}); {what}")
+    diff = ", ".join(
+      f"{k} {have.get(k)!r} vs {want.get(k)!r}" for k in want if have.get(k) != want.get(k)
+    )
+    raise TrainingError(
+      f"{where} holds a {_describe(have)} model but the config trains "
+      f"{_describe(want)} ({diff}); {what}"
+    )
 
 
 def _abstract(tree: Any, sharding: NamedSharding) -> Any:
   return jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding),
-      tree)
+    lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype, sharding=sharding), tree
+  )
 
 
 def read_info(manager: ocp.CheckpointManager, step: int, spec: models.ModelSpec) -> dict:
   """The `meta` of a checkpoint, after checking that it holds the same model."""
   where = f"{manager.directory}/{step}"
   try:
-    info = manager.restore(step, args=ocp.args.Composite(
-        model_config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()))
+    info = manager.restore(
+      step,
+      args=ocp.args.Composite(model_config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()),
+    )
   except Exception as e:
     raise TrainingError(f"cannot read the checkpoint {where}: {e}") from e
-  check_compatible(dict(info["model_config"]), spec, f"the checkpoint {where}",
-                   "refusing to resume: use another --workdir (nothing was deleted)")
+  check_compatible(
+    dict(info["model_config"]),
+    spec,
+    f"the checkpoint {where}",
+    "refusing to resume: use another --workdir (nothing was deleted)",
+  )
   return dict(info["meta"] or {})
 
 
-def restore_state(manager: ocp.CheckpointManager, step: int, template: TrainState,
-                  sharding: NamedSharding) -> TrainState:
+def restore_state(
+  manager: ocp.CheckpointManager, step: int, template: TrainState, sharding: NamedSharding
+) -> TrainState:
   """Restores the training state at `step` (checked with `read_info` first)."""
   target = template.to_dict()
-  restore = lambda t: manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(_abstract(t, sharding))))
+  restore = lambda t: manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_abstract(t, sharding)))
+  )
   try:
     restored = restore(target)
   except Exception as e:
@@ -266,8 +310,9 @@ def restore_state(manager: ocp.CheckpointManager, step: int, template: TrainStat
       restored = restore({k: v for k, v in target.items() if k not in COUNTERS})
     except Exception:
       raise TrainingError(
-          f"cannot resume from {manager.directory}/{step}: its training state does not fit "
-          f"this config (e.g. ema_decay or weight_decay switched on or off): {e}") from e
+        f"cannot resume from {manager.directory}/{step}: its training state does not fit "
+        f"this config (e.g. ema_decay or weight_decay switched on or off): {e}"
+      ) from e
   state = dict(restored["state"])
   for k in COUNTERS:
     if k not in state:
@@ -275,8 +320,9 @@ def restore_state(manager: ocp.CheckpointManager, step: int, template: TrainStat
   return TrainState(**state)
 
 
-def save_state(manager: ocp.CheckpointManager, step: int, state: TrainState,
-               spec: models.ModelSpec, meta: dict) -> None:
+def save_state(
+  manager: ocp.CheckpointManager, step: int, state: TrainState, spec: models.ModelSpec, meta: dict
+) -> None:
   """Saves `step`; a checkpoint of that step already there (a rerun) is replaced."""
   if step in manager.all_steps():
     manager.wait_until_finished()
@@ -284,8 +330,14 @@ def save_state(manager: ocp.CheckpointManager, step: int, state: TrainState,
   manager.save(step, args=save_args(state.to_dict(), spec, meta), force=True)
 
 
-def save_best(best_manager: ocp.CheckpointManager, manager: ocp.CheckpointManager,
-              step: int, state: TrainState, spec: models.ModelSpec, meta: dict) -> None:
+def save_best(
+  best_manager: ocp.CheckpointManager,
+  manager: ocp.CheckpointManager,
+  step: int,
+  state: TrainState,
+  spec: models.ModelSpec,
+  meta: dict,
+) -> None:
   """Saves the best checkpoint of `step`, after the latest checkpoint is complete on disk.
 
   So a best checkpoint never exists without the latest checkpoint of its step: a run

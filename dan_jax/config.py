@@ -109,8 +109,7 @@ def _unknown(key: str, name: str, node: ml_collections.ConfigDict) -> ConfigErro
   return ConfigError(f"{key}: no such config field{hint}")
 
 
-def set_field(config: ml_collections.ConfigDict, key: str, value: Any,
-              parse: bool = False) -> None:
+def set_field(config: ml_collections.ConfigDict, key: str, value: Any, parse: bool = False) -> None:
   """config.a.b = value for key "a.b", refusing fields the config does not have.
 
   Args:
@@ -131,9 +130,9 @@ def set_field(config: ml_collections.ConfigDict, key: str, value: Any,
   node[leaf] = parse_value(node[leaf], value, key) if parse else value
 
 
-def apply_overrides(config: ml_collections.ConfigDict,
-                    overrides: Union[Iterable[str], Mapping[str, Any]]
-                    ) -> ml_collections.ConfigDict:
+def apply_overrides(
+  config: ml_collections.ConfigDict, overrides: Union[Iterable[str], Mapping[str, Any]]
+) -> ml_collections.ConfigDict:
   """Applies `FIELD=VALUE` strings (`--config.` prefix optional) or a {field: value} dict.
 
   Strings are converted with `parse_value`; dict values are set as given. Returns `config`.
@@ -150,8 +149,9 @@ def apply_overrides(config: ml_collections.ConfigDict,
   return config
 
 
-def load_with_overrides(spec: str, overrides: Union[Iterable[str], Mapping[str, Any]] = ()
-                        ) -> ml_collections.ConfigDict:
+def load_with_overrides(
+  spec: str, overrides: Union[Iterable[str], Mapping[str, Any]] = ()
+) -> ml_collections.ConfigDict:
   """`load(spec)` then `apply_overrides`."""
   return apply_overrides(load(spec), overrides)
 
@@ -161,8 +161,9 @@ def to_json(config: ml_collections.ConfigDict) -> str:
   return json.dumps(config.to_dict(), default=str, sort_keys=True)
 
 
-def split_override_args(argv: Iterable[str], prefix: str = "--config."
-                        ) -> tuple[list[str], list[str]]:
+def split_override_args(
+  argv: Iterable[str], prefix: str = "--config."
+) -> tuple[list[str], list[str]]:
   """Splits command-line `--config.FIELD=VALUE` arguments off the others.
 
   Also accepts `--config.FIELD VALUE`, `--config.FIELD` (true) and `--noconfig.FIELD`
@@ -175,7 +176,7 @@ def split_override_args(argv: Iterable[str], prefix: str = "--config."
     arg = argv[i]
     negated = arg.startswith("--no" + prefix[2:])
     if arg.startswith(prefix) or negated:
-      body = prefix + arg[len(prefix) + (2 if negated else 0):]
+      body = prefix + arg[len(prefix) + (2 if negated else 0) :]
       if "=" in body:
         overrides.append(body)
       elif negated:

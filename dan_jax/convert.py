@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-import zipfile
 from typing import Any, Iterator, Mapping, Optional
+import zipfile
 
 import jax
 import ml_collections
@@ -29,25 +29,25 @@ import numpy as np
 from dan_jax import checkpoint as checkpoint_lib
 from dan_jax import config as config_lib
 from dan_jax import models
-from dan_jax.errors import ConversionError, Error
+from dan_jax.errors import ConversionError
+from dan_jax.errors import Error
 
 # Official YAML option -> our model config field.
 _OFFICIAL_TO_OURS = {
-    "nf": "nf",
-    "nb": "nb",
-    "ng": "ng",
-    "in_nc": "in_nc",
-    "upscale": "scale",
-    "input_para": "code_len",
-    "kernel_size": "kernel_size",
-    "loop": "loops",
+  "nf": "nf",
+  "nb": "nb",
+  "ng": "ng",
+  "in_nc": "in_nc",
+  "upscale": "scale",
+  "input_para": "code_len",
+  "kernel_size": "kernel_size",
+  "loop": "loops",
 }
 # Sizes the official code fixes in its Estimators (not YAML options); overridable here.
 _EXTRA_FIELDS = ("estimator_nf", "estimator_nb")
 
 
-def model_config_from_official(version: str, **official_options: Any
-                               ) -> ml_collections.ConfigDict:
+def model_config_from_official(version: str, **official_options: Any) -> ml_collections.ConfigDict:
   """Our model config from the official `network_G.setting` YAML options.
 
   Args:
@@ -62,11 +62,24 @@ def model_config_from_official(version: str, **official_options: Any
     raise ValueError(f"version must be one of {models.VERSIONS}, got {version!r}")
   unknown = sorted(set(official_options) - set(_OFFICIAL_TO_OURS) - set(_EXTRA_FIELDS))
   if unknown:
-    raise ValueError(f"unknown official option(s) {unknown}; known: "
-                     f"{sorted(_OFFICIAL_TO_OURS) + list(_EXTRA_FIELDS)}")
+    raise ValueError(
+      f"unknown official option(s) {unknown}; known: "
+      f"{sorted(_OFFICIAL_TO_OURS) + list(_EXTRA_FIELDS)}"
+    )
   # Official class defaults (DAN.__init__ of each version).
-  cfg = dict(version=version, scale=4, nf=64, nb=16, ng=5, in_nc=3, loops=8, kernel_size=21,
-             code_len=10, estimator_nf=64, estimator_nb=5)
+  cfg = dict(
+    version=version,
+    scale=4,
+    nf=64,
+    nb=16,
+    ng=5,
+    in_nc=3,
+    loops=8,
+    kernel_size=21,
+    code_len=10,
+    estimator_nf=64,
+    estimator_nb=5,
+  )
   for name, value in official_options.items():
     cfg[_OFFICIAL_TO_OURS.get(name, name)] = value
   if version == "DANv1" and cfg["in_nc"] != 3:
@@ -127,14 +140,17 @@ _BUFFERS = ("encoder", "init_kernel", "init_ker_map")
 def _strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
   out = {}
   for k, v in state_dict.items():
-    k = k[len("module."):] if k.startswith("module.") else k
+    k = k[len("module.") :] if k.startswith("module.") else k
     out[k] = np.asarray(v.detach().cpu().numpy() if hasattr(v, "detach") else v)
   return out
 
 
-def _map_weights(sd: dict[str, np.ndarray], shapes: Any,
-                 pairs: Iterator[tuple[str, tuple[str, ...]]], shape_note: str = ""
-                 ) -> tuple[dict, set[str], list[str]]:
+def _map_weights(
+  sd: dict[str, np.ndarray],
+  shapes: Any,
+  pairs: Iterator[tuple[str, tuple[str, ...]]],
+  shape_note: str = "",
+) -> tuple[dict, set[str], list[str]]:
   """(params, official keys used, problems): each official `NAME.weight`/`NAME.bias` put at
   its path in our params (conv OIHW -> HWIO, linear [out, in] -> [in, out]), checked
   against the model's abstract `shapes`."""
@@ -154,8 +170,10 @@ def _map_weights(sd: dict[str, np.ndarray], shapes: Any,
       if suffix == "weight":
         value = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value.T
       if value.shape != node[ours].shape:
-        problems.append(f"{key}: shape {value.shape}{shape_note} does not fit the model "
-                        f"config, which needs {node[ours].shape}")
+        problems.append(
+          f"{key}: shape {value.shape}{shape_note} does not fit the model "
+          f"config, which needs {node[ours].shape}"
+        )
         continue
       used.add(key)
       target = params
@@ -192,34 +210,39 @@ def params_from_torch(state_dict: Mapping[str, Any], model_config: Any) -> dict:
   other = "DANv2" if spec.version == "DANv1" else "DANv1"
   marker = {"DANv1": "Restorer.head.weight", "DANv2": "Restorer.head1.weight"}
   if marker[spec.version] not in sd and marker[other] in sd:
-    raise ConversionError(f"these weights are {other}, but the model config is "
-                          f"{spec.version}")
+    raise ConversionError(f"these weights are {other}, but the model config is {spec.version}")
   model = models.DAN(spec)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0),
-                                             np.zeros((1, 8, 8, spec.in_nc), np.float32),
-                                             iterations=1))
-  params, used, problems = _map_weights(sd, shapes["params"], _conv_pairs(spec),
-                                        " (as HWIO)")
+  shapes = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), np.zeros((1, 8, 8, spec.in_nc), np.float32), iterations=1)
+  )
+  params, used, problems = _map_weights(sd, shapes["params"], _conv_pairs(spec), " (as HWIO)")
   k, code_len = spec.kernel_size, spec.code_len
   if "encoder" not in sd:
     problems.append("missing encoder (the PCA matrix buffer)")
   else:
     encoder = sd["encoder"].astype(np.float32).reshape(-1, sd["encoder"].shape[-1])
     if encoder.shape != (k * k, code_len):
-      problems.append(f"encoder: shape {encoder.shape} does not fit kernel_size {k} and "
-                      f"code_len {code_len}, which need {(k * k, code_len)}")
+      problems.append(
+        f"encoder: shape {encoder.shape} does not fit kernel_size {k} and "
+        f"code_len {code_len}, which need {(k * k, code_len)}"
+      )
   used.update(b for b in _BUFFERS if b in sd)
   problems += _unexpected(sd, used)
   if problems:
     raise ConversionError(
-        f"official {spec.version} x{spec.scale} weights do not match the model config "
-        f"(nf={spec.nf}, nb={spec.nb}" + (f", ng={spec.ng}" if spec.version == "DANv2" else "")
-        + f", kernel_size={k}, code_len={code_len}): " + "; ".join(problems[:12]))
+      f"official {spec.version} x{spec.scale} weights do not match the model config "
+      f"(nf={spec.nf}, nb={spec.nb}"
+      + (f", ng={spec.ng}" if spec.version == "DANv2" else "")
+      + f", kernel_size={k}, code_len={code_len}): "
+      + "; ".join(problems[:12])
+    )
   if "init_ker_map" in sd:
     start = models.delta_code(encoder, k)
     if not np.allclose(sd["init_ker_map"].reshape(-1), start, atol=1e-5):
-      raise ConversionError("init_ker_map is not the code of the delta kernel under the "
-                            "encoder: the checkpoint is inconsistent")
+      raise ConversionError(
+        "init_ker_map is not the code of the delta kernel under the "
+        "encoder: the checkpoint is inconsistent"
+      )
   return {"params": params, "pca": {"matrix": encoder}}
 
 
@@ -230,35 +253,44 @@ def infer_official_options(state_dict: Mapping[str, Any]) -> tuple[str, dict]:
     version = "DANv2"
     nf = sd["Restorer.head1.weight"].shape[0]
     groups = {int(m.group(1)) for k in sd if (m := re.match(r"Restorer\.body\.(\d+)\.", k))}
-    blocks = {int(m.group(1)) for k in sd
-              if (m := re.match(r"Restorer\.body\.0\.body\.(\d+)\.", k))}
-    est_blocks = {int(m.group(1)) for k in sd
-                  if (m := re.match(r"Estimator\.body\.body\.(\d+)\.", k))}
-    opts = dict(nf=nf, nb=len(blocks), ng=len(groups),
-                in_nc=sd["Restorer.head1.weight"].shape[1],
-                estimator_nf=2 * sd["Estimator.head_LR.0.weight"].shape[0],
-                estimator_nb=len(est_blocks))
+    blocks = {
+      int(m.group(1)) for k in sd if (m := re.match(r"Restorer\.body\.0\.body\.(\d+)\.", k))
+    }
+    est_blocks = {
+      int(m.group(1)) for k in sd if (m := re.match(r"Estimator\.body\.body\.(\d+)\.", k))
+    }
+    opts = dict(
+      nf=nf,
+      nb=len(blocks),
+      ng=len(groups),
+      in_nc=sd["Restorer.head1.weight"].shape[1],
+      estimator_nf=2 * sd["Estimator.head_LR.0.weight"].shape[0],
+      estimator_nb=len(est_blocks),
+    )
     head_sr = sd["Estimator.head_HR.0.weight"].shape[-1]  # 4 * scale + 1
     opts["upscale"] = (head_sr - 1) // 4
   elif "Restorer.head.weight" in sd:
     version = "DANv1"
     blocks = {int(m.group(1)) for k in sd if (m := re.match(r"Restorer\.body\.(\d+)\.", k))}
-    est_blocks = {int(m.group(1)) for k in sd
-                  if (m := re.match(r"Estimator\.body\.(\d+)\.", k))}
-    opts = dict(nf=sd["Restorer.head.weight"].shape[0], nb=len(blocks),
-                estimator_nf=2 * sd["Estimator.head_LR.weight"].shape[0],
-                estimator_nb=len(est_blocks))
+    est_blocks = {int(m.group(1)) for k in sd if (m := re.match(r"Estimator\.body\.(\d+)\.", k))}
+    opts = dict(
+      nf=sd["Restorer.head.weight"].shape[0],
+      nb=len(blocks),
+      estimator_nf=2 * sd["Estimator.head_LR.weight"].shape[0],
+      estimator_nb=len(est_blocks),
+    )
     # The upsampler's first conv has nf * scale**2 outputs (x2, x3) or nf * 4 (x4, twice).
     ratio = sd["Restorer.upscale.0.weight"].shape[0] // opts["nf"]
     opts["upscale"] = 4 if "Restorer.upscale.4.weight" in sd else int(round(ratio**0.5))
   else:
-    raise ConversionError("this is not an official DAN state_dict (no Restorer.head or "
-                          "Restorer.head1 weights)")
+    raise ConversionError(
+      "this is not an official DAN state_dict (no Restorer.head or Restorer.head1 weights)"
+    )
   if "encoder" not in sd:
     raise ConversionError("the state_dict has no encoder buffer (the PCA matrix)")
   enc = sd["encoder"].reshape(-1, sd["encoder"].shape[-1])
   opts["input_para"] = enc.shape[1]
-  opts["kernel_size"] = int(round(enc.shape[0]**0.5))
+  opts["kernel_size"] = int(round(enc.shape[0] ** 0.5))
   return version, opts
 
 
@@ -297,8 +329,10 @@ def _dcls_pairs(spec: models.ModelSpec) -> Iterator[tuple[str, tuple[str, ...]]]
         yield f"{t}.body{a}.0", path + (f"body{a}_conv1",)
         yield f"{t}.body{a}.2", path + (f"body{a}_conv2",)
       yield f"{t}.CA_body1.1", path + ("ca1_conv",)
-      for prefix, ours in ((f"{t}.CA_body1.2", "ca1_attention"),
-                           (f"{t}.CA_body2", "ca2_attention")):
+      for prefix, ours in (
+        (f"{t}.CA_body1.2", "ca1_attention"),
+        (f"{t}.CA_body2", "ca2_attention"),
+      ):
         yield f"{prefix}.conv_du.0", path + (ours, "squeeze")
         yield f"{prefix}.conv_du.2", path + (ours, "excite")
   yield "Restorer.fusion", r + ("fusion",)
@@ -307,8 +341,9 @@ def _dcls_pairs(spec: models.ModelSpec) -> Iterator[tuple[str, tuple[str, ...]]]
     yield f"Restorer.upscale.{2 * i}", r + ("upsample", name)
 
 
-def dcls_params_from_torch(state_dict: Mapping[str, Any], model_config: Any,
-                           pca_matrix: Optional[Any] = None) -> dict:
+def dcls_params_from_torch(
+  state_dict: Mapping[str, Any], model_config: Any, pca_matrix: Optional[Any] = None
+) -> dict:
   """Maps an official DCLS state_dict onto our variables.
 
   Args:
@@ -324,8 +359,9 @@ def dcls_params_from_torch(state_dict: Mapping[str, Any], model_config: Any,
   spec = models.spec_from_config(model_config)
   sd = _strip_prefix(state_dict)
   model = models.create_model(spec)
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), np.zeros((1, 8, 8, spec.in_nc), np.float32)))
+  shapes = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), np.zeros((1, 8, 8, spec.in_nc), np.float32))
+  )
   params, used, problems = _map_weights(sd, shapes["params"], _dcls_pairs(spec))
   problems += _unexpected(sd, used)
   k = spec.kernel_size
@@ -336,17 +372,23 @@ def dcls_params_from_torch(state_dict: Mapping[str, Any], model_config: Any,
     problems.append(f"pca matrix: shape {pca_matrix.shape}, needs {(k * k, spec.code_len)}")
   if problems:
     raise ConversionError(
-        f"official DCLS x{spec.scale} weights do not match the model config (nf={spec.nf}, "
-        f"nb={spec.nb}, ng={spec.ng}, kernel_size={k}, input_para={spec.input_para}): "
-        + "; ".join(problems[:12]))
+      f"official DCLS x{spec.scale} weights do not match the model config (nf={spec.nf}, "
+      f"nb={spec.nb}, ng={spec.ng}, kernel_size={k}, input_para={spec.input_para}): "
+      + "; ".join(problems[:12])
+    )
   return {"params": params, "pca": {"matrix": pca_matrix}}
 
 
 def infer_dcls_config(state_dict: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """Our DCLS model config read off an official DCLS state_dict's names and shapes."""
   sd = _strip_prefix(state_dict)
-  need = ("Restorer.conv_first.weight", "Restorer.head1.weight", "Estimator.head.0.weight",
-          "Estimator.tail.4.weight", "Restorer.upscale.0.weight")
+  need = (
+    "Restorer.conv_first.weight",
+    "Restorer.head1.weight",
+    "Estimator.head.0.weight",
+    "Estimator.tail.4.weight",
+    "Restorer.upscale.0.weight",
+  )
   missing = [n for n in need if n not in sd]
   if missing:
     raise ConversionError(f"this is not an official DCLS state_dict (missing {missing[0]})")
@@ -357,29 +399,33 @@ def infer_dcls_config(state_dict: Mapping[str, Any]) -> ml_collections.ConfigDic
     w = sd[f"Estimator.dec.{i}.weight"]
     last = i == count(r"Estimator\.dec\.(\d+)\.") - 1
     channels = (in_nc if i == 0 else 16) * (in_nc if last else 16)
-    sizes.append(int(round((w.shape[0] / channels)**0.5)))
+    sizes.append(int(round((w.shape[0] / channels) ** 0.5)))
   by_structure = {v: k for k, v in models.FILTER_STRUCTURES.items()}
   if tuple(sizes) not in by_structure:
-    raise ConversionError(f"unknown DCLS filter structure {sizes}; known: "
-                          f"{sorted(by_structure)}")
+    raise ConversionError(f"unknown DCLS filter structure {sizes}; known: {sorted(by_structure)}")
   ratio = sd["Restorer.upscale.0.weight"].shape[0] // nf
-  cfg = dict(version="DCLS", nf=int(nf), in_nc=int(in_nc),
-             nb=count(r"Restorer\.body\.0\.body\.(\d+)\."),
-             ng=count(r"Restorer\.body\.(\d+)\."),
-             reduction=int(nf // sd["Restorer.head1.weight"].shape[0]),
-             input_para=int(sd["Estimator.tail.4.weight"].shape[0]),
-             kernel_size=by_structure[tuple(sizes)],
-             estimator_nf=int(sd["Estimator.head.0.weight"].shape[0]),
-             estimator_nb=count(r"Estimator\.body\.0\.(\d+)\."), loops=1, code_len=10,
-             scale=4 if "Restorer.upscale.4.weight" in sd else int(round(ratio**0.5)))
+  cfg = dict(
+    version="DCLS",
+    nf=int(nf),
+    in_nc=int(in_nc),
+    nb=count(r"Restorer\.body\.0\.body\.(\d+)\."),
+    ng=count(r"Restorer\.body\.(\d+)\."),
+    reduction=int(nf // sd["Restorer.head1.weight"].shape[0]),
+    input_para=int(sd["Estimator.tail.4.weight"].shape[0]),
+    kernel_size=by_structure[tuple(sizes)],
+    estimator_nf=int(sd["Estimator.head.0.weight"].shape[0]),
+    estimator_nb=count(r"Estimator\.body\.0\.(\d+)\."),
+    loops=1,
+    code_len=10,
+    scale=4 if "Restorer.upscale.4.weight" in sd else int(round(ratio**0.5)),
+  )
   config = ml_collections.ConfigDict(cfg)
   models.spec_from_config(config)  # validates
   return config
 
 
 def _is_dcls(state_dict: Mapping[str, Any]) -> bool:
-  return any(k.split("module.")[-1].startswith("Restorer.head2.grad_filter")
-             for k in state_dict)
+  return any(k.split("module.")[-1].startswith("Restorer.head2.grad_filter") for k in state_dict)
 
 
 def _load_pca(path: str) -> np.ndarray:
@@ -394,6 +440,7 @@ def _load_pca(path: str) -> np.ndarray:
           obj = {k: obj[k] for k in obj.files}
     else:
       import torch  # pylint: disable=g-import-not-at-top
+
       obj = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # format errors surface differently per reader
     raise ConversionError(f"{path} is not a readable PCA matrix: {e}") from e
@@ -423,8 +470,9 @@ def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ConversionError("reading a .pth needs PyTorch: pip install 'dan_jax[torch]' "
-                          "(or any torch build)") from e
+    raise ConversionError(
+      "reading a .pth needs PyTorch: pip install 'dan_jax[torch]' (or any torch build)"
+    ) from e
   try:
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except FileNotFoundError as e:
@@ -439,9 +487,13 @@ def load_torch_checkpoint(path: str) -> dict[str, np.ndarray]:
   return _strip_prefix(obj)
 
 
-def convert_file(official_path: str, out_dir: str, model_config: Optional[Any] = None,
-                 loops: Optional[int] = None, pca_path: Optional[str] = None
-                 ) -> ml_collections.ConfigDict:
+def convert_file(
+  official_path: str,
+  out_dir: str,
+  model_config: Optional[Any] = None,
+  loops: Optional[int] = None,
+  pca_path: Optional[str] = None,
+) -> ml_collections.ConfigDict:
   """Converts an official .pth into an orbax checkpoint under `out_dir`.
 
   Args:
@@ -457,8 +509,7 @@ def convert_file(official_path: str, out_dir: str, model_config: Optional[Any] =
   if _is_dcls(sd):
     model_config = model_config or infer_dcls_config(sd)
     pca = None if pca_path is None else _load_pca(pca_path)
-    checkpoint_lib.save_model(out_dir, dcls_params_from_torch(sd, model_config, pca),
-                              model_config)
+    checkpoint_lib.save_model(out_dir, dcls_params_from_torch(sd, model_config, pca), model_config)
     return model_config
   if model_config is None:
     version, opts = infer_official_options(sd)
@@ -475,20 +526,33 @@ def convert_file(official_path: str, out_dir: str, model_config: Optional[Any] =
 def main(argv: Optional[list[str]] = None) -> int:
   """The command line; returns the exit status."""
   import argparse  # pylint: disable=g-import-not-at-top
+
   parser = argparse.ArgumentParser(
-      prog="python -m dan_jax.convert",
-      description="Convert official PyTorch DAN or DCLS weights into a dan_jax checkpoint.")
-  parser.add_argument("--official", required=True,
-                      help="official .pth file (or a .npz of its state_dict)")
+    prog="python -m dan_jax.convert",
+    description="Convert official PyTorch DAN or DCLS weights into a dan_jax checkpoint.",
+  )
+  parser.add_argument(
+    "--official", required=True, help="official .pth file (or a .npz of its state_dict)"
+  )
   parser.add_argument("--out", required=True, help="output directory (like a workdir)")
-  parser.add_argument("--config", default=None,
-                      help="optional dan_jax config file (e.g. configs/x4.py:v2) whose "
-                           "`model` must match the weights; default: read off the weights")
-  parser.add_argument("--loops", type=int, default=None,
-                      help="alternating iterations to store (default: the official 4)")
-  parser.add_argument("--pca", default=None,
-                      help="DCLS only: PCA matrix [k*k, code_len] (.npy, .npz or the official "
-                           ".pth) for the `code` output; default: zero codes")
+  parser.add_argument(
+    "--config",
+    default=None,
+    help="optional dan_jax config file (e.g. configs/x4.py:v2) whose "
+    "`model` must match the weights; default: read off the weights",
+  )
+  parser.add_argument(
+    "--loops",
+    type=int,
+    default=None,
+    help="alternating iterations to store (default: the official 4)",
+  )
+  parser.add_argument(
+    "--pca",
+    default=None,
+    help="DCLS only: PCA matrix [k*k, code_len] (.npy, .npz or the official "
+    ".pth) for the `code` output; default: zero codes",
+  )
   args = parser.parse_args(argv)
   try:
     model_config = None

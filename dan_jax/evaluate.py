@@ -81,9 +81,21 @@ image), `summary.json` (averages, settings), `table.txt` (the printed tables) an
 images failed (each gets an `error:` line; the others are evaluated), 2 when nothing
 could be done.
 """
-CSV_FIELDS = ("dataset", "subset", "image", "lr_height", "lr_width", "psnr_y", "ssim_y",
-              "psnr_rgb", "ssim_rgb", "kernel_mse", "kernel_mae", "kernel_sad",
-              "kernel_psnr")
+CSV_FIELDS = (
+  "dataset",
+  "subset",
+  "image",
+  "lr_height",
+  "lr_width",
+  "psnr_y",
+  "ssim_y",
+  "psnr_rgb",
+  "ssim_rgb",
+  "kernel_mse",
+  "kernel_mae",
+  "kernel_sad",
+  "kernel_psnr",
+)
 METRIC_FIELDS = ("psnr_y", "ssim_y", "psnr_rgb", "ssim_rgb")
 KERNEL_FIELDS = ("kernel_mse", "kernel_mae", "kernel_sad", "kernel_psnr")
 
@@ -95,6 +107,7 @@ KERNEL_FIELDS = ("kernel_mse", "kernel_mae", "kernel_sad", "kernel_psnr")
 
 def _image_size(path: str) -> tuple[int, int]:
   from PIL import Image  # noqa: PLC0415
+
   try:
     with storage.path(path).open("rb") as f, Image.open(f) as im:
       return im.size[1], im.size[0]
@@ -102,8 +115,9 @@ def _image_size(path: str) -> tuple[int, int]:
     return (0, 0)
 
 
-def score(job: Job, sr: np.ndarray, kernel: Optional[np.ndarray], scale: int,
-          crop_border: int) -> dict:
+def score(
+  job: Job, sr: np.ndarray, kernel: Optional[np.ndarray], scale: int, crop_border: int
+) -> dict:
   """The CSV row of one image (metrics on uint8 images, as official test.py)."""
   gt = image_io.read_image(job.gt_path)
   gt_u8 = image_io.quantize(gt.rgb, 8)
@@ -114,13 +128,21 @@ def score(job: Job, sr: np.ndarray, kernel: Optional[np.ndarray], scale: int,
     if h <= gh < h + scale and w <= gw < w + scale:
       gt_u8 = gt_u8[:h, :w]  # GT that was not modcropped
     else:
-      raise EvaluationError(f"{job.gt_path}: GT is {gh}x{gw} but the LR image "
-                            f"{job.lr_path} gives a {h}x{w} SR image at x{scale}")
+      raise EvaluationError(
+        f"{job.gt_path}: GT is {gh}x{gw} but the LR image "
+        f"{job.lr_path} gives a {h}x{w} SR image at x{scale}"
+      )
   true_kernel = None if kernel is None else benchmark_sets.true_kernel(job)
-  return {"dataset": job.dataset, "subset": job.subset, "image": job.name,
-          "lr_height": sr.shape[0] // scale, "lr_width": sr.shape[1] // scale,
-          **metrics.score_prediction(sr_u8, gt_u8, scale, crop_border=crop_border,
-                                     kernel=kernel, true_kernel=true_kernel, rgb=True)}
+  return {
+    "dataset": job.dataset,
+    "subset": job.subset,
+    "image": job.name,
+    "lr_height": sr.shape[0] // scale,
+    "lr_width": sr.shape[1] // scale,
+    **metrics.score_prediction(
+      sr_u8, gt_u8, scale, crop_border=crop_border, kernel=kernel, true_kernel=true_kernel, rgb=True
+    ),
+  }
 
 
 def _mean(rows: list[dict], field: str) -> Optional[float]:
@@ -136,11 +158,14 @@ def summarize(rows: list[dict]) -> dict:
     subsets = {}
     for subset in sorted(dict.fromkeys(r["subset"] for r in drows)):
       srows = [r for r in drows if r["subset"] == subset]
-      subsets[subset] = {"n": len(srows), **{f: _mean(srows, f)
-                                             for f in METRIC_FIELDS + KERNEL_FIELDS}}
-    out[dataset] = {"subsets": subsets,
-                    "all": {"n": len(drows), **{f: _mean(drows, f)
-                                                for f in METRIC_FIELDS + KERNEL_FIELDS}}}
+      subsets[subset] = {
+        "n": len(srows),
+        **{f: _mean(srows, f) for f in METRIC_FIELDS + KERNEL_FIELDS},
+      }
+    out[dataset] = {
+      "subsets": subsets,
+      "all": {"n": len(drows), **{f: _mean(drows, f) for f in METRIC_FIELDS + KERNEL_FIELDS}},
+    }
   return out
 
 
@@ -154,34 +179,43 @@ def format_tables(summary: dict, scale: int, title: str, crop_border: int) -> st
   """The paper-shaped tables: Gaussian8 (rows datasets, columns sigmas + average) and
   DIV2KRK (one PSNR/SSIM column and the kernel errors)."""
   from dan_jax import degradation  # TensorFlow: only where Gaussian8 sets were built
+
   lines = []
   g8 = {d: s for d, s in summary.items() if d != DIV2KRK_NAME}
   if g8:
     sigmas = [f"{s:.2f}" for s in degradation.gaussian8_sigmas(scale)]
     headers = ["Dataset"] + [f"sig {s}" for s in sigmas] + ["Average"]
-    body = [[d] + [_cell(s["subsets"].get(sig)) for sig in sigmas] + [_cell(s["all"])]
-            for d, s in g8.items()]
-    lines.append(f"Setting 1 (Gaussian8 x{scale}), {title}: Y-PSNR/SSIM, "
-                 f"crop border {crop_border}")
+    body = [
+      [d] + [_cell(s["subsets"].get(sig)) for sig in sigmas] + [_cell(s["all"])]
+      for d, s in g8.items()
+    ]
+    lines.append(f"Setting 1 (Gaussian8 x{scale}), {title}: Y-PSNR/SSIM, crop border {crop_border}")
     lines += _grid(headers, body)
   if DIV2KRK_NAME in summary:
     a = summary[DIV2KRK_NAME]["all"]
     fmt = lambda v, f: "n/a" if v is None else format(v, f)
     headers = ["Dataset", "PSNR/SSIM", "kernel MSE", "kernel SAD", "kernel PSNR"]
-    body = [[DIV2KRK_NAME, _cell(a), fmt(a["kernel_mse"], ".3e"), fmt(a["kernel_sad"], ".4f"),
-             fmt(a["kernel_psnr"], ".2f")]]
+    body = [
+      [
+        DIV2KRK_NAME,
+        _cell(a),
+        fmt(a["kernel_mse"], ".3e"),
+        fmt(a["kernel_sad"], ".4f"),
+        fmt(a["kernel_psnr"], ".2f"),
+      ]
+    ]
     if lines:
       lines.append("")
-    lines.append(f"Setting 2 (DIV2KRK x{scale}), {title}: Y-PSNR/SSIM, "
-                 f"crop border {crop_border}")
+    lines.append(f"Setting 2 (DIV2KRK x{scale}), {title}: Y-PSNR/SSIM, crop border {crop_border}")
     lines += _grid(headers, body)
   return "\n".join(lines)
 
 
 def _grid(headers: list[str], body: list[list[str]]) -> list[str]:
   widths = [max(len(r[i]) for r in [headers] + body) for i in range(len(headers))]
-  row = lambda r: " | ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                             for i, (c, w) in enumerate(zip(r, widths)))
+  row = lambda r: " | ".join(
+    c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+  )
   return [row(headers), "-+-".join("-" * w for w in widths)] + [row(r) for r in body]
 
 
@@ -190,8 +224,13 @@ def _grid(headers: list[str], body: list[list[str]]) -> list[str]:
 # ---------------------------------------------------------------------------------------
 
 
-def run_jobs(predictor: SRPredictor, jobs: list[Job], crop_border: int,
-             image_dir: Optional[str] = None, log=print) -> tuple[list[dict], list[dict]]:
+def run_jobs(
+  predictor: SRPredictor,
+  jobs: list[Job],
+  crop_border: int,
+  image_dir: Optional[str] = None,
+  log=print,
+) -> tuple[list[dict], list[dict]]:
   """Super-resolves and scores every job; returns (rows, failures).
 
   Jobs are grouped by LR size so that same-sized images share a program and a batch.
@@ -207,7 +246,7 @@ def run_jobs(predictor: SRPredictor, jobs: list[Job], crop_border: int,
   for idx in groups.values():
     for start in range(0, len(idx), predictor.batch_size):
       batch, lrs = [], []
-      for i in idx[start:start + predictor.batch_size]:
+      for i in idx[start : start + predictor.batch_size]:
         try:
           lrs.append(image_io.read_image(jobs[i].lr_path).rgb)
           batch.append(i)
@@ -225,8 +264,9 @@ def run_jobs(predictor: SRPredictor, jobs: list[Job], crop_border: int,
           if "RESOURCE_EXHAUSTED" not in str(e):
             raise
           raise EvaluationError(
-              f"out of accelerator memory on {len(ks)} image(s) of {lrs[ks[0]].shape[0]}x"
-              f"{lrs[ks[0]].shape[1]} pixels; lower --batch_size or use --tile") from e
+            f"out of accelerator memory on {len(ks)} image(s) of {lrs[ks[0]].shape[0]}x"
+            f"{lrs[ks[0]].shape[1]} pixels; lower --batch_size or use --tile"
+          ) from e
         for k, pred in zip(ks, preds):
           job = jobs[batch[k]]
           try:
@@ -235,8 +275,9 @@ def run_jobs(predictor: SRPredictor, jobs: list[Job], crop_border: int,
               sub = storage.join(image_dir, job.dataset, job.subset and f"sig{job.subset}")
               if not storage.is_url(sub):  # object stores have no folders to create
                 storage.path(sub).mkdir(parents=True, exist_ok=True)
-              paths = prediction_io.output_paths(job.lr_path, sub, predictor.scale,
-                                                 predictor.has_kernel)
+              paths = prediction_io.output_paths(
+                job.lr_path, sub, predictor.scale, predictor.has_kernel
+              )
               prediction_io.save_prediction(pred, paths, None, predictor.scale)
           except (Error, ValueError) as e:  # this image only
             failures.append({"file": job.lr_path, "error": str(e)})
@@ -283,26 +324,51 @@ def _new_run_dir(workdir: str, scale: int, ensemble: bool) -> str:
 
 def _build_parser():
   p = argparse.ArgumentParser(
-      prog="python -m dan_jax.evaluate",
-      description="Evaluate a DAN checkpoint on Gaussian8 (setting 1) and DIV2KRK "
-                  "(setting 2) with the official protocol.",
-      epilog=_MANUAL, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", required=True,
-                 help="training workdir (latest checkpoint), step directory or converted "
-                      "official checkpoint")
-  p.add_argument("--dataset", action="append", default=[], metavar="NAME=HR_DIR",
-                 help="a folder of HR images evaluated as Gaussian8 (repeatable)")
-  p.add_argument("--hr_dirs", default="", metavar="A=DIR,B=DIR",
-                 help="several --dataset at once, comma-separated")
+    prog="python -m dan_jax.evaluate",
+    description="Evaluate a DAN checkpoint on Gaussian8 (setting 1) and DIV2KRK "
+    "(setting 2) with the official protocol.",
+    epilog=_MANUAL,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    "--checkpoint",
+    required=True,
+    help="training workdir (latest checkpoint), step directory or converted official checkpoint",
+  )
+  p.add_argument(
+    "--dataset",
+    action="append",
+    default=[],
+    metavar="NAME=HR_DIR",
+    help="a folder of HR images evaluated as Gaussian8 (repeatable)",
+  )
+  p.add_argument(
+    "--hr_dirs",
+    default="",
+    metavar="A=DIR,B=DIR",
+    help="several --dataset at once, comma-separated",
+  )
   p.add_argument("--div2krk", default=None, help="DIV2KRK folder (gt/, lr_x2/, ...)")
-  p.add_argument("--out", required=True,
-                 help="workdir: Gaussian8 caches and an eval-<time>-x<scale> results folder")
-  p.add_argument("--scale", type=int, default=None,
-                 help="must match the checkpoint's scale (default: the checkpoint's)")
-  p.add_argument("--crop_border", type=int, default=None,
-                 help="pixels cut on each side before the metrics (default: the scale)")
-  p.add_argument("--save_images", action="store_true",
-                 help="also write SR images and estimated kernels")
+  p.add_argument(
+    "--out",
+    required=True,
+    help="workdir: Gaussian8 caches and an eval-<time>-x<scale> results folder",
+  )
+  p.add_argument(
+    "--scale",
+    type=int,
+    default=None,
+    help="must match the checkpoint's scale (default: the checkpoint's)",
+  )
+  p.add_argument(
+    "--crop_border",
+    type=int,
+    default=None,
+    help="pixels cut on each side before the metrics (default: the scale)",
+  )
+  p.add_argument(
+    "--save_images", action="store_true", help="also write SR images and estimated kernels"
+  )
   prediction_io.add_predictor_flags(p)
   return p
 
@@ -312,16 +378,15 @@ def _setup(args, log: Callable[[str], None]) -> dict:
   synthesized or read); raises errors.Error/OSError on bad input."""
   hr_sets = parse_datasets(args.dataset, args.hr_dirs)
   if not hr_sets and not args.div2krk:
-    raise EvaluationError("nothing to evaluate: give --dataset NAME=HR_DIR, --hr_dirs "
-                          "or --div2krk")
+    raise EvaluationError("nothing to evaluate: give --dataset NAME=HR_DIR, --hr_dirs or --div2krk")
   if hr_sets:
     runtime.require_tensorflow("Building Gaussian8 test sets (--dataset, --hr_dirs)")
-  model_config, variables, step = checkpoint_lib.load_model(args.checkpoint,
-                                                            use_ema=args.use_ema)
+  model_config, variables, step = checkpoint_lib.load_model(args.checkpoint, use_ema=args.use_ema)
   scale = int(model_config.scale)
   if args.scale is not None and args.scale != scale:
-    raise EvaluationError(f"--scale {args.scale} does not match the checkpoint, which is "
-                          f"a x{scale} model")
+    raise EvaluationError(
+      f"--scale {args.scale} does not match the checkpoint, which is a x{scale} model"
+    )
   crop = scale if args.crop_border is None else args.crop_border
   if crop < 0:
     raise EvaluationError(f"--crop_border must be >= 0, got {crop}")
@@ -332,15 +397,22 @@ def _setup(args, log: Callable[[str], None]) -> dict:
   if not storage.is_url(args.out):  # object stores have no folders to create
     storage.path(args.out).mkdir(parents=True, exist_ok=True)
   for name, hr_dir in hr_sets.items():
-    jobs += gaussian8_jobs(name, prepare_gaussian8(name, hr_dir, args.out, scale, log),
-                           scale)
-  return dict(hr_sets=hr_sets, model_config=model_config, step=step, scale=scale,
-              crop=crop, predictor=predictor, jobs=jobs,
-              run_dir=_new_run_dir(args.out, scale, args.self_ensemble))
+    jobs += gaussian8_jobs(name, prepare_gaussian8(name, hr_dir, args.out, scale, log), scale)
+  return dict(
+    hr_sets=hr_sets,
+    model_config=model_config,
+    step=step,
+    scale=scale,
+    crop=crop,
+    predictor=predictor,
+    jobs=jobs,
+    run_dir=_new_run_dir(args.out, scale, args.self_ensemble),
+  )
 
 
-def _write_report(args, run: dict, rows: list[dict], failures: list, title: str,
-                  start: float) -> str:
+def _write_report(
+  args, run: dict, rows: list[dict], failures: list, title: str, start: float
+) -> str:
   """Sorts the rows, writes metrics.csv, table.txt and summary.json; returns the table."""
   run_dir, scale, crop = run["run_dir"], run["scale"], run["crop"]
   # Gaussian8 before DIV2KRK, datasets in the order given, images in name order.
@@ -351,19 +423,27 @@ def _write_report(args, run: dict, rows: list[dict], failures: list, title: str,
   _write_csv(storage.join(run_dir, "metrics.csv"), rows)
   storage.write_bytes(storage.join(run_dir, "table.txt"), (table + "\n").encode())
   info = {
-      "checkpoint": str(storage.path(args.checkpoint)), "step": run["step"],
-      "model": checkpoint_lib.model_config_to_dict(run["model_config"]), "scale": scale,
-      "crop_border": crop, "self_ensemble": args.self_ensemble, "use_ema": args.use_ema,
-      "pad_to_multiple": args.pad_to_multiple, "tile": args.tile,
-      "precision": args.precision, "devices": run["predictor"].num_devices,
-      "protocol": "PSNR/SSIM on the MATLAB Y channel of uint8 images (official "
-                  "tensor2img rounding), crop border as given; kernel errors from "
-                  "metrics.kernel_error (DANv2 and DCLS)",
-      "datasets": summary, "failures": failures,
-      "seconds": round(time.perf_counter() - start, 3),
+    "checkpoint": str(storage.path(args.checkpoint)),
+    "step": run["step"],
+    "model": checkpoint_lib.model_config_to_dict(run["model_config"]),
+    "scale": scale,
+    "crop_border": crop,
+    "self_ensemble": args.self_ensemble,
+    "use_ema": args.use_ema,
+    "pad_to_multiple": args.pad_to_multiple,
+    "tile": args.tile,
+    "precision": args.precision,
+    "devices": run["predictor"].num_devices,
+    "protocol": "PSNR/SSIM on the MATLAB Y channel of uint8 images (official "
+    "tensor2img rounding), crop border as given; kernel errors from "
+    "metrics.kernel_error (DANv2 and DCLS)",
+    "datasets": summary,
+    "failures": failures,
+    "seconds": round(time.perf_counter() - start, 3),
   }
-  storage.write_bytes(storage.join(run_dir, "summary.json"),
-                      json.dumps(_json_safe(info), indent=1).encode())
+  storage.write_bytes(
+    storage.join(run_dir, "summary.json"), json.dumps(_json_safe(info), indent=1).encode()
+  )
   return table
 
 
@@ -383,11 +463,15 @@ def main(argv: Optional[list[str]] = None) -> int:
   predictor, run_dir = run["predictor"], run["run_dir"]
   ensemble = ", x8 self-ensemble" if args.self_ensemble else ""
   title = f"{predictor.spec.version} x{run['scale']} (step {run['step']}{ensemble})"
-  log(f"evaluating {title} on {len(run['jobs'])} LR image(s) with "
-      f"{parallel.describe(predictor.mesh)}, precision {args.precision}; results in {run_dir}")
+  log(
+    f"evaluating {title} on {len(run['jobs'])} LR image(s) with "
+    f"{parallel.describe(predictor.mesh)}, precision {args.precision}; results in {run_dir}"
+  )
   if args.pad_to_multiple > 1:
-    log("note: --pad_to_multiple gives APPROXIMATE results (padding changes the borders and "
-        "the kernel estimate)")
+    log(
+      "note: --pad_to_multiple gives APPROXIMATE results (padding changes the borders and "
+      "the kernel estimate)"
+    )
   if args.tile and not predictor.tiled_is_exact:
     log("note: tiled results are approximate (see python -m dan_jax.infer --help)")
   image_dir = storage.join(run_dir, "images") if args.save_images else None

@@ -39,8 +39,7 @@ from dan_jax.runtime import TENSORFLOW_HINT
 TOLERANCE = {"float32": 1e-3, "bfloat16": 3e-2, "float16": 1e-2}
 # jax.export / jax2tf lowering platforms of the StableHLO and SavedModel artifacts.
 DEFAULT_PLATFORMS = ("cpu", "cuda", "tpu")
-EXPORT_HINT = ('pip install "dan_jax[export]" && pip install --no-deps '
-               '"jax2onnx>=0.17.1,<0.18"')
+EXPORT_HINT = 'pip install "dan_jax[export]" && pip install --no-deps "jax2onnx>=0.17.1,<0.18"'
 _MANUAL = """\
   python -m dan_jax.export --checkpoint DIR --out DIR \\
       --format stablehlo,savedmodel,tflite,onnx [--size HxW] [--input_dtype uint8]
@@ -87,8 +86,9 @@ _JNP_SHAPE = jnp.shape
 # ---------------------------------------------------------------------------------------
 
 
-def serving_fn(model: Any, variables: dict, input_dtype: str = "float32"
-               ) -> Callable[[jax.Array], dict]:
+def serving_fn(
+  model: Any, variables: dict, input_dtype: str = "float32"
+) -> Callable[[jax.Array], dict]:
   """lr [B, H, W, C] -> {'sr', 'code'(, 'kernel')}: the last iteration, weights baked in."""
   variables = jax.tree_util.tree_map(jnp.asarray, variables)
 
@@ -99,8 +99,7 @@ def serving_fn(model: Any, variables: dict, input_dtype: str = "float32"
     out = model.apply(variables, x)
     # Static slices of the last iteration (not `[-1]`, which is a gather).
     last = lambda a: jax.lax.index_in_dim(a, a.shape[0] - 1, 0, keepdims=False)
-    result = {"sr": last(out.sr).astype(jnp.float32),
-              "code": last(out.code).astype(jnp.float32)}
+    result = {"sr": last(out.sr).astype(jnp.float32), "code": last(out.code).astype(jnp.float32)}
     if out.kernel is not None:
       result["kernel"] = last(out.kernel).astype(jnp.float32)
     return result
@@ -116,12 +115,19 @@ def _pointwise_as_conv(next_fun, args, kwargs, context):
   rank"). The convolution op gives the same values and converts.
   """
   from dan_jax import models
+
   m = context.module
-  if (context.method_name == "_conv" and isinstance(m, models.Conv2d) and
-      m.kernel_size == 1 and m.stride == 1 and m.padding == 0):
+  if (
+    context.method_name == "_conv"
+    and isinstance(m, models.Conv2d)
+    and m.kernel_size == 1
+    and m.stride == 1
+    and m.padding == 0
+  ):
     x, kernel = args
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
   return next_fun(*args, **kwargs)
 
 
@@ -134,8 +140,9 @@ def _need(module: str, what: str, hint: str = EXPORT_HINT):
   try:
     return importlib.import_module(module)
   except ImportError as e:
-    raise ExportError(f"{what} needs the package {module.split('.')[0]!r}, which is not "
-                      f"installed: {hint}") from e
+    raise ExportError(
+      f"{what} needs the package {module.split('.')[0]!r}, which is not installed: {hint}"
+    ) from e
 
 
 def _in_dtype(input_dtype: str):
@@ -148,35 +155,44 @@ def _input_spec(in_shape: Sequence[int | str], input_dtype: str, upper: bool = F
   return jax.ShapeDtypeStruct(jax.export.symbolic_shape(dims), _in_dtype(input_dtype))
 
 
-def stablehlo_bytes(fn: Callable, in_shape: Sequence[int | str], input_dtype: str,
-                    platforms: Sequence[str]) -> bytes:
+def stablehlo_bytes(
+  fn: Callable, in_shape: Sequence[int | str], input_dtype: str, platforms: Sequence[str]
+) -> bytes:
   """jax.export of `fn` at `in_shape` (e.g. ['b', 'h', 'w', 3]: symbolic), serialised."""
   spec = _input_spec(in_shape, input_dtype)
   return bytes(jax.export.export(jax.jit(fn), platforms=tuple(platforms))(spec).serialize())
 
 
-def _tf_function(fn: Callable, in_shape: Sequence[int | str], input_dtype: str,
-                 platforms: Sequence[str]):
+def _tf_function(
+  fn: Callable, in_shape: Sequence[int | str], input_dtype: str, platforms: Sequence[str]
+):
   from jax.experimental import jax2tf
   import tensorflow as tf
+
   symbolic = any(isinstance(d, str) for d in in_shape)
   converted = jax2tf.convert(
-      fn, polymorphic_shapes=[f"({', '.join(map(str, in_shape))})"] if symbolic else None,
-      native_serialization_platforms=tuple(platforms))
+    fn,
+    polymorphic_shapes=[f"({', '.join(map(str, in_shape))})"] if symbolic else None,
+    native_serialization_platforms=tuple(platforms),
+  )
   dtype = tf.uint8 if input_dtype == "uint8" else tf.float32
   shape = [None if isinstance(d, str) else d for d in in_shape]
-  return tf.function(converted, autograph=False,
-                     input_signature=[tf.TensorSpec(shape, dtype, name="lr")])
+  return tf.function(
+    converted, autograph=False, input_signature=[tf.TensorSpec(shape, dtype, name="lr")]
+  )
 
 
-def write_savedmodel(fn: Callable, path: str, in_shape: Sequence[int | str],
-                     input_dtype: str, platforms: Sequence[str]) -> None:
+def write_savedmodel(
+  fn: Callable, path: str, in_shape: Sequence[int | str], input_dtype: str, platforms: Sequence[str]
+) -> None:
   """A TF SavedModel (signature 'serving_default', input 'lr') of `fn` at `path`."""
   import tensorflow as tf
+
   module = tf.Module()
   module.serve = _tf_function(fn, in_shape, input_dtype, platforms)
-  tf.saved_model.save(module, path,
-                      signatures={"serving_default": module.serve.get_concrete_function()})
+  tf.saved_model.save(
+    module, path, signatures={"serving_default": module.serve.get_concrete_function()}
+  )
 
 
 def tflite_bytes(fn: Callable, shape: Sequence[int], input_dtype: str) -> bytes:
@@ -194,8 +210,9 @@ def tflite_bytes(fn: Callable, shape: Sequence[int], input_dtype: str) -> bytes:
     return bytes(converter.convert())
 
 
-def onnx_bytes(fn: Callable, in_shape: Sequence[int | str], input_dtype: str,
-               names: Sequence[str]) -> bytes:
+def onnx_bytes(
+  fn: Callable, in_shape: Sequence[int | str], input_dtype: str, names: Sequence[str]
+) -> bytes:
   """An ONNX model (opset 21, input 'lr' of `in_shape`, names symbolic: B, H, W) of `fn`
   via jax2onnx."""
   jax2onnx = _need("jax2onnx", "ONNX export")
@@ -211,9 +228,14 @@ def onnx_bytes(fn: Callable, in_shape: Sequence[int | str], input_dtype: str,
       jnp.shape = patched
     return tuple(out[k] for k in names)
 
-  proto = jax2onnx.to_onnx(unpatched, [_input_spec(in_shape, input_dtype, upper=True)],
-                           model_name="dan", opset=21, input_names=["lr"],
-                           output_names=list(names))
+  proto = jax2onnx.to_onnx(
+    unpatched,
+    [_input_spec(in_shape, input_dtype, upper=True)],
+    model_name="dan",
+    opset=21,
+    input_names=["lr"],
+    output_names=list(names),
+  )
   return proto.SerializeToString()
 
 
@@ -241,6 +263,7 @@ def _write_savedmodel(path, fn, in_shape, input_dtype, platforms, names) -> None
 
 def _load_savedmodel(path: epath.Path) -> Runner:
   import tensorflow as tf  # checked by _check_request (Format.needs)
+
   serve = tf.saved_model.load(str(path)).signatures["serving_default"]
   return lambda x: {k: v.numpy() for k, v in serve(lr=tf.constant(x)).items()}
 
@@ -252,8 +275,7 @@ def _write_tflite(path, fn, in_shape, input_dtype, platforms, names) -> None:
 
 def _load_tflite(path: epath.Path) -> Runner:
   litert = _need("ai_edge_litert.interpreter", "Running TFLite (the LiteRT runtime)")
-  interpreter = litert.Interpreter(model_content=path.read_bytes(),
-                                   num_threads=os.cpu_count())
+  interpreter = litert.Interpreter(model_content=path.read_bytes(), num_threads=os.cpu_count())
   run = interpreter.get_signature_runner("serving_default")
   return lambda x: {k: np.asarray(v) for k, v in run(lr=x).items()}
 
@@ -267,8 +289,7 @@ def _load_onnx(path: epath.Path) -> Runner:
   ort = _need("onnxruntime", "Running ONNX")
   options = ort.SessionOptions()
   options.log_severity_level = 3  # no notes about unused constants
-  session = ort.InferenceSession(path.read_bytes(), options,
-                                 providers=["CPUExecutionProvider"])
+  session = ort.InferenceSession(path.read_bytes(), options, providers=["CPUExecutionProvider"])
   names = [o.name for o in session.get_outputs()]
   return lambda x: dict(zip(names, session.run(None, {"lr": x})))
 
@@ -292,18 +313,34 @@ _TF = ("tensorflow", "SavedModel and TFLite export (jax2tf)", TENSORFLOW_HINT)
 # The formats `--format` offers, in the order --help lists them. TFLite takes one fixed
 # shape: its converter cannot lower the dynamic slices that symbolic shapes produce.
 FORMATS: dict[str, Format] = {
-    "stablehlo": Format("dan.stablehlo", True, _write_stablehlo, _load_stablehlo,
-                        honours_platforms=True),
-    "savedmodel": Format("savedmodel", True, _write_savedmodel, _load_savedmodel,
-                         needs=(_TF,), packages=("tensorflow",), honours_platforms=True),
-    "tflite": Format("dan.tflite", False, _write_tflite, _load_tflite,
-                     needs=(_TF, ("ai_edge_litert.interpreter",
-                                  "Running TFLite (the LiteRT runtime)", EXPORT_HINT)),
-                     packages=("tensorflow", "ai-edge-litert")),
-    "onnx": Format("dan.onnx", True, _write_onnx, _load_onnx,
-                   needs=(("jax2onnx", "ONNX export", EXPORT_HINT),
-                          ("onnxruntime", "Running ONNX", EXPORT_HINT)),
-                   packages=("jax2onnx", "onnx", "onnxruntime")),
+  "stablehlo": Format(
+    "dan.stablehlo", True, _write_stablehlo, _load_stablehlo, honours_platforms=True
+  ),
+  "savedmodel": Format(
+    "savedmodel",
+    True,
+    _write_savedmodel,
+    _load_savedmodel,
+    needs=(_TF,),
+    packages=("tensorflow",),
+    honours_platforms=True,
+  ),
+  "tflite": Format(
+    "dan.tflite",
+    False,
+    _write_tflite,
+    _load_tflite,
+    needs=(_TF, ("ai_edge_litert.interpreter", "Running TFLite (the LiteRT runtime)", EXPORT_HINT)),
+    packages=("tensorflow", "ai-edge-litert"),
+  ),
+  "onnx": Format(
+    "dan.onnx",
+    True,
+    _write_onnx,
+    _load_onnx,
+    needs=(("jax2onnx", "ONNX export", EXPORT_HINT), ("onnxruntime", "Running ONNX", EXPORT_HINT)),
+    packages=("jax2onnx", "onnx", "onnxruntime"),
+  ),
 }
 
 
@@ -325,6 +362,7 @@ def check_images(sizes: Sequence[tuple[int, int]], input_dtype: str) -> list[np.
   Returns uint8 [1, H, W, 3] arrays (input_dtype 'uint8') or float32 in [0, 1].
   """
   from skimage import data
+
   photos = [data.astronaut()[60:, 140:], data.coffee()[40:, 120:]]
   out = []
   for i, (h, w) in enumerate(sizes):
@@ -377,8 +415,9 @@ def parse_formats(text: str) -> list[str]:
   formats = [f.strip().lower() for f in text.split(",") if f.strip()]
   bad = [f for f in formats if f not in FORMATS]
   if bad or not formats:
-    raise ExportError(f"unsupported format(s) {bad or [text]}; choose from "
-                      f"{', '.join(FORMATS)} (comma separated)")
+    raise ExportError(
+      f"unsupported format(s) {bad or [text]}; choose from {', '.join(FORMATS)} (comma separated)"
+    )
   return list(dict.fromkeys(formats))
 
 
@@ -395,15 +434,17 @@ def parse_size(text: Optional[str]) -> Optional[tuple[int, int]]:
   return h, w
 
 
-def _check_request(formats: Sequence[str], out_dir: epath.Path, size, input_dtype: str,
-                   overwrite: bool) -> None:
+def _check_request(
+  formats: Sequence[str], out_dir: epath.Path, size, input_dtype: str, overwrite: bool
+) -> None:
   """Refuses bad arguments and missing packages before anything is loaded or written."""
   if input_dtype not in ("float32", "uint8"):
     raise ExportError(f"--input_dtype must be float32 or uint8, got {input_dtype!r}")
   fixed = [f for f in formats if not FORMATS[f].symbolic]
   if fixed and size is None:
-    raise ExportError(f"{', '.join(fixed)} needs a fixed LR size: pass --size HxW "
-                      "(e.g. --size 180x320)")
+    raise ExportError(
+      f"{', '.join(fixed)} needs a fixed LR size: pass --size HxW (e.g. --size 180x320)"
+    )
   for fmt in formats:
     for module, what, hint in FORMATS[fmt].needs:
       _need(module, what, hint)
@@ -411,8 +452,10 @@ def _check_request(formats: Sequence[str], out_dir: epath.Path, size, input_dtyp
     raise ExportError(f"--out {out_dir} exists and is not a directory")
   existing = [FORMATS[f].file for f in formats if (out_dir / FORMATS[f].file).exists()]
   if existing and not overwrite:
-    raise ExportError(f"{out_dir} already holds {', '.join(existing)} (pass --overwrite to "
-                      "replace them; nothing was changed)")
+    raise ExportError(
+      f"{out_dir} already holds {', '.join(existing)} (pass --overwrite to "
+      "replace them; nothing was changed)"
+    )
 
 
 def fixed_image_size(spec: Any) -> bool:
@@ -429,20 +472,35 @@ def _conventions(spec: Any, names: Sequence[str], input_dtype: str, size) -> dic
   s = spec.scale
   h, w = size if fixed_image_size(spec) else ("h", "w")
   sr_hw = [s * h, s * w] if fixed_image_size(spec) else [f"{s}*h", f"{s}*w"]
-  shapes = {"sr": ["b", *sr_hw, spec.in_nc], "code": ["b", spec.code_len],
-            "kernel": ["b", spec.kernel_size, spec.kernel_size]}
+  shapes = {
+    "sr": ["b", *sr_hw, spec.in_nc],
+    "code": ["b", spec.code_len],
+    "kernel": ["b", spec.kernel_size, spec.kernel_size],
+  }
   return {
-      "input": {"name": "lr", "layout": "NHWC", "shape": ["b", h, w, spec.in_nc],
-                "dtype": input_dtype, "range": [0, 255] if input_dtype == "uint8" else [0, 1],
-                "color": "RGB"},
-      "outputs": {k: {"layout": "NHWC" if k == "sr" else None, "shape": shapes[k],
-                      "dtype": "float32",
-                      "range": "[0, 1], unclipped" if k == "sr" else None} for k in names},
+    "input": {
+      "name": "lr",
+      "layout": "NHWC",
+      "shape": ["b", h, w, spec.in_nc],
+      "dtype": input_dtype,
+      "range": [0, 255] if input_dtype == "uint8" else [0, 1],
+      "color": "RGB",
+    },
+    "outputs": {
+      k: {
+        "layout": "NHWC" if k == "sr" else None,
+        "shape": shapes[k],
+        "dtype": "float32",
+        "range": "[0, 1], unclipped" if k == "sr" else None,
+      }
+      for k in names
+    },
   }
 
 
-def _differences(fmt: str, run: Callable, reference: Callable, images: Sequence[np.ndarray],
-                 names: Sequence[str]) -> tuple[dict, dict]:
+def _differences(
+  fmt: str, run: Callable, reference: Callable, images: Sequence[np.ndarray], names: Sequence[str]
+) -> tuple[dict, dict]:
   """(max |artifact - model.apply|, max(1, max |model.apply|)) per output over `images`."""
   diffs, scales = {k: 0.0 for k in names}, {k: 1.0 for k in names}
   for x in images:
@@ -450,17 +508,30 @@ def _differences(fmt: str, run: Callable, reference: Callable, images: Sequence[
     got = run(x)
     for k in names:
       if got[k].shape != want[k].shape:
-        raise ExportError(f"{fmt}: output {k} has shape {got[k].shape}, expected "
-                          f"{want[k].shape} for input {x.shape}")
+        raise ExportError(
+          f"{fmt}: output {k} has shape {got[k].shape}, expected "
+          f"{want[k].shape} for input {x.shape}"
+        )
       diffs[k] = max(diffs[k], float(np.max(np.abs(got[k] - want[k]))))
       scales[k] = max(scales[k], float(np.max(np.abs(want[k]))))
   return diffs, scales
 
 
-def _export_one(fmt: str, out_dir: epath.Path, fn: Callable, reference: Callable, spec: Any,
-                names: Sequence[str], *, size, input_dtype: str, platforms: Sequence[str],
-                check_sizes: Sequence[tuple[int, int]], tol: float,
-                log: Callable[[str], None]) -> dict:
+def _export_one(
+  fmt: str,
+  out_dir: epath.Path,
+  fn: Callable,
+  reference: Callable,
+  spec: Any,
+  names: Sequence[str],
+  *,
+  size,
+  input_dtype: str,
+  platforms: Sequence[str],
+  check_sizes: Sequence[tuple[int, int]],
+  tol: float,
+  log: Callable[[str], None],
+) -> dict:
   """Writes and checks one artifact; returns its manifest entry (removed if it fails)."""
   form = FORMATS[fmt]
   path = out_dir / form.file
@@ -470,8 +541,9 @@ def _export_one(fmt: str, out_dir: epath.Path, fn: Callable, reference: Callable
   images = check_images([size, size] if fixed_size else check_sizes, input_dtype)
   if form.symbolic:
     images[-1] = np.concatenate([images[-1], images[-1][:, ::-1, ::-1]])  # batch 2
-  in_shape = (["b" if form.symbolic else 1] + (list(size) if fixed_size else ["h", "w"]) +
-              [spec.in_nc])
+  in_shape = (
+    ["b" if form.symbolic else 1] + (list(size) if fixed_size else ["h", "w"]) + [spec.in_nc]
+  )
   log(f"{fmt}: writing {path}")
   start = time.perf_counter()
   _remove(path)
@@ -485,35 +557,54 @@ def _export_one(fmt: str, out_dir: epath.Path, fn: Callable, reference: Callable
   except Exception as e:  # converters and runtimes raise many types
     _remove(path)
     first = str(e).strip().splitlines()
-    raise ArtifactCheckError(f"{fmt}: export or check failed ({type(e).__name__}: "
-                             f"{first[0][:300] if first else ''}); {path} was removed, "
-                             "earlier artifacts are kept") from e
+    raise ArtifactCheckError(
+      f"{fmt}: export or check failed ({type(e).__name__}: "
+      f"{first[0][:300] if first else ''}); {path} was removed, "
+      "earlier artifacts are kept"
+    ) from e
   checked = [list(x.shape) for x in images]
   line = ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
   relative = {k: diffs[k] / scales[k] for k in names}
   worst = max(relative.values())
-  log(f"{fmt}: max |difference| from model.apply on {len(images)} photographs "
-      f"{checked}: {line}; relative to max(1, max |output|): {worst:.2e} (tolerance "
-      f"{tol:g})")
+  log(
+    f"{fmt}: max |difference| from model.apply on {len(images)} photographs "
+    f"{checked}: {line}; relative to max(1, max |output|): {worst:.2e} (tolerance "
+    f"{tol:g})"
+  )
   if not np.isfinite(worst) or worst > tol:
     _remove(path)
     raise ArtifactCheckError(
-        f"{fmt}: the artifact differs from model.apply by {worst:.3g} (relative to "
-        f"max(1, max |output|)) > tolerance {tol:g} ({line}); {path} was removed, earlier "
-        "artifacts are kept")
-  return {"file": form.file, "bytes": _size_bytes(path), "input_shape": in_shape,
-          "symbolic": form.symbolic,
-          "platforms": list(platforms) if form.honours_platforms else ["cpu"],
-          "max_abs_diff": diffs, "max_rel_diff": relative, "tolerance": tol,
-          "checked_input_shapes": checked, "export_seconds": round(seconds, 1)}
+      f"{fmt}: the artifact differs from model.apply by {worst:.3g} (relative to "
+      f"max(1, max |output|)) > tolerance {tol:g} ({line}); {path} was removed, earlier "
+      "artifacts are kept"
+    )
+  return {
+    "file": form.file,
+    "bytes": _size_bytes(path),
+    "input_shape": in_shape,
+    "symbolic": form.symbolic,
+    "platforms": list(platforms) if form.honours_platforms else ["cpu"],
+    "max_abs_diff": diffs,
+    "max_rel_diff": relative,
+    "tolerance": tol,
+    "checked_input_shapes": checked,
+    "export_seconds": round(seconds, 1),
+  }
 
 
-def export(checkpoint: str, out: str, formats: Sequence[str], *,
-           size: Optional[tuple[int, int]] = None, input_dtype: str = "float32",
-           platforms: Sequence[str] = DEFAULT_PLATFORMS,
-           check_sizes: Sequence[tuple[int, int]] = ((24, 40), (36, 28)),
-           overwrite: bool = False, use_ema: bool = True,
-           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> dict:
+def export(
+  checkpoint: str,
+  out: str,
+  formats: Sequence[str],
+  *,
+  size: Optional[tuple[int, int]] = None,
+  input_dtype: str = "float32",
+  platforms: Sequence[str] = DEFAULT_PLATFORMS,
+  check_sizes: Sequence[tuple[int, int]] = ((24, 40), (36, 28)),
+  overwrite: bool = False,
+  use_ema: bool = True,
+  log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+) -> dict:
   """Exports a checkpoint to `formats` under `out`, checking each; returns the manifest.
 
   Args:
@@ -533,6 +624,7 @@ def export(checkpoint: str, out: str, formats: Sequence[str], *,
   """
   from dan_jax import checkpoint as checkpoint_lib
   from dan_jax import models
+
   formats = parse_formats(",".join(formats))
   out_dir = epath.Path(out)
   _check_request(formats, out_dir, size, input_dtype, overwrite)
@@ -540,9 +632,11 @@ def export(checkpoint: str, out: str, formats: Sequence[str], *,
   model = models.create_model(model_config)
   spec = model.spec
   if fixed_image_size(spec) and size is None:
-    raise ExportError(f"{spec.version} artifacts take one LR size (its Fourier "
-                      "deconvolution is built for the image size): pass --size HxW, e.g. "
-                      "--size 180x320; the batch stays symbolic. Nothing was written")
+    raise ExportError(
+      f"{spec.version} artifacts take one LR size (its Fourier "
+      "deconvolution is built for the image size): pass --size HxW, e.g. "
+      "--size 180x320; the batch stays symbolic. Nothing was written"
+    )
   fn = serving_fn(model, variables, input_dtype)
   reference = jax.jit(fn)
   tol = TOLERANCE[np.dtype(spec.dtype).name]
@@ -550,43 +644,81 @@ def export(checkpoint: str, out: str, formats: Sequence[str], *,
   manifest_path = out_dir / MANIFEST
   manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
   names = sorted(reference(check_images([size or (8, 8)], input_dtype)[0]))
-  manifest.update({"checkpoint": str(checkpoint), "step": step,
-                   "model_config": checkpoint_lib.model_config_to_dict(model_config),
-                   **_conventions(spec, names, input_dtype, size),
-                   "tolerance": tol, "versions": _versions(formats)})
+  manifest.update(
+    {
+      "checkpoint": str(checkpoint),
+      "step": step,
+      "model_config": checkpoint_lib.model_config_to_dict(model_config),
+      **_conventions(spec, names, input_dtype, size),
+      "tolerance": tol,
+      "versions": _versions(formats),
+    }
+  )
   manifest.setdefault("artifacts", {})
   for fmt in formats:
     manifest["artifacts"][fmt] = _export_one(
-        fmt, out_dir, fn, reference, spec, names, size=size, input_dtype=input_dtype,
-        platforms=platforms, check_sizes=check_sizes, tol=tol, log=log)
+      fmt,
+      out_dir,
+      fn,
+      reference,
+      spec,
+      names,
+      size=size,
+      input_dtype=input_dtype,
+      platforms=platforms,
+      check_sizes=check_sizes,
+      tol=tol,
+      log=log,
+    )
     manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
   return manifest
 
 
 def _build_parser():
   import argparse
+
   p = argparse.ArgumentParser(
-      prog="python -m dan_jax.export",
-      description="Export a DAN checkpoint (StableHLO, SavedModel, TFLite, ONNX).",
-      epilog=_MANUAL, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", required=True,
-                 help="training workdir (latest checkpoint), step directory or converted "
-                      "official checkpoint")
+    prog="python -m dan_jax.export",
+    description="Export a DAN checkpoint (StableHLO, SavedModel, TFLite, ONNX).",
+    epilog=_MANUAL,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    "--checkpoint",
+    required=True,
+    help="training workdir (latest checkpoint), step directory or converted official checkpoint",
+  )
   p.add_argument("--out", required=True, help="output directory (local or gs://)")
-  p.add_argument("--format", default="stablehlo",
-                 help=f"comma-separated subset of {','.join(FORMATS)} (default stablehlo)")
-  p.add_argument("--size", default=None,
-                 help="LR HxW of the fixed-shape formats (tflite; every format for DCLS), "
-                      "e.g. 180x320")
-  p.add_argument("--input_dtype", default="float32", choices=("float32", "uint8"),
-                 help="input: float32 in [0, 1] (default) or uint8 in [0, 255]")
-  p.add_argument("--platforms", default=",".join(DEFAULT_PLATFORMS),
-                 help="lowering platforms of stablehlo and savedmodel (default "
-                      f"{','.join(DEFAULT_PLATFORMS)})")
-  p.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
-                 help="export the EMA weights when the checkpoint has them (default: yes)")
-  p.add_argument("--overwrite", action="store_true",
-                 help="replace existing artifacts of the requested formats")
+  p.add_argument(
+    "--format",
+    default="stablehlo",
+    help=f"comma-separated subset of {','.join(FORMATS)} (default stablehlo)",
+  )
+  p.add_argument(
+    "--size",
+    default=None,
+    help="LR HxW of the fixed-shape formats (tflite; every format for DCLS), e.g. 180x320",
+  )
+  p.add_argument(
+    "--input_dtype",
+    default="float32",
+    choices=("float32", "uint8"),
+    help="input: float32 in [0, 1] (default) or uint8 in [0, 255]",
+  )
+  p.add_argument(
+    "--platforms",
+    default=",".join(DEFAULT_PLATFORMS),
+    help=f"lowering platforms of stablehlo and savedmodel (default {','.join(DEFAULT_PLATFORMS)})",
+  )
+  p.add_argument(
+    "--use_ema",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="export the EMA weights when the checkpoint has them (default: yes)",
+  )
+  p.add_argument(
+    "--overwrite", action="store_true", help="replace existing artifacts of the requested formats"
+  )
   return p
 
 
@@ -597,9 +729,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     formats = parse_formats(args.format)
     size = parse_size(args.size)
     platforms = [p.strip() for p in args.platforms.split(",") if p.strip()]
-    manifest = export(args.checkpoint, args.out, formats, size=size,
-                      input_dtype=args.input_dtype, platforms=platforms,
-                      overwrite=args.overwrite, use_ema=args.use_ema)
+    manifest = export(
+      args.checkpoint,
+      args.out,
+      formats,
+      size=size,
+      input_dtype=args.input_dtype,
+      platforms=platforms,
+      overwrite=args.overwrite,
+      use_ema=args.use_ema,
+    )
   except ArtifactCheckError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
@@ -608,8 +747,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 2
   for fmt in formats:
     a = manifest["artifacts"][fmt]
-    print(f"{fmt}: {args.out}/{a['file']} ({a['bytes'] / 1e6:.2f} MB, max diff "
-          f"{max(a['max_abs_diff'].values()):.2e})")
+    print(
+      f"{fmt}: {args.out}/{a['file']} ({a['bytes'] / 1e6:.2f} MB, max diff "
+      f"{max(a['max_abs_diff'].values()):.2e})"
+    )
   return 0
 
 

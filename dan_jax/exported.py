@@ -38,15 +38,18 @@ class ExportedPredictor:
       blob = (d / self.manifest["artifacts"]["stablehlo"]["file"]).read_bytes()
       self.exported = jax.export.deserialize(bytearray(blob))
     except Exception as e:  # a missing or foreign manifest, a truncated artifact
-      raise ExportError(f"{directory} holds no readable StableHLO export (write one "
-                        "with `python -m dan_jax.export --format stablehlo`): "
-                        f"{type(e).__name__}: {e}") from e
+      raise ExportError(
+        f"{directory} holds no readable StableHLO export (write one "
+        "with `python -m dan_jax.export --format stablehlo`): "
+        f"{type(e).__name__}: {e}"
+      ) from e
     here = jax.default_backend()
-    if not ({here} | ({"cuda", "rocm"} if here == "gpu" else set())) & set(
-        self.exported.platforms):
-      raise ExportError(f"{directory}: the StableHLO artifact was exported for "
-                        f"{list(self.exported.platforms)}, not {here} (export again "
-                        f"with --platforms {here})")
+    if not ({here} | ({"cuda", "rocm"} if here == "gpu" else set())) & set(self.exported.platforms):
+      raise ExportError(
+        f"{directory}: the StableHLO artifact was exported for "
+        f"{list(self.exported.platforms)}, not {here} (export again "
+        f"with --platforms {here})"
+      )
     config = self.manifest["model_config"]
     self.spec = _Spec(config["version"], int(config["scale"]))
     self.step = self.manifest.get("step", 0)
@@ -74,17 +77,23 @@ class ExportedPredictor:
     if self.fixed_size is not None and tuple(lrs.shape[1:3]) != self.fixed_size:
       h, w = self.fixed_size
       raise InferenceError(
-          f"this {self.spec.version} artifact takes {h}x{w} LR images only, got "
-          f"{lrs.shape[1]}x{lrs.shape[2]} (export again with --size "
-          f"{lrs.shape[1]}x{lrs.shape[2]}, or use --checkpoint)")
+        f"this {self.spec.version} artifact takes {h}x{w} LR images only, got "
+        f"{lrs.shape[1]}x{lrs.shape[2]} (export again with --size "
+        f"{lrs.shape[1]}x{lrs.shape[2]}, or use --checkpoint)"
+      )
     if self.input_dtype == "uint8":
       lrs = np.round(np.clip(lrs, 0, 1) * 255.0).astype(np.uint8)
     preds = []
     for start in range(0, len(lrs), self.batch_size):
-      out = jax.device_get(self._call(lrs[start:start + self.batch_size]))
-      preds += [Prediction(np.asarray(out["sr"][i]), np.asarray(out["code"][i]),
-                           np.asarray(out["kernel"][i]) if "kernel" in out else None)
-                for i in range(len(out["sr"]))]
+      out = jax.device_get(self._call(lrs[start : start + self.batch_size]))
+      preds += [
+        Prediction(
+          np.asarray(out["sr"][i]),
+          np.asarray(out["code"][i]),
+          np.asarray(out["kernel"][i]) if "kernel" in out else None,
+        )
+        for i in range(len(out["sr"]))
+      ]
     return preds
 
   def predict(self, lr: np.ndarray) -> Prediction:

@@ -64,14 +64,14 @@ def is_image_name(path: str) -> bool:
 def apply_orientation(img: np.ndarray, orientation: int) -> np.ndarray:
   """Applies an EXIF orientation (1-8) to an HW or HWC array, as ImageOps.exif_transpose."""
   ops = {
-      1: lambda a: a,
-      2: lambda a: a[:, ::-1],
-      3: lambda a: a[::-1, ::-1],
-      4: lambda a: a[::-1],
-      5: lambda a: a.swapaxes(0, 1),
-      6: lambda a: np.rot90(a, -1),
-      7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
-      8: lambda a: np.rot90(a, 1),
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
   }
   return np.ascontiguousarray(ops.get(int(orientation), ops[1])(img))
 
@@ -105,6 +105,7 @@ def _decode_tiff(data: bytes, name: str) -> Optional[np.ndarray]:
   """Pixels of a TIFF through tifffile (16-bit colour); None to let Pillow try."""
   try:
     import tifffile
+
     arr = tifffile.imread(io.BytesIO(data))
   except Exception:
     return None  # e.g. JPEG-compressed TIFF without imagecodecs: Pillow may decode it
@@ -136,8 +137,9 @@ def _decode_pillow(data: bytes, name: str) -> np.ndarray:
     raise ImageError(f"{name}: {e}") from e
   except (OSError, SyntaxError, ValueError) as e:
     raise ImageError(f"{name}: corrupt or truncated image ({e})") from e
-  if mode.startswith("I;16") or (mode == "I" and arr.size and 0 <= arr.min()
-                                 and arr.max() <= 65535):
+  if mode.startswith("I;16") or (
+    mode == "I" and arr.size and 0 <= arr.min() and arr.max() <= 65535
+  ):
     arr = arr.astype(np.uint16)
   return arr
 
@@ -157,8 +159,9 @@ def decode_image(data: bytes, name: str = "image") -> LoadedImage:
   if arr.ndim == 2:
     arr = arr[..., None]
   if arr.ndim != 3 or arr.shape[2] not in (1, 2, 3, 4) or min(arr.shape[:2]) < 1:
-    raise ImageError(f"{name}: unsupported pixel layout {arr.shape} (expected gray, gray+"
-                     "alpha, RGB or RGBA)")
+    raise ImageError(
+      f"{name}: unsupported pixel layout {arr.shape} (expected gray, gray+alpha, RGB or RGBA)"
+    )
   if arr.dtype == np.uint8:
     bits, x = 8, arr.astype(np.float32) / np.float32(255.0)
   elif arr.dtype == np.uint16:
@@ -166,15 +169,17 @@ def decode_image(data: bytes, name: str = "image") -> LoadedImage:
   elif arr.dtype == np.bool_:
     bits, x = 8, arr.astype(np.float32)
   else:
-    raise ImageError(f"{name}: unsupported sample type {arr.dtype} (8- or 16-bit integer "
-                     "images only)")
+    raise ImageError(
+      f"{name}: unsupported sample type {arr.dtype} (8- or 16-bit integer images only)"
+    )
   c = x.shape[2]
   gray = c in (1, 2)
   alpha = x[..., -1] if c in (2, 4) else None
   color = x[..., :1] if gray else x[..., :3]
   rgb = np.ascontiguousarray(np.broadcast_to(color, color.shape[:2] + (3,)))
-  return LoadedImage(rgb=rgb, alpha=None if alpha is None else np.ascontiguousarray(alpha),
-                     gray=gray, bit_depth=bits)
+  return LoadedImage(
+    rgb=rgb, alpha=None if alpha is None else np.ascontiguousarray(alpha), gray=gray, bit_depth=bits
+  )
 
 
 def read_image(path: str) -> LoadedImage:
@@ -203,8 +208,9 @@ def quantize(x: np.ndarray, bit_depth: int) -> np.ndarray:
   raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
 
 
-def to_output(rgb: np.ndarray, alpha: Optional[np.ndarray], gray: bool,
-              bit_depth: int) -> np.ndarray:
+def to_output(
+  rgb: np.ndarray, alpha: Optional[np.ndarray], gray: bool, bit_depth: int
+) -> np.ndarray:
   """Assembles a result in the input's form: HWC uint8/uint16 with 1-4 channels.
 
   Grayscale results are the mean of the 3 model channels (the model saw the gray value
@@ -263,4 +269,3 @@ def kernel_to_display(kernel: np.ndarray, min_size: int = 256) -> np.ndarray:
   factor = max(1, -(-min_size // max(k.shape)))
   k = np.repeat(np.repeat(k, factor, axis=0), factor, axis=1)
   return np.round(k * 255.0).astype(np.uint8)
-

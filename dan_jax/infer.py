@@ -93,15 +93,23 @@ def list_inputs(input_path: str) -> tuple[list[str], list[str]]:
     return [input_path], []
   if not folder.is_dir():
     raise InferenceError(f"input {input_path} does not exist")
-  files = sorted(storage.join(input_path, f.name) for f in folder.iterdir()
-                 if not f.name.startswith(".") and f.is_file())
+  files = sorted(
+    storage.join(input_path, f.name)
+    for f in folder.iterdir()
+    if not f.name.startswith(".") and f.is_file()
+  )
   images = [f for f in files if image_io.is_image_name(f)]
   skipped = [f for f in files if not image_io.is_image_name(f)]
   if not images:
-    what = f" (only non-image files: {', '.join(os.path.basename(f) for f in skipped[:5])})" \
-        if skipped else ""
-    raise InferenceError(f"no images in {input_path}{what}; supported extensions: "
-                         f"{', '.join(image_io.IMAGE_EXTENSIONS)}")
+    what = (
+      f" (only non-image files: {', '.join(os.path.basename(f) for f in skipped[:5])})"
+      if skipped
+      else ""
+    )
+    raise InferenceError(
+      f"no images in {input_path}{what}; supported extensions: "
+      f"{', '.join(image_io.IMAGE_EXTENSIONS)}"
+    )
   return images, skipped
 
 
@@ -111,30 +119,43 @@ def _same_path(a: str, b: str) -> bool:
 
 def _build_parser():
   p = argparse.ArgumentParser(
-      prog="python -m dan_jax.infer",
-      description="Blind super-resolution of images with a DAN checkpoint.",
-      epilog=_MANUAL, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--checkpoint", default=None,
-                 help="training workdir (latest checkpoint), step directory or converted "
-                      "official checkpoint")
-  p.add_argument("--exported", default=None,
-                 help="instead of --checkpoint: a `python -m dan_jax.export` directory; "
-                      "runs its StableHLO artifact (whole images, no model code)")
+    prog="python -m dan_jax.infer",
+    description="Blind super-resolution of images with a DAN checkpoint.",
+    epilog=_MANUAL,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    "--checkpoint",
+    default=None,
+    help="training workdir (latest checkpoint), step directory or converted official checkpoint",
+  )
+  p.add_argument(
+    "--exported",
+    default=None,
+    help="instead of --checkpoint: a `python -m dan_jax.export` directory; "
+    "runs its StableHLO artifact (whole images, no model code)",
+  )
   p.add_argument("--input", required=True, help="an image file or a folder of images")
   p.add_argument("--output", required=True, help="output folder (created if missing)")
   prediction_io.add_predictor_flags(p)
-  p.add_argument("--overwrite", action="store_true",
-                 help="replace existing output files (never the inputs)")
+  p.add_argument(
+    "--overwrite", action="store_true", help="replace existing output files (never the inputs)"
+  )
   return p
 
 
 def _exported_predictor(args) -> tuple[SRPredictor, int]:
   """`--exported DIR`: the StableHLO artifact's predictor (whole images only)."""
-  given = [f"--{n}" for n in ("tile", "self_ensemble", "pad_to_multiple", "tile_overlap")
-           if getattr(args, n)]
+  given = [
+    f"--{n}"
+    for n in ("tile", "self_ensemble", "pad_to_multiple", "tile_overlap")
+    if getattr(args, n)
+  ]
   if given:
-    raise InferenceError(f"{', '.join(given)} cannot be used with --exported (the "
-                         "artifact runs whole images as exported)")
+    raise InferenceError(
+      f"{', '.join(given)} cannot be used with --exported (the "
+      "artifact runs whole images as exported)"
+    )
   predictor = exported.ExportedPredictor(args.exported, batch_size=args.batch_size)
   return predictor, predictor.step
 
@@ -143,10 +164,11 @@ def _setup(args) -> tuple[list[str], list[str], SRPredictor, int]:
   """(inputs, skipped files, predictor, step); raises errors.Error/OSError on bad input."""
   inputs, skipped = list_inputs(args.input)
   output = storage.path(args.output)
-  if storage.path(args.input).is_dir() and output.exists() and _same_path(
-      args.input, args.output):
-    raise InferenceError(f"--output {args.output} is the input folder; choose another "
-                         "folder (inputs are never overwritten)")
+  if storage.path(args.input).is_dir() and output.exists() and _same_path(args.input, args.output):
+    raise InferenceError(
+      f"--output {args.output} is the input folder; choose another "
+      "folder (inputs are never overwritten)"
+    )
   if output.exists() and not output.is_dir():
     raise InferenceError(f"--output {args.output} exists and is not a folder")
   if (args.checkpoint is None) == (args.exported is None):
@@ -154,8 +176,7 @@ def _setup(args) -> tuple[list[str], list[str], SRPredictor, int]:
   if args.exported is not None:
     predictor, step = _exported_predictor(args)
   else:
-    model_config, variables, step = checkpoint_lib.load_model(args.checkpoint,
-                                                              use_ema=args.use_ema)
+    model_config, variables, step = checkpoint_lib.load_model(args.checkpoint, use_ema=args.use_ema)
     predictor = prediction_io.build_predictor(args, model_config, variables)
   if not storage.is_url(output):  # object stores have no folders to create
     output.mkdir(parents=True, exist_ok=True)
@@ -166,38 +187,51 @@ def _print_notes(args, predictor: SRPredictor, skipped: list[str]) -> None:
   """Skipped files and the approximations the chosen flags make."""
   spec = predictor.spec
   for f in skipped:
-    print(f"note: skipping {f}: not an image file (supported: "
-          f"{', '.join(image_io.IMAGE_EXTENSIONS)})", file=sys.stderr)
+    print(
+      f"note: skipping {f}: not an image file (supported: {', '.join(image_io.IMAGE_EXTENSIONS)})",
+      file=sys.stderr,
+    )
   if args.tile and not predictor.tiled_is_exact:
-    why = ("DANv1's channel attention pools over the whole image" if spec.version == "DANv1"
-           else f"--tile_overlap {predictor.tile_overlap} < "
-                f"{predict.default_tile_overlap(spec)} (2x the receptive-field radius)")
+    why = (
+      "DANv1's channel attention pools over the whole image"
+      if spec.version == "DANv1"
+      else f"--tile_overlap {predictor.tile_overlap} < "
+      f"{predict.default_tile_overlap(spec)} (2x the receptive-field radius)"
+    )
     print(f"note: tiled results are approximate: {why}", file=sys.stderr)
   if args.pad_to_multiple > 1:
-    print("note: --pad_to_multiple results are approximate (padding changes borders and "
-          "the kernel estimate)", file=sys.stderr)
+    print(
+      "note: --pad_to_multiple results are approximate (padding changes borders and "
+      "the kernel estimate)",
+      file=sys.stderr,
+    )
 
 
-def _check_outputs(path: str, paths: dict, input_set: set, claimed: dict,
-                   overwrite: bool) -> None:
+def _check_outputs(path: str, paths: dict, input_set: set, claimed: dict, overwrite: bool) -> None:
   """Refuses outputs that would replace an input, another image's output or a file."""
   for p in paths.values():
     if storage.canonical(p) in input_set:
       raise InferenceError(f"{path}: output {p} would replace an input file")
     if storage.canonical(p) in claimed:
-      raise InferenceError(f"{path}: output {p} is already written for "
-                           f"{claimed[storage.canonical(p)]} (same file stem)")
+      raise InferenceError(
+        f"{path}: output {p} is already written for "
+        f"{claimed[storage.canonical(p)]} (same file stem)"
+      )
     if not overwrite and storage.path(p).exists():
       raise InferenceError(f"{path}: output {p} exists (pass --overwrite to replace)")
 
 
 def _print_speed(args, n_inputs: int, times: list[float], megapixels: list[float]) -> None:
   total_t, total_mp = sum(times), sum(megapixels)
-  line = (f"wrote {len(times)} of {n_inputs} image(s) to {args.output} in {total_t:.1f} s: "
-          f"{total_t / total_mp:.2f} s per output megapixel")
+  line = (
+    f"wrote {len(times)} of {n_inputs} image(s) to {args.output} in {total_t:.1f} s: "
+    f"{total_t / total_mp:.2f} s per output megapixel"
+  )
   if len(times) > 1:
-    line += (f" ({sum(times[1:]) / sum(megapixels[1:]):.2f} s/MP after the first image, "
-             "which includes compilation)")
+    line += (
+      f" ({sum(times[1:]) / sum(megapixels[1:]):.2f} s/MP after the first image, "
+      "which includes compilation)"
+    )
   print(line, file=sys.stderr)
 
 
@@ -213,9 +247,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
   spec = predictor.spec
-  print(f"{spec.version} x{spec.scale} (step {step}) on {len(inputs)} image(s) -> "
-        f"{args.output}; {parallel.describe(predictor.mesh)}, precision {args.precision}",
-        file=sys.stderr)
+  print(
+    f"{spec.version} x{spec.scale} (step {step}) on {len(inputs)} image(s) -> "
+    f"{args.output}; {parallel.describe(predictor.mesh)}, precision {args.precision}",
+    file=sys.stderr,
+  )
   _print_notes(args, predictor, skipped)
 
   input_set = {storage.canonical(f) for f in inputs}
@@ -241,8 +277,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     except jax.errors.JaxRuntimeError as e:
       if "RESOURCE_EXHAUSTED" not in str(e):
         raise
-      tqdm.write(f"error: {path}: out of accelerator memory for a {image.height}x"
-                 f"{image.width} image; use --tile (e.g. --tile 256)", file=sys.stderr)
+      tqdm.write(
+        f"error: {path}: out of accelerator memory for a {image.height}x"
+        f"{image.width} image; use --tile (e.g. --tile 256)",
+        file=sys.stderr,
+      )
       failed += 1
       continue
     times.append(time.perf_counter() - start)

@@ -48,30 +48,39 @@ def kernel_spec(config: ml_collections.ConfigDict) -> degradation.KernelSpec:
     raise DataError(f"config.degradation: {e}") from e
 
 
-def _check_train_config(config: ml_collections.ConfigDict, pca_matrix: np.ndarray,
-                        process_index: int, process_count: int) -> None:
+def _check_train_config(
+  config: ml_collections.ConfigDict, pca_matrix: np.ndarray, process_index: int, process_count: int
+) -> None:
   scale, crop, k = config.model.scale, config.data.hr_crop, config.degradation.kernel_size
   is_int = lambda x: isinstance(x, (int, np.integer)) and not isinstance(x, bool)
   if scale not in degradation.SUPPORTED_SCALES:
-    raise DataError(f"config.model.scale must be one of {degradation.SUPPORTED_SCALES}, "
-                    f"got {scale!r}")
+    raise DataError(
+      f"config.model.scale must be one of {degradation.SUPPORTED_SCALES}, got {scale!r}"
+    )
   if not is_int(crop) or crop <= 0 or crop % scale:
-    raise DataError(f"config.data.hr_crop must be a positive multiple of the scale {scale}, "
-                    f"got {crop!r}")
+    raise DataError(
+      f"config.data.hr_crop must be a positive multiple of the scale {scale}, got {crop!r}"
+    )
   if crop < k:
-    raise DataError(f"config.data.hr_crop = {crop} is smaller than the {k}x{k} blur kernel "
-                    "(config.degradation.kernel_size)")
+    raise DataError(
+      f"config.data.hr_crop = {crop} is smaller than the {k}x{k} blur kernel "
+      "(config.degradation.kernel_size)"
+    )
   if process_count < 1 or not 0 <= process_index < process_count:
-    raise DataError(f"process_index {process_index} must be in [0, process_count = "
-                    f"{process_count})")
+    raise DataError(
+      f"process_index {process_index} must be in [0, process_count = {process_count})"
+    )
   bs = config.batch_size
   if not is_int(bs) or bs <= 0 or bs % process_count:
-    raise DataError(f"config.batch_size = {bs!r} must be a positive multiple of the number of "
-                    f"processes ({process_count})")
+    raise DataError(
+      f"config.batch_size = {bs!r} must be a positive multiple of the number of "
+      f"processes ({process_count})"
+    )
   pca = np.asarray(pca_matrix)
   if pca.ndim != 2 or pca.shape[0] != k * k:
-    raise DataError(f"pca_matrix must be ({k * k}, code_len) for kernel_size {k}, "
-                    f"got shape {pca.shape}")
+    raise DataError(
+      f"pca_matrix must be ({k * k}, code_len) for kernel_size {k}, got shape {pca.shape}"
+    )
 
 
 def _tf_autotune(value: int) -> int:
@@ -81,6 +90,7 @@ def _tf_autotune(value: int) -> int:
 @dataclasses.dataclass
 class _Plan:
   """Everything the per-example map needs (also used eagerly to locate corrupt files)."""
+
   store: ImageStore
   seed: int
   global_batch: int
@@ -105,8 +115,9 @@ class _Plan:
     return step, j, fold(fold(example_seed, step), j), idx
 
 
-def _example_fn(plan: _Plan, config: ml_collections.ConfigDict,
-                pca_matrix: np.ndarray) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
+def _example_fn(
+  plan: _Plan, config: ml_collections.ConfigDict, pca_matrix: np.ndarray
+) -> Callable[[tf.Tensor], dict[str, tf.Tensor]]:
   crop = config.data.hr_crop
   scale = config.model.scale
   deg = config.degradation
@@ -126,7 +137,8 @@ def _example_fn(plan: _Plan, config: ml_collections.ConfigDict,
   def make(n):
     _, _, seed, idx = plan.locate(n)
     rand_int = lambda i, hi: tf.random.stateless_uniform(
-        [], fold(seed, i), minval=tf.constant(0, tf.int64), maxval=hi, dtype=tf.int64)
+      [], fold(seed, i), minval=tf.constant(0, tf.int64), maxval=hi, dtype=tf.int64
+    )
     y0 = rand_int(0, heights[idx] - crop + 1)
     x0 = rand_int(1, widths[idx] - crop + 1)
     hr = tf.cast(crop_image(idx, y0, x0), tf.float32) / 255.0
@@ -140,10 +152,12 @@ def _example_fn(plan: _Plan, config: ml_collections.ConfigDict,
     hr = tf.ensure_shape(hr, [crop, crop, 3])
     kernel = degradation.sample_kernels(1, spec, fold(seed, 3))
     # A fixed noise level, or one drawn per image from [noise_sigma, noise_sigma_max].
-    sigma = (degradation.sample_noise_sigma(1, noise, fold(seed, 5))
-             if noise.sigma_max > noise.sigma_min else noise.sigma_min)
-    lr = degradation.degrade(hr[None], kernel, scale, noise_sigma=sigma,
-                             seed=fold(seed, 4))
+    sigma = (
+      degradation.sample_noise_sigma(1, noise, fold(seed, 5))
+      if noise.sigma_max > noise.sigma_min
+      else noise.sigma_min
+    )
+    lr = degradation.degrade(hr[None], kernel, scale, noise_sigma=sigma, seed=fold(seed, 4))
     if noise.jpeg_prob > 0:
       lr = degradation.apply_jpeg(lr, degradation.sample_jpeg_quality(1, noise, fold(seed, 6)))
     lr = lr[0]
@@ -154,12 +168,14 @@ def _example_fn(plan: _Plan, config: ml_collections.ConfigDict,
       out["lr_blurred"] = degradation.degrade(hr[None], kernel, scale)[0]
       out["lr_clean"] = degradation.imresize(hr, 1.0 / scale)
     return out
+
   return make
 
 
 def _resolve_processes(process_index, process_count) -> tuple[int, int]:
   if process_index is None or process_count is None:
     import jax
+
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
   return int(process_index), int(process_count)
@@ -178,8 +194,9 @@ def _build(config, pca_matrix, start_step, process_index, process_count):
   # source transformation of it and of `degradation` would cost ~4 s per start, for the
   # same graph.
   make = tf.autograph.experimental.do_not_convert(_example_fn(plan, config, pca_matrix))
-  ds = ds.map(make, num_parallel_calls=_tf_autotune(config.data.num_parallel_calls),
-              deterministic=True)
+  ds = ds.map(
+    make, num_parallel_calls=_tf_autotune(config.data.num_parallel_calls), deterministic=True
+  )
   ds = ds.batch(local, drop_remainder=True)
   if config.data.prefetch:
     ds = ds.prefetch(_tf_autotune(config.data.prefetch))
@@ -189,9 +206,14 @@ def _build(config, pca_matrix, start_step, process_index, process_count):
   return ds, plan
 
 
-def create_train_dataset(config: ml_collections.ConfigDict, pca_matrix: np.ndarray, *,
-                         start_step: int = 0, process_index: Optional[int] = None,
-                         process_count: Optional[int] = None) -> tf.data.Dataset:
+def create_train_dataset(
+  config: ml_collections.ConfigDict,
+  pca_matrix: np.ndarray,
+  *,
+  start_step: int = 0,
+  process_index: Optional[int] = None,
+  process_count: Optional[int] = None,
+) -> tf.data.Dataset:
   """The infinite tf.data.Dataset behind `create_train_iterator` (same arguments)."""
   return _build(config, pca_matrix, start_step, process_index, process_count)[0]
 
@@ -207,8 +229,9 @@ def _find_corrupt(plan: _Plan, step: int) -> Optional[str]:
   return None
 
 
-def _iterate(ds: tf.data.Dataset, plan: _Plan, start_step: int,
-             lookahead: int) -> Iterator[dict[str, np.ndarray]]:
+def _iterate(
+  ds: tf.data.Dataset, plan: _Plan, start_step: int, lookahead: int
+) -> Iterator[dict[str, np.ndarray]]:
   step = start_step
   it = ds.as_numpy_iterator()
   while True:
@@ -222,18 +245,22 @@ def _iterate(ds: tf.data.Dataset, plan: _Plan, start_step: int,
         for s in range(step, step + lookahead):
           culprit = _find_corrupt(plan, s)
           if culprit:
-            raise DataError(f"corrupt training image {culprit} (used at step {s}); "
-                            "remove or repair it") from e
+            raise DataError(
+              f"corrupt training image {culprit} (used at step {s}); remove or repair it"
+            ) from e
       raise
     yield batch
     step += 1
 
 
-def create_train_iterator(config: ml_collections.ConfigDict, pca_matrix: np.ndarray, *,
-                          start_step: int = 0,
-                          process_index: Optional[int] = None,
-                          process_count: Optional[int] = None
-                          ) -> Iterator[dict[str, np.ndarray]]:
+def create_train_iterator(
+  config: ml_collections.ConfigDict,
+  pca_matrix: np.ndarray,
+  *,
+  start_step: int = 0,
+  process_index: Optional[int] = None,
+  process_count: Optional[int] = None,
+) -> Iterator[dict[str, np.ndarray]]:
   """Yields host-local training batches for steps start_step, start_step + 1, ... (forever).
 
   Each batch (numpy, b = config.batch_size // process_count):
@@ -271,8 +298,7 @@ def _val_images(config: ml_collections.ConfigDict) -> tuple[list[str], list[np.n
   found = [(d, p) for d in dirs for p in list_image_files(d, "data.val_dir")]
   stems = [os.path.splitext(os.path.basename(p))[0] for _, p in found]
   if len(set(stems)) < len(stems):  # same stem in two sub-folders: use relative paths
-    stems = [os.path.splitext(os.path.relpath(p, d))[0].replace(os.sep, "_")
-             for d, p in found]
+    stems = [os.path.splitext(os.path.relpath(p, d))[0].replace(os.sep, "_") for d, p in found]
   names, images, bad = [], [], []
   for (_, path), stem in zip(found, stems):
     if limit is not None and len(images) >= limit:
@@ -291,8 +317,9 @@ def _val_images(config: ml_collections.ConfigDict) -> tuple[list[str], list[np.n
   return names, images
 
 
-def create_validation_set(config: ml_collections.ConfigDict,
-                          pca_matrix: np.ndarray) -> Optional[dict[str, Any]]:
+def create_validation_set(
+  config: ml_collections.ConfigDict, pca_matrix: np.ndarray
+) -> Optional[dict[str, Any]]:
   """A fixed Gaussian8-style validation set, synthesized once (None for val_source "none").
 
   HR images come from `data.val_dir` (sorted, recursive; "folder") or the held-out demo
@@ -319,16 +346,19 @@ def create_validation_set(config: ml_collections.ConfigDict,
     return None
   scale, k = config.model.scale, config.degradation.kernel_size
   if scale not in degradation.SUPPORTED_SCALES:
-    raise DataError(f"config.model.scale must be one of {degradation.SUPPORTED_SCALES}, "
-                    f"got {scale!r}")
+    raise DataError(
+      f"config.model.scale must be one of {degradation.SUPPORTED_SCALES}, got {scale!r}"
+    )
   crop = int(config.data.val_crop or 0)
   if crop < 0 or crop % scale:
-    raise DataError(f"config.data.val_crop must be 0 or a positive multiple of the scale "
-                    f"{scale}, got {crop}")
+    raise DataError(
+      f"config.data.val_crop must be 0 or a positive multiple of the scale {scale}, got {crop}"
+    )
   pca = np.asarray(pca_matrix, np.float32)
   if pca.ndim != 2 or pca.shape[0] != k * k:
-    raise DataError(f"pca_matrix must be ({k * k}, code_len) for kernel_size {k}, "
-                    f"got shape {pca.shape}")
+    raise DataError(
+      f"pca_matrix must be ({k * k}, code_len) for kernel_size {k}, got shape {pca.shape}"
+    )
   names, images = _val_images(config)
   kept_names, hrs, lrs, small = [], [], [], []
   for name, img in zip(names, images):
@@ -338,7 +368,7 @@ def create_validation_set(config: ml_collections.ConfigDict,
         small.append(f"{name} ({h}x{w})")
         continue
       y0, x0 = (h - crop) // 2, (w - crop) // 2
-      img = img[y0:y0 + crop, x0:x0 + crop]
+      img = img[y0 : y0 + crop, x0 : x0 + crop]
     else:
       img = degradation.modcrop(img, scale)
     if min(img.shape[:2]) < max(k, scale):
@@ -349,8 +379,9 @@ def create_validation_set(config: ml_collections.ConfigDict,
     hrs.append(img.astype(np.float32) / 255.0)
     lrs.append(lr.astype(np.float32) / 255.0)
   if small:
-    warn_list(f"skipping {len(small)} validation image(s) smaller than "
-              f"{crop or k}x{crop or k}", small)
+    warn_list(
+      f"skipping {len(small)} validation image(s) smaller than {crop or k}x{crop or k}", small
+    )
   if not hrs:
     raise DataError(f"config.data.val_crop = {crop}: no validation image is large enough")
   kernel = degradation.isotropic_gaussian_kernel(k, float(config.data.val_sigma)).numpy()

@@ -42,15 +42,15 @@ import numpy as np
 from dan_jax import image_io
 
 __all__ = [
-    'to_uint8',
-    'rgb_to_y',
-    'psnr_y',
-    'ssim_y',
-    'psnr_rgb',
-    'ssim_rgb',
-    'kernel_error',
-    'score_prediction',
-    'average',
+  "to_uint8",
+  "rgb_to_y",
+  "psnr_y",
+  "ssim_y",
+  "psnr_rgb",
+  "ssim_rgb",
+  "kernel_error",
+  "score_prediction",
+  "average",
 ]
 
 # MATLAB rgb2ycbcr luma weights for R, G, B in [0, 255] (ITU-R BT.601).
@@ -100,14 +100,13 @@ def rgb_to_y(img, data_range: float = 255.0) -> np.ndarray:
   x = np.asarray(img)
   if x.ndim < 1 or x.shape[-1] != 3:
     raise ValueError(
-        f'rgb_to_y expects an RGB image with a last axis of size 3, got shape '
-        f'{x.shape}.')
+      f"rgb_to_y expects an RGB image with a last axis of size 3, got shape {x.shape}."
+    )
   if x.dtype == np.uint8:
     if data_range != 255.0:
-      raise ValueError('rgb_to_y: uint8 input implies data_range=255.')
+      raise ValueError("rgb_to_y: uint8 input implies data_range=255.")
   elif not np.issubdtype(x.dtype, np.floating):
-    raise ValueError(
-        f'rgb_to_y expects uint8 or float input, got dtype {x.dtype}.')
+    raise ValueError(f"rgb_to_y expects uint8 or float input, got dtype {x.dtype}.")
   x = x.astype(np.float64)
   if data_range != 255.0:
     x = x * (255.0 / data_range)
@@ -118,25 +117,25 @@ def _check_pair(sr, gt, crop_border: int, name: str):
   """Validates a uint8 image pair and applies the border crop."""
   sr = np.asarray(sr)
   gt = np.asarray(gt)
-  for label, a in (('sr', sr), ('gt', gt)):
+  for label, a in (("sr", sr), ("gt", gt)):
     if a.dtype != np.uint8:
       raise ValueError(
-          f'{name}: {label} must be a uint8 image in [0, 255], got dtype '
-          f'{a.dtype}; convert [0, 1] float images with to_uint8 first.')
+        f"{name}: {label} must be a uint8 image in [0, 255], got dtype "
+        f"{a.dtype}; convert [0, 1] float images with to_uint8 first."
+      )
     if not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (1, 3))):
-      raise ValueError(
-          f'{name}: {label} must be HW, HW1 or HW3, got shape {a.shape}.')
+      raise ValueError(f"{name}: {label} must be HW, HW1 or HW3, got shape {a.shape}.")
   if sr.shape != gt.shape:
-    raise ValueError(
-        f'{name}: sr and gt shapes differ: {sr.shape} vs {gt.shape}.')
-  if isinstance(crop_border, bool) or not isinstance(
-      crop_border, (int, np.integer)) or crop_border < 0:
-    raise ValueError(
-        f'{name}: crop_border must be a non-negative int, got {crop_border!r}.')
+    raise ValueError(f"{name}: sr and gt shapes differ: {sr.shape} vs {gt.shape}.")
+  if (
+    isinstance(crop_border, bool)
+    or not isinstance(crop_border, (int, np.integer))
+    or crop_border < 0
+  ):
+    raise ValueError(f"{name}: crop_border must be a non-negative int, got {crop_border!r}.")
   h, w = sr.shape[:2]
   if 2 * crop_border >= min(h, w):
-    raise ValueError(
-        f'{name}: crop_border={crop_border} leaves nothing of a {h}x{w} image.')
+    raise ValueError(f"{name}: crop_border={crop_border} leaves nothing of a {h}x{w} image.")
   if crop_border:
     sl = (slice(crop_border, -crop_border), slice(crop_border, -crop_border))
     sr, gt = sr[sl], gt[sl]
@@ -154,7 +153,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
   """PSNR (dB) for float64 arrays in [0, 255]; inf if identical."""
   mse = np.mean((a - b) ** 2)
   if mse == 0:
-    return float('inf')
+    return float("inf")
   return 20.0 * math.log10(255.0 / math.sqrt(mse))
 
 
@@ -181,8 +180,7 @@ def _ssim_2d(a: np.ndarray, b: np.ndarray) -> float:
   s1 = _filter_valid(a * a, k) - mu1_sq
   s2 = _filter_valid(b * b, k) - mu2_sq
   s12 = _filter_valid(a * b, k) - mu12
-  ssim_map = ((2 * mu12 + _C1) * (2 * s12 + _C2)) / (
-      (mu1_sq + mu2_sq + _C1) * (s1 + s2 + _C2))
+  ssim_map = ((2 * mu12 + _C1) * (2 * s12 + _C2)) / ((mu1_sq + mu2_sq + _C1) * (s1 + s2 + _C2))
   return float(ssim_map.mean())
 
 
@@ -190,8 +188,8 @@ def _check_ssim_size(img: np.ndarray, name: str):
   h, w = img.shape[:2]
   if min(h, w) < _SSIM_WIN:
     raise ValueError(
-        f'{name}: image is {h}x{w} after cropping; SSIM needs at least '
-        f'{_SSIM_WIN}x{_SSIM_WIN}.')
+      f"{name}: image is {h}x{w} after cropping; SSIM needs at least {_SSIM_WIN}x{_SSIM_WIN}."
+    )
 
 
 def psnr_y(sr, gt, crop_border: int) -> float:
@@ -205,31 +203,33 @@ def psnr_y(sr, gt, crop_border: int) -> float:
   Returns:
     PSNR in dB; ``float('inf')`` for identical Y channels.
   """
-  sr, gt = _check_pair(sr, gt, crop_border, 'psnr_y')
+  sr, gt = _check_pair(sr, gt, crop_border, "psnr_y")
   return _psnr(_luma(sr), _luma(gt))
 
 
 def ssim_y(sr, gt, crop_border: int) -> float:
   """SSIM on the float Y channel, official DAN protocol (see psnr_y)."""
-  sr, gt = _check_pair(sr, gt, crop_border, 'ssim_y')
-  _check_ssim_size(sr, 'ssim_y')
+  sr, gt = _check_pair(sr, gt, crop_border, "ssim_y")
+  _check_ssim_size(sr, "ssim_y")
   return _ssim_2d(_luma(sr), _luma(gt))
 
 
 def psnr_rgb(sr, gt, crop_border: int) -> float:
   """PSNR (dB) over all channels of uint8 images (official "PSNR")."""
-  sr, gt = _check_pair(sr, gt, crop_border, 'psnr_rgb')
+  sr, gt = _check_pair(sr, gt, crop_border, "psnr_rgb")
   return _psnr(sr.astype(np.float64), gt.astype(np.float64))
 
 
 def ssim_rgb(sr, gt, crop_border: int) -> float:
   """SSIM of uint8 images: mean of per-channel SSIMs (official "SSIM")."""
-  sr, gt = _check_pair(sr, gt, crop_border, 'ssim_rgb')
-  _check_ssim_size(sr, 'ssim_rgb')
+  sr, gt = _check_pair(sr, gt, crop_border, "ssim_rgb")
+  _check_ssim_size(sr, "ssim_rgb")
   if sr.ndim == 2:
     sr, gt = sr[..., None], gt[..., None]
-  vals = [_ssim_2d(sr[..., c].astype(np.float64), gt[..., c].astype(np.float64))
-          for c in range(sr.shape[2])]
+  vals = [
+    _ssim_2d(sr[..., c].astype(np.float64), gt[..., c].astype(np.float64))
+    for c in range(sr.shape[2])
+  ]
   return float(np.mean(vals))
 
 
@@ -267,36 +267,41 @@ def kernel_error(est, true, normalize: bool = False) -> Dict[str, float]:
   e = np.asarray(est, dtype=np.float64)
   t = np.asarray(true, dtype=np.float64)
   if e.ndim != 2 or t.ndim != 2:
-    raise ValueError(
-        f'kernel_error expects 2-D kernels, got shapes {e.shape} and '
-        f'{t.shape}.')
+    raise ValueError(f"kernel_error expects 2-D kernels, got shapes {e.shape} and {t.shape}.")
   if normalize:
     se, st = e.sum(), t.sum()
     if se == 0 or st == 0:
-      raise ValueError('kernel_error: cannot normalize a zero-sum kernel.')
+      raise ValueError("kernel_error: cannot normalize a zero-sum kernel.")
     e, t = e / se, t / st
   shape = (max(e.shape[0], t.shape[0]), max(e.shape[1], t.shape[1]))
   e, t = _center_pad(e, shape), _center_pad(t, shape)
   diff = e - t
-  mse = float(np.mean(diff ** 2))
+  mse = float(np.mean(diff**2))
   peak = float(t.max())
   if mse == 0:
-    psnr = float('inf')
+    psnr = float("inf")
   elif peak <= 0:
-    psnr = float('nan')
+    psnr = float("nan")
   else:
     psnr = 10.0 * math.log10(peak * peak / mse)
   return {
-      'mse': mse,
-      'mae': float(np.mean(np.abs(diff))),
-      'sad': float(np.sum(np.abs(diff))),
-      'psnr': psnr,
+    "mse": mse,
+    "mae": float(np.mean(np.abs(diff))),
+    "sad": float(np.sum(np.abs(diff))),
+    "psnr": psnr,
   }
 
 
-def score_prediction(sr, hr, scale: int, *, crop_border: Optional[int] = None,
-                     kernel=None, true_kernel=None,
-                     rgb: bool = False) -> Dict[str, float]:
+def score_prediction(
+  sr,
+  hr,
+  scale: int,
+  *,
+  crop_border: Optional[int] = None,
+  kernel=None,
+  true_kernel=None,
+  rgb: bool = False,
+) -> Dict[str, float]:
   """One super-resolved image's scores by the official protocol (the one scoring rule).
 
   Used by validation during training, `dan_jax.evaluate` and the kernel-space sweep.
@@ -318,11 +323,11 @@ def score_prediction(sr, hr, scale: int, *, crop_border: Optional[int] = None,
   crop = scale if crop_border is None else crop_border
   sr = sr if np.asarray(sr).dtype == np.uint8 else to_uint8(sr)
   hr = hr if np.asarray(hr).dtype == np.uint8 else to_uint8(hr)
-  out = {'psnr_y': psnr_y(sr, hr, crop), 'ssim_y': ssim_y(sr, hr, crop)}
+  out = {"psnr_y": psnr_y(sr, hr, crop), "ssim_y": ssim_y(sr, hr, crop)}
   if rgb:
     out.update(psnr_rgb=psnr_rgb(sr, hr, crop), ssim_rgb=ssim_rgb(sr, hr, crop))
   if kernel is not None and true_kernel is not None:
-    out.update({f'kernel_{k}': v for k, v in kernel_error(kernel, true_kernel).items()})
+    out.update({f"kernel_{k}": v for k, v in kernel_error(kernel, true_kernel).items()})
   return out
 
 
@@ -335,9 +340,9 @@ def average(values: Iterable[float], ignore_inf: bool = False) -> float:
   """
   v = np.asarray(list(values), dtype=np.float64)
   if v.size == 0:
-    raise ValueError('average: no values.')
+    raise ValueError("average: no values.")
   if ignore_inf:
     v = v[~np.isinf(v)]
     if v.size == 0:
-      return float('nan')
+      return float("nan")
   return float(v.sum() / v.size)

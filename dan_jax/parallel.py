@@ -32,8 +32,9 @@ def create_mesh(devices: Optional[Sequence[Any]] = None) -> Mesh:
   """
   devices = list(jax.devices() if devices is None else devices)
   try:
-    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
-                         devices=devices)
+    return jax.make_mesh(
+      (len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices
+    )
   except ValueError:  # multi-slice topologies
     return Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(AxisType.Auto,))
 
@@ -57,8 +58,10 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
   n = mesh.devices.size
   hosts = len({d.process_index for d in mesh.devices.flat})
   if batch_size % n or batch_size % hosts:
-    raise ShardingError(f"config.batch_size = {batch_size} does not divide over the {n} "
-                        f"devices (of {hosts} host(s)): use a multiple of {n}")
+    raise ShardingError(
+      f"config.batch_size = {batch_size} does not divide over the {n} "
+      f"devices (of {hosts} host(s)): use a multiple of {n}"
+    )
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -77,7 +80,8 @@ def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
 def to_global(tree: Any, sharding: NamedSharding) -> Any:
   """Host-local numpy arrays -> global jax.Arrays (each host gives its own slice)."""
   return jax.tree_util.tree_map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
+    lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree
+  )
 
 
 def global_from_full(x: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -44,8 +44,9 @@ def fit(img: Image.Image, height: int) -> Image.Image:
   return img.resize((w, height), Image.NEAREST)
 
 
-def panel_row(images: Sequence[Image.Image], captions: Sequence[str], height: int = 192,
-              gap: int = 6) -> Image.Image:
+def panel_row(
+  images: Sequence[Image.Image], captions: Sequence[str], height: int = 192, gap: int = 6
+) -> Image.Image:
   """Images side by side at one height on white, each with a caption above."""
   images = [fit(im, height) for im in images]
   band = 20 * max(c.count("\n") + 1 for c in captions)  # 20 px per caption line
@@ -62,8 +63,11 @@ def panel_row(images: Sequence[Image.Image], captions: Sequence[str], height: in
 
 def stack(rows: Sequence[Image.Image], gap: int = 6) -> Image.Image:
   """Pictures one above the other (left-aligned) on white."""
-  out = Image.new("RGB", (max(r.width for r in rows),
-                          sum(r.height for r in rows) + gap * (len(rows) - 1)), "white")
+  out = Image.new(
+    "RGB",
+    (max(r.width for r in rows), sum(r.height for r in rows) + gap * (len(rows) - 1)),
+    "white",
+  )
   y = 0
   for r in rows:
     out.paste(r, (0, y))

@@ -12,16 +12,19 @@ import re
 import sys
 
 # Distributions that register a JAX accelerator backend (PJRT plugins, libtpu).
-_PLUGIN_RE = re.compile(r"^(jax[-_.]?cuda\d*[-_.]plugin|jax[-_.]?cuda\d*[-_.]pjrt|"
-                        r"jax[-_.]?rocm\d*[-_.]plugin|jax[-_.]?rocm\d*[-_.]pjrt|libtpu.*|"
-                        r"jax[-_.]?tpu.*)$", re.IGNORECASE)
+_PLUGIN_RE = re.compile(
+  r"^(jax[-_.]?cuda\d*[-_.]plugin|jax[-_.]?cuda\d*[-_.]pjrt|"
+  r"jax[-_.]?rocm\d*[-_.]plugin|jax[-_.]?rocm\d*[-_.]pjrt|libtpu.*|"
+  r"jax[-_.]?tpu.*)$",
+  re.IGNORECASE,
+)
 
 
 def accelerator_plugins() -> list[str]:
   """Installed JAX accelerator plugins (by distribution name), without starting JAX."""
   found = set()
   for dist in importlib.metadata.distributions():
-    name = (dist.metadata.get("Name") or "")
+    name = dist.metadata.get("Name") or ""
     if _PLUGIN_RE.match(name):
       found.add(name)
   try:

@@ -15,17 +15,19 @@ from typing import Any, Iterator
 #   this anyway.
 # 'default': the platform's fastest float32 (one bf16 pass on TPU, TF32 on Ampere+ GPUs).
 # 'bfloat16': activations in bfloat16 (params and the loss stay float32), default passes.
-PRECISIONS = {"highest": ("highest", None), "default": (None, None),
-              "bfloat16": (None, "bfloat16")}
+PRECISIONS = {"highest": ("highest", None), "default": (None, None), "bfloat16": (None, "bfloat16")}
 
 
 def add_precision_flag(parser: Any) -> None:
   """`--precision` of the inference command lines (evaluate, infer): one of PRECISIONS."""
   parser.add_argument(
-      "--precision", default="highest", choices=tuple(PRECISIONS),
-      help="matmul/convolution precision: highest (default) = float32 on every platform, "
-           "the paper protocol's numbers; default = the platform's fast float32 (one bf16 "
-           "pass on TPU, TF32 on GPU); bfloat16 = bfloat16 activations")
+    "--precision",
+    default="highest",
+    choices=tuple(PRECISIONS),
+    help="matmul/convolution precision: highest (default) = float32 on every platform, "
+    "the paper protocol's numbers; default = the platform's fast float32 (one bf16 "
+    "pass on TPU, TF32 on GPU); bfloat16 = bfloat16 activations",
+  )
 
 
 def check_precision(name: str) -> str:
@@ -53,5 +55,6 @@ def precision_scope(name: str) -> Iterator[None]:
     yield
     return
   import jax  # only when a scope is entered: this module stays importable without JAX
+
   with jax.default_matmul_precision(matmul):
     yield

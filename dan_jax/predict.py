@@ -94,8 +94,9 @@ def _ramp(d: np.ndarray, margin: float, width: float) -> np.ndarray:
   return 0.5 - 0.5 * np.cos(np.pi * t)
 
 
-def axis_window(length: int, cut_before: bool, cut_after: bool, scale: int, margin: float,
-                width: float) -> np.ndarray:
+def axis_window(
+  length: int, cut_before: bool, cut_after: bool, scale: int, margin: float, width: float
+) -> np.ndarray:
   """Blend weights along one axis of a tile, sampled at scale x its LR length.
 
   Distances are from pixel centres to the tile's cut edges, in LR pixels; an axis end that
@@ -145,10 +146,19 @@ class Predictor:
     devices: the devices to shard over (default: all of this process's devices).
   """
 
-  def __init__(self, model_config: Any, variables: dict, *, self_ensemble: bool = False,
-               tile: int = 0, tile_overlap: Optional[int] = None, batch_size: int = 8,
-               pad_to_multiple: int = 0, precision: str = "highest",
-               devices: Optional[Sequence[Any]] = None):
+  def __init__(
+    self,
+    model_config: Any,
+    variables: dict,
+    *,
+    self_ensemble: bool = False,
+    tile: int = 0,
+    tile_overlap: Optional[int] = None,
+    batch_size: int = 8,
+    pad_to_multiple: int = 0,
+    precision: str = "highest",
+    devices: Optional[Sequence[Any]] = None,
+  ):
     try:
       self.precision = precision_lib.check_precision(precision)
     except ValueError as e:
@@ -158,25 +168,31 @@ class Predictor:
       self.spec = dataclasses.replace(self.spec, dtype=jnp.bfloat16)
     self.model = models.create_model(self.spec)
     self.self_ensemble = bool(self_ensemble)
-    for name, value in (("tile", tile), ("batch_size", batch_size),
-                        ("pad_to_multiple", pad_to_multiple)):
+    for name, value in (
+      ("tile", tile),
+      ("batch_size", batch_size),
+      ("pad_to_multiple", pad_to_multiple),
+    ):
       if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
         raise InferenceError(f"{name} must be a non-negative integer, got {value!r}")
     if batch_size < 1:
       raise InferenceError(f"batch_size must be at least 1, got {batch_size}")
     if tile and self.spec.version == "DCLS":
-      raise InferenceError("tiled inference is not available for DCLS: its Fourier "
-                           "deconvolution and kernel estimate see the whole image; run "
-                           "whole images (--tile 0)")
+      raise InferenceError(
+        "tiled inference is not available for DCLS: its Fourier "
+        "deconvolution and kernel estimate see the whole image; run "
+        "whole images (--tile 0)"
+      )
     self.rf_restorer, self.rf_estimator = receptive_fields(self.spec)
     if tile_overlap is None:
       tile_overlap = default_tile_overlap(self.spec) if tile else 0
     if tile and not 0 <= tile_overlap < tile:
       raise InferenceError(
-          f"tile overlap {tile_overlap} must be >= 0 and smaller than the tile ({tile}); "
-          f"the exact overlap for this model is {default_tile_overlap(self.spec)} "
-          "(2 x the Restorer's receptive-field radius): use a larger --tile, or a smaller "
-          "--tile_overlap for approximate (feathered) tiles")
+        f"tile overlap {tile_overlap} must be >= 0 and smaller than the tile ({tile}); "
+        f"the exact overlap for this model is {default_tile_overlap(self.spec)} "
+        "(2 x the Restorer's receptive-field radius): use a larger --tile, or a smaller "
+        "--tile_overlap for approximate (feathered) tiles"
+      )
     self.tile, self.tile_overlap = int(tile), int(tile_overlap)
     self.mesh = parallel.local_mesh() if devices is None else parallel.create_mesh(devices)
     self.num_devices = int(self.mesh.devices.size)
@@ -185,10 +201,8 @@ class Predictor:
     rep, data = parallel.replicated(self.mesh), parallel.data_sharded(self.mesh)
     self.variables = jax.device_put(variables, rep)
     self._whole = jax.jit(self._whole_fn, in_shardings=(rep, data), out_shardings=data)
-    self._restore = jax.jit(self._restore_fn, in_shardings=(rep, data, rep),
-                            out_shardings=data)
-    self._pool = jax.jit(self._pool_fn, in_shardings=(rep, data, data, data),
-                         out_shardings=rep)
+    self._restore = jax.jit(self._restore_fn, in_shardings=(rep, data, rep), out_shardings=data)
+    self._pool = jax.jit(self._pool_fn, in_shardings=(rep, data, data, data), out_shardings=rep)
 
   @property
   def scale(self) -> int:
@@ -215,20 +229,32 @@ class Predictor:
 
   def _restore_fn(self, variables, lr, code):
     code = jnp.broadcast_to(code, (lr.shape[0], code.shape[-1]))
-    return self._step().apply({"params": variables["params"]["alternate"]}, lr, code,
-                              method=lambda m, x, c: m.restorer(x, c).astype(jnp.float32))
+    return self._step().apply(
+      {"params": variables["params"]["alternate"]},
+      lr,
+      code,
+      method=lambda m, x, c: m.restorer(x, c).astype(jnp.float32),
+    )
 
   def _pool_fn(self, variables, sr, lr, weights):
     """Sum over tiles of weights * the Estimator's features before its global pool."""
     feature = "tail_conv" if self.spec.version == "DANv2" else "out"
 
     def capture(mdl, method_name):
-      return (method_name == "__call__" and mdl.name == feature and
-              mdl.parent is not None and getattr(mdl.parent, "name", None) == "estimator")
+      return (
+        method_name == "__call__"
+        and mdl.name == feature
+        and mdl.parent is not None
+        and getattr(mdl.parent, "name", None) == "estimator"
+      )
 
     _, state = self._step().apply(
-        {"params": variables["params"]["alternate"]}, sr, lr,
-        method=lambda m, s, x: m.estimator(s, x), capture_intermediates=capture)
+      {"params": variables["params"]["alternate"]},
+      sr,
+      lr,
+      method=lambda m, s, x: m.estimator(s, x),
+      capture_intermediates=capture,
+    )
     f = state["intermediates"]["estimator"][feature]["__call__"][0]
     return jnp.einsum("bhw,bhwc->c", weights, f.astype(jnp.float32))
 
@@ -238,7 +264,8 @@ class Predictor:
       return pooled.astype(np.float32), None
     tail = self.variables["params"]["alternate"]["estimator"]["tail_kernel"]
     logits = pooled @ np.asarray(tail["kernel"], np.float64)[0, 0] + np.asarray(
-        tail["bias"], np.float64)
+      tail["bias"], np.float64
+    )
     kernel = np.exp(logits - logits.max())
     kernel /= kernel.sum()
     code = kernel @ np.asarray(self.variables["pca"]["matrix"], np.float64)
@@ -258,10 +285,11 @@ class Predictor:
     with precision_lib.precision_scope(self.precision):
       sr, code, kernel = jax.device_get(self._whole(self.variables, x))
     s = self.scale
-    sr = np.asarray(sr[:n, :h * s, :w * s], np.float32)
-    return [Prediction(sr[i], np.asarray(code[i]),
-                       None if kernel is None else np.asarray(kernel[i]))
-            for i in range(n)]
+    sr = np.asarray(sr[:n, : h * s, : w * s], np.float32)
+    return [
+      Prediction(sr[i], np.asarray(code[i]), None if kernel is None else np.asarray(kernel[i]))
+      for i in range(n)
+    ]
 
   # ---- tiles ----
 
@@ -283,26 +311,27 @@ class Predictor:
     def raw(y, x):
       key = (y > 0, y + th < h, x > 0, x + tw < w)
       if key not in cache:
-        cache[key] = np.outer(axis_window(th, key[0], key[1], scale, margin, width),
-                              axis_window(tw, key[2], key[3], scale, margin, width)
-                              ).astype(np.float32)
+        cache[key] = np.outer(
+          axis_window(th, key[0], key[1], scale, margin, width),
+          axis_window(tw, key[2], key[3], scale, margin, width),
+        ).astype(np.float32)
       return cache[key]
 
     total = np.zeros((h * scale, w * scale), np.float32)
     for y, x in boxes:
-      total[y * scale:(y + th) * scale, x * scale:(x + tw) * scale] += raw(y, x)
+      total[y * scale : (y + th) * scale, x * scale : (x + tw) * scale] += raw(y, x)
     if not np.all(total > 0):
       raise AssertionError("tile windows leave pixels uncovered")  # a bug, not user input
 
     def window(i):
       y, x = boxes[i]
-      return raw(y, x) / total[y * scale:(y + th) * scale, x * scale:(x + tw) * scale]
+      return raw(y, x) / total[y * scale : (y + th) * scale, x * scale : (x + tw) * scale]
 
     return window
 
   def _batches(self, items: Sequence[Any]):
     for i in range(0, len(items), self.batch_size):
-      yield i, items[i:i + self.batch_size]
+      yield i, items[i : i + self.batch_size]
 
   def _pad_batch(self, arrays: list[np.ndarray], size: int) -> np.ndarray:
     x = np.stack(arrays)
@@ -317,7 +346,7 @@ class Predictor:
     size = parallel.round_up(min(self.batch_size, len(boxes)), self.num_devices)
     sr_win = self._windows(h, w, th, tw, boxes, s, self.rf_restorer)
     lr_win = self._windows(h, w, th, tw, boxes, 1, self.rf_estimator)
-    lr_tile = lambda y, x: lr[y:y + th, x:x + tw]
+    lr_tile = lambda y, x: lr[y : y + th, x : x + tw]
     pca = np.asarray(self.variables["pca"]["matrix"])
     code = np.asarray(models.delta_code(pca, self.spec.kernel_size))[None]
     kernel = None
@@ -328,11 +357,12 @@ class Predictor:
         with precision_lib.precision_scope(self.precision):
           out = np.asarray(self._restore(self.variables, tiles, code))
         for j, (y, x) in enumerate(group):
-          sr[y * s:(y + th) * s, x * s:(x + tw) * s] += out[j] * sr_win(i + j)[..., None]
+          sr[y * s : (y + th) * s, x * s : (x + tw) * s] += out[j] * sr_win(i + j)[..., None]
       pooled = 0.0
       for i, group in self._batches(boxes):
-        sr_tiles = self._pad_batch([sr[y * s:(y + th) * s, x * s:(x + tw) * s]
-                                    for y, x in group], size)
+        sr_tiles = self._pad_batch(
+          [sr[y * s : (y + th) * s, x * s : (x + tw) * s] for y, x in group], size
+        )
         lr_tiles = self._pad_batch([lr_tile(y, x) for y, x in group], size)
         weights = self._pad_batch([lr_win(i + j) / (h * w) for j in range(len(group))], size)
         with precision_lib.precision_scope(self.precision):
@@ -380,10 +410,13 @@ class Predictor:
       if self.has_kernel:
         kernels.append(_untransform(np.stack([p.kernel for p in preds]), i))
     sr = np.mean(srs, axis=0, dtype=np.float64).astype(np.float32)
-    kernel = (np.mean(kernels, axis=0, dtype=np.float64).astype(np.float32)
-              if self.has_kernel else None)
-    return [Prediction(sr[j], first[j].code, None if kernel is None else kernel[j])
-            for j in range(len(lrs))]
+    kernel = (
+      np.mean(kernels, axis=0, dtype=np.float64).astype(np.float32) if self.has_kernel else None
+    )
+    return [
+      Prediction(sr[j], first[j].code, None if kernel is None else kernel[j])
+      for j in range(len(lrs))
+    ]
 
   def predict(self, lr: np.ndarray) -> Prediction:
     """Super-resolves one LR image [H, W, 3] (float in [0, 1])."""

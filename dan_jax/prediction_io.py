@@ -28,31 +28,56 @@ from dan_jax.prediction import Prediction
 
 def add_predictor_flags(parser: argparse.ArgumentParser) -> None:
   """The flags of a `predict.Predictor`: weights, self-ensemble, tiles, batching, precision."""
-  parser.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True,
-                      help="use the EMA weights when the checkpoint has them (default: yes)")
-  parser.add_argument("--self_ensemble", action="store_true",
-                      help="average the 8 flips/transposes (official test_x8)")
-  parser.add_argument("--tile", type=int, default=0,
-                      help="LR tile size for images larger than this (0: whole images)")
-  parser.add_argument("--tile_overlap", type=int, default=None,
-                      help="overlap of neighbouring tiles in LR pixels (default: 2x the "
-                           "Restorer's receptive-field radius, which makes DANv2 tiles exact)")
-  parser.add_argument("--batch_size", type=int, default=8,
-                      help="images (or tiles) per call, sharded over all devices (rounded up "
-                           "to a multiple of the device count)")
-  parser.add_argument("--pad_to_multiple", type=int, default=0,
-                      help="pad LR to a multiple of N to share compilations across sizes "
-                           "(APPROXIMATE; default 0: exact sizes)")
+  parser.add_argument(
+    "--use_ema",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="use the EMA weights when the checkpoint has them (default: yes)",
+  )
+  parser.add_argument(
+    "--self_ensemble", action="store_true", help="average the 8 flips/transposes (official test_x8)"
+  )
+  parser.add_argument(
+    "--tile", type=int, default=0, help="LR tile size for images larger than this (0: whole images)"
+  )
+  parser.add_argument(
+    "--tile_overlap",
+    type=int,
+    default=None,
+    help="overlap of neighbouring tiles in LR pixels (default: 2x the "
+    "Restorer's receptive-field radius, which makes DANv2 tiles exact)",
+  )
+  parser.add_argument(
+    "--batch_size",
+    type=int,
+    default=8,
+    help="images (or tiles) per call, sharded over all devices (rounded up "
+    "to a multiple of the device count)",
+  )
+  parser.add_argument(
+    "--pad_to_multiple",
+    type=int,
+    default=0,
+    help="pad LR to a multiple of N to share compilations across sizes "
+    "(APPROXIMATE; default 0: exact sizes)",
+  )
   precision_lib.add_precision_flag(parser)
 
 
-def build_predictor(args: argparse.Namespace, model_config: Any,
-                    variables: dict) -> predict.Predictor:
+def build_predictor(
+  args: argparse.Namespace, model_config: Any, variables: dict
+) -> predict.Predictor:
   """The Predictor the flags of `add_predictor_flags` ask for."""
-  return predict.Predictor(model_config, variables, self_ensemble=args.self_ensemble,
-                           tile=args.tile, tile_overlap=args.tile_overlap,
-                           batch_size=args.batch_size, pad_to_multiple=args.pad_to_multiple,
-                           precision=args.precision)
+  return predict.Predictor(
+    model_config,
+    variables,
+    self_ensemble=args.self_ensemble,
+    tile=args.tile,
+    tile_overlap=args.tile_overlap,
+    batch_size=args.batch_size,
+    pad_to_multiple=args.pad_to_multiple,
+    precision=args.precision,
+  )
 
 
 # ---------------------------------------------------------------------------------------
@@ -75,8 +100,11 @@ def output_paths(input_path: str, out_dir: str, scale: int, has_kernel: bool) ->
   name = storage.path(input_path).name
   stem = storage.join(out_dir, f"{os.path.splitext(name)[0]}_x{scale}")
   if has_kernel:
-    return {"sr": stem + ".png", "kernel_png": stem + "_kernel.png",
-            "kernel_npy": stem + "_kernel.npy"}
+    return {
+      "sr": stem + ".png",
+      "kernel_png": stem + "_kernel.png",
+      "kernel_npy": stem + "_kernel.npy",
+    }
   return {"sr": stem + ".png", "code_npy": stem + "_code.npy"}
 
 
@@ -86,8 +114,13 @@ def _npy_bytes(a: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def save_prediction(pred: Prediction, paths: dict, image: Optional[image_io.LoadedImage],
-                    scale: int, overwrite: bool = False) -> None:
+def save_prediction(
+  pred: Prediction,
+  paths: dict,
+  image: Optional[image_io.LoadedImage],
+  scale: int,
+  overwrite: bool = False,
+) -> None:
   """Writes the SR image (in the input's form when `image` is given) and kernel/code."""
   if image is None:
     pixels = image_io.quantize(pred.sr, 8)

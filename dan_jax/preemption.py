@@ -34,10 +34,10 @@ class PreemptionWatch:
     self.calls = 0
     self.source = "SIGTERM"
     self._previous = None
-    self.jax_sync = bool(jax.distributed.is_initialized() and
-                         jax.config.jax_enable_preemption_service)
-    self._installed = (not self.jax_sync and
-                       threading.current_thread() is threading.main_thread())
+    self.jax_sync = bool(
+      jax.distributed.is_initialized() and jax.config.jax_enable_preemption_service
+    )
+    self._installed = not self.jax_sync and threading.current_thread() is threading.main_thread()
     if self._installed:
       self._previous = signal.signal(signal.SIGTERM, self._handle)
 
@@ -52,6 +52,7 @@ class PreemptionWatch:
     if not self.jax_sync and jax.process_count() == 1:
       return self.requested
     from jax.experimental import multihost_utils
+
     if self.jax_sync:
       if multihost_utils.reached_preemption_sync_point(self.calls):
         self.source = "JAX preemption notice"
@@ -64,6 +65,7 @@ class PreemptionWatch:
 
   def close(self) -> None:
     if self._installed:
-      signal.signal(signal.SIGTERM, self._previous if self._previous is not None
-                    else signal.SIG_DFL)
+      signal.signal(
+        signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL
+      )
       self._installed = False

@@ -32,6 +32,7 @@ class Recovery:
 
   A resumed run restores it with the state, so it repeats the same rollbacks bit for bit.
   """
+
   data_offset: int = 0  # = state.data_offset: batches passed over by rollbacks
   rollbacks: int = 0  # rollbacks in all
   streak: int = 0  # rollbacks since a checkpoint was saved past the last failure
@@ -50,8 +51,7 @@ class Recovery:
     return dataclasses.asdict(self)
 
 
-def rollback_target(managers: tuple, limit: int
-                    ) -> Optional[tuple[ocp.CheckpointManager, int]]:
+def rollback_target(managers: tuple, limit: int) -> Optional[tuple[ocp.CheckpointManager, int]]:
   """The newest checkpoint at or before `limit` in the managers (the first wins a tie)."""
   found = None
   for m in managers:
@@ -61,29 +61,46 @@ def rollback_target(managers: tuple, limit: int
   return found
 
 
-def diverged(kind: str, step: int, what: str, rec: Recovery, max_rollbacks: int,
-             target: Optional[tuple], directory: str) -> DivergedError:
+def diverged(
+  kind: str,
+  step: int,
+  what: str,
+  rec: Recovery,
+  max_rollbacks: int,
+  target: Optional[tuple],
+  directory: str,
+) -> DivergedError:
   """The error that ends a run whose rollbacks did not help: what happened, what to do."""
-  kept = (f"the last good checkpoint is step {target[1]} in {target[0].directory} (not "
-          "overwritten)" if target else f"no checkpoint to roll back to in {directory}")
-  tried = (f"after {rec.streak - 1} rollback(s) in a row (config.max_rollbacks = "
-           f"{max_rollbacks})" if target else "and there is nothing to roll back to")
+  kept = (
+    f"the last good checkpoint is step {target[1]} in {target[0].directory} (not overwritten)"
+    if target
+    else f"no checkpoint to roll back to in {directory}"
+  )
+  tried = (
+    f"after {rec.streak - 1} rollback(s) in a row (config.max_rollbacks = {max_rollbacks})"
+    if target
+    else "and there is nothing to roll back to"
+  )
   if kind == "nonfinite":
-    advice = ("Lower config.learning_rate, set config.clip_grad_norm (e.g. 0.5) or check "
-              "the data")
+    advice = "Lower config.learning_rate, set config.clip_grad_norm (e.g. 0.5) or check the data"
     cls = NonFiniteLossError
   else:
-    advice = ("Lower config.learning_rate (or add config.lr_milestones earlier), set "
-              "config.clip_grad_norm (e.g. 0.5), or raise config.collapse_psnr_drop if "
-              "such drops are normal for this data")
+    advice = (
+      "Lower config.learning_rate (or add config.lr_milestones earlier), set "
+      "config.clip_grad_norm (e.g. 0.5), or raise config.collapse_psnr_drop if "
+      "such drops are normal for this data"
+    )
     cls = CollapseError
-  return cls(f"training stopped at step {step}: {what}, {tried}; {kept}. {advice}, then "
-             "run the same command (or raise config.max_rollbacks).")
+  return cls(
+    f"training stopped at step {step}: {what}, {tried}; {kept}. {advice}, then "
+    "run the same command (or raise config.max_rollbacks)."
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class Rollbacks:
   """What a rollback needs: the checkpoints, the limit, where to restore and report."""
+
   manager: ocp.CheckpointManager  # the latest checkpoints
   best_manager: Optional[ocp.CheckpointManager]  # the best one (config.keep_best)
   max_rollbacks: int  # config.max_rollbacks: rollbacks in a row before giving up
@@ -94,8 +111,9 @@ class Rollbacks:
   log: bool  # process 0 logs
 
 
-def rollback(rec: Recovery, state: TrainState, step: int, kind: str, what: str,
-             limit: int, ctx: Rollbacks) -> tuple[TrainState, int]:
+def rollback(
+  rec: Recovery, state: TrainState, step: int, kind: str, what: str, limit: int, ctx: Rollbacks
+) -> tuple[TrainState, int]:
   """Restores the newest checkpoint at or before `limit`; returns (state, its step).
 
   Updates `rec`; raises `diverged(...)` when there is nothing to roll back to or
@@ -120,14 +138,24 @@ def rollback(rec: Recovery, state: TrainState, step: int, kind: str, what: str,
   rec.data_offset += step - to_step
   rec.good_step = to_step
   as_global = lambda x: parallel.to_global(np.asarray(x, np.int32), ctx.sharding)
-  restored = restored.replace(data_offset=as_global(rec.data_offset),
-                              nonfinite_run=as_global(0), skipped=as_global(skipped))
+  restored = restored.replace(
+    data_offset=as_global(rec.data_offset), nonfinite_run=as_global(0), skipped=as_global(skipped)
+  )
   if ctx.log:
     logging.warning(
-        "step %d: %s; rollback %d (%d in a row, config.max_rollbacks = %d): restored "
-        "%s/%d and moved the data stream past %d batches (data offset now %d)", step,
-        what, rec.rollbacks, rec.streak, ctx.max_rollbacks, source.directory, to_step,
-        step - to_step, rec.data_offset)
-  ctx.writer.write_scalars(step, {"recovery/rollbacks": rec.rollbacks,
-                                  f"recovery/{kind}_rollback_to_step": to_step})
+      "step %d: %s; rollback %d (%d in a row, config.max_rollbacks = %d): restored "
+      "%s/%d and moved the data stream past %d batches (data offset now %d)",
+      step,
+      what,
+      rec.rollbacks,
+      rec.streak,
+      ctx.max_rollbacks,
+      source.directory,
+      to_step,
+      step - to_step,
+      rec.data_offset,
+    )
+  ctx.writer.write_scalars(
+    step, {"recovery/rollbacks": rec.rollbacks, f"recovery/{kind}_rollback_to_step": to_step}
+  )
   return restored, to_step

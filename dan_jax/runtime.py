@@ -15,8 +15,9 @@ from typing import Any
 from dan_jax import xla_cpu
 from dan_jax.errors import MissingPackageError
 
-TENSORFLOW_HINT = ('pip install "dan_jax[tf]" (or use the TensorFlow your environment '
-                   'already has, e.g. Colab\'s)')
+TENSORFLOW_HINT = (
+  'pip install "dan_jax[tf]" (or use the TensorFlow your environment already has, e.g. Colab\'s)'
+)
 
 
 def require_tensorflow(what: str) -> Any:
@@ -24,8 +25,9 @@ def require_tensorflow(what: str) -> Any:
   try:
     import tensorflow as tf  # imported only by the features that need it
   except ImportError as e:
-    raise MissingPackageError(f"{what} needs TensorFlow, which is not installed: "
-                              f"{TENSORFLOW_HINT}") from e
+    raise MissingPackageError(
+      f"{what} needs TensorFlow, which is not installed: {TENSORFLOW_HINT}"
+    ) from e
   return tf
 
 
@@ -53,8 +55,8 @@ def hide_accelerators_from_tensorflow(import_tensorflow: bool = True) -> bool:
     except (RuntimeError, ValueError) as e:  # TF already initialised its devices
       if tf.config.get_visible_devices(kind):
         logging.getLogger(__name__).warning(
-            "TensorFlow already started on %s devices; it may hold accelerator memory "
-            "(%s)", kind, e)
+          "TensorFlow already started on %s devices; it may hold accelerator memory (%s)", kind, e
+        )
         ok = False
   return ok
 

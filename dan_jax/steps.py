@@ -39,6 +39,7 @@ class Faults:
   on when data_offset is 0 (batch s - 1), so once a rollback has moved the data stream
   past it, it does not come back, as a bad batch or an unlucky stretch would not.
   """
+
   nan_at_steps: tuple = ()  # the loss and gradient of these steps become NaN
   collapse_at_step: int = 0  # this step's update is multiplied by COLLAPSE_SCALE (0: off)
 
@@ -50,14 +51,20 @@ COLLAPSE_SCALE = 1000.0
 def faults_from_config(config: ml_collections.ConfigDict) -> Faults:
   """config.debug's injected faults (none when the config has no `debug` block)."""
   debug = config.get("debug") or {}
-  return Faults(nan_at_steps=tuple(int(s) for s in (debug.get("nan_at_steps") or ())),
-                collapse_at_step=int(debug.get("collapse_at_step") or 0))
+  return Faults(
+    nan_at_steps=tuple(int(s) for s in (debug.get("nan_at_steps") or ())),
+    collapse_at_step=int(debug.get("collapse_at_step") or 0),
+  )
 
 
 # Defaults of the recovery fields for configs that predate them (configs/default.py
 # states the same values).
-RECOVERY_DEFAULTS = {"clip_grad_norm": 0.0, "max_consecutive_nonfinite": 20,
-                     "collapse_psnr_drop": 3.0, "max_rollbacks": 3}
+RECOVERY_DEFAULTS = {
+  "clip_grad_norm": 0.0,
+  "max_consecutive_nonfinite": 20,
+  "collapse_psnr_drop": 3.0,
+  "max_rollbacks": 3,
+}
 
 
 def recovery_fields(config: ml_collections.ConfigDict) -> dict:
@@ -69,12 +76,13 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule
   """MultiStep schedule: lr * gamma^(number of milestones <= step), as torch MultiStepLR."""
   scales = collections.Counter(int(m) for m in config.lr_milestones)
   return optax.piecewise_constant_schedule(
-      float(config.learning_rate),
-      {m: float(config.lr_gamma)**n for m, n in sorted(scales.items())})
+    float(config.learning_rate), {m: float(config.lr_gamma) ** n for m, n in sorted(scales.items())}
+  )
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     learning_rate_fn: optax.Schedule) -> optax.GradientTransformation:
+def create_optimizer(
+  config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> optax.GradientTransformation:
   """Adam(b1, b2, eps=1e-8) with torch-style L2 weight decay and the given schedule.
 
   config.clip_grad_norm > 0 first clips the gradient to that global norm (off by default,
@@ -88,9 +96,10 @@ def create_optimizer(config: ml_collections.ConfigDict,
     # torch.optim.Adam adds weight_decay * param to the gradient before the moments
     # (not decoupled AdamW); the official weight_decay_G means this.
     parts.append(optax.add_decayed_weights(float(config.weight_decay)))
-  parts += [optax.scale_by_adam(b1=float(config.adam_b1), b2=float(config.adam_b2),
-                                eps=1e-8),
-            optax.scale_by_learning_rate(learning_rate_fn)]
+  parts += [
+    optax.scale_by_adam(b1=float(config.adam_b1), b2=float(config.adam_b2), eps=1e-8),
+    optax.scale_by_learning_rate(learning_rate_fn),
+  ]
   return optax.chain(*parts)
 
 
@@ -107,8 +116,9 @@ def _iteration_losses(out: models.DANOutput, batch: dict) -> tuple[jax.Array, ja
   """
   pix = jax.vmap(lambda sr: _l1(sr, batch["hr"]))(out.sr)
   if "lr_blurred" in batch:  # DCLS: L1 to the reformulated kernel (official CorrectionLoss)
-    target = models.reformulated_kernel(batch["lr_blurred"], batch["lr_clean"],
-                                        out.kernel.shape[-1])
+    target = models.reformulated_kernel(
+      batch["lr_blurred"], batch["lr_clean"], out.kernel.shape[-1]
+    )
     ker = jax.vmap(lambda k: _l1(k, target))(out.kernel)
   elif out.kernel is not None:
     ker = jax.vmap(lambda k: _l1(k, batch["kernel"]))(out.kernel)
@@ -117,9 +127,16 @@ def _iteration_losses(out: models.DANOutput, batch: dict) -> tuple[jax.Array, ja
   return pix, ker
 
 
-def compute_losses(model: models.DAN, params: Any, pca: Any, batch: dict, *,
-                   kernel_loss_weight: float = 1.0, supervise_all: bool = False,
-                   cheap_gradient: bool = True) -> tuple[jax.Array, dict]:
+def compute_losses(
+  model: models.DAN,
+  params: Any,
+  pca: Any,
+  batch: dict,
+  *,
+  kernel_loss_weight: float = 1.0,
+  supervise_all: bool = False,
+  cheap_gradient: bool = True,
+) -> tuple[jax.Array, dict]:
   """Training loss and per-iteration metrics for one batch.
 
   Args:
@@ -140,34 +157,48 @@ def compute_losses(model: models.DAN, params: Any, pca: Any, batch: dict, *,
     per_iter = pix + kernel_loss_weight * ker
     loss = jnp.sum(per_iter) if supervise_all else per_iter[-1]
     return loss, {"l_pix": pix, "l_ker": ker}
-  prev = model.apply(variables(jax.lax.stop_gradient(params)), batch["lr"],
-                     iterations=n - 1)
+  prev = model.apply(variables(jax.lax.stop_gradient(params)), batch["lr"], iterations=n - 1)
   prev_pix, prev_ker = _iteration_losses(prev, batch)
-  last = model.apply(variables(params), batch["lr"],
-                     initial_code=jax.lax.stop_gradient(prev.code[-1]), iterations=1)
+  last = model.apply(
+    variables(params), batch["lr"], initial_code=jax.lax.stop_gradient(prev.code[-1]), iterations=1
+  )
   pix, ker = _iteration_losses(last, batch)
   loss = pix[-1] + kernel_loss_weight * ker[-1]
-  return loss, {"l_pix": jnp.concatenate([jax.lax.stop_gradient(prev_pix), pix]),
-                "l_ker": jnp.concatenate([jax.lax.stop_gradient(prev_ker), ker])}
+  return loss, {
+    "l_pix": jnp.concatenate([jax.lax.stop_gradient(prev_pix), pix]),
+    "l_ker": jnp.concatenate([jax.lax.stop_gradient(prev_ker), ker]),
+  }
 
 
 def _select(pred: jax.Array, new: Any, old: Any) -> Any:
   return jax.tree_util.tree_map(lambda n, o: jnp.where(pred, n, o), new, old)
 
 
-def train_step(state: TrainState, batch: dict, *, model: models.DAN,
-               tx: optax.GradientTransformation, kernel_loss_weight: float = 1.0,
-               supervise_all: bool = False, ema_decay: float = 0.0,
-               faults: Faults = Faults()) -> tuple[TrainState, dict]:
+def train_step(
+  state: TrainState,
+  batch: dict,
+  *,
+  model: models.DAN,
+  tx: optax.GradientTransformation,
+  kernel_loss_weight: float = 1.0,
+  supervise_all: bool = False,
+  ema_decay: float = 0.0,
+  faults: Faults = Faults(),
+) -> tuple[TrainState, dict]:
   """One optimizer update. Returns the new state and scalar metrics (incl. 'finite').
 
   A step whose loss, gradient or new parameters are not finite is skipped on the device:
   params, optimizer state and EMA stay as they were, `state.skipped` and
   `state.nonfinite_run` count it (the host reads them once per logging window).
   """
-  loss_fn = functools.partial(compute_losses, model, pca=state.pca, batch=batch,
-                              kernel_loss_weight=kernel_loss_weight,
-                              supervise_all=supervise_all)
+  loss_fn = functools.partial(
+    compute_losses,
+    model,
+    pca=state.pca,
+    batch=batch,
+    kernel_loss_weight=kernel_loss_weight,
+    supervise_all=supervise_all,
+  )
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   position = state.step + state.data_offset + 1  # the uninterrupted run's step of this batch
   if faults.nan_at_steps:
@@ -177,8 +208,7 @@ def train_step(state: TrainState, batch: dict, *, model: models.DAN,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   if faults.collapse_at_step:
     blow = position == faults.collapse_at_step
-    updates = jax.tree_util.tree_map(lambda u: jnp.where(blow, u * COLLAPSE_SCALE, u),
-                                     updates)
+    updates = jax.tree_util.tree_map(lambda u: jnp.where(blow, u * COLLAPSE_SCALE, u), updates)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.global_norm(grads)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -186,25 +216,32 @@ def train_step(state: TrainState, batch: dict, *, model: models.DAN,
     finite &= jnp.all(jnp.isfinite(p))
   ema = state.ema_params
   if ema is not None:
-    ema = _select(finite, jax.tree_util.tree_map(
-        lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params), ema)
+    ema = _select(
+      finite,
+      jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params),
+      ema,
+    )
   skip = 1 - finite.astype(jnp.int32)
   out = {"loss": loss, "grad_norm": grad_norm, "finite": finite}
   for i in range(model.spec.loops):
     out[f"l_pix{i}"] = aux["l_pix"][i]
     out[f"l_ker{i}"] = aux["l_ker"][i]
   new_state = state.replace(
-      step=state.step + 1, params=_select(finite, params, state.params),
-      opt_state=_select(finite, opt_state, state.opt_state), ema_params=ema,
-      skipped=state.skipped + skip,
-      nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1).astype(jnp.int32))
+    step=state.step + 1,
+    params=_select(finite, params, state.params),
+    opt_state=_select(finite, opt_state, state.opt_state),
+    ema_params=ema,
+    skipped=state.skipped + skip,
+    nonfinite_run=jnp.where(finite, 0, state.nonfinite_run + 1).astype(jnp.int32),
+  )
   out["skipped"] = new_state.skipped
   out["nonfinite_run"] = new_state.nonfinite_run
   return new_state, out
 
 
-def eval_step(variables: dict, lr: jax.Array, *, model: models.DAN
-              ) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
+def eval_step(
+  variables: dict, lr: jax.Array, *, model: models.DAN
+) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
   """The last iteration's (sr [B,sh,sw,3] in [0,1], code [B,L], kernel [B,k,k] or None)."""
   out = model.apply(variables, lr)
   kernel = None if out.kernel is None else out.kernel[-1]
@@ -219,22 +256,39 @@ def _at_precision(fn: Callable, precision: str) -> Callable:
   def wrapped(*args, **kwargs):
     with precision_lib.precision_scope(precision):
       return fn(*args, **kwargs)
+
   return wrapped
 
 
-def make_train_step(model: models.DAN, tx: optax.GradientTransformation, mesh: Mesh, *,
-                    kernel_loss_weight: float = 1.0, supervise_all: bool = False,
-                    ema_decay: float = 0.0, faults: Faults = Faults(),
-                    precision: str = "default") -> Callable:
+def make_train_step(
+  model: models.DAN,
+  tx: optax.GradientTransformation,
+  mesh: Mesh,
+  *,
+  kernel_loss_weight: float = 1.0,
+  supervise_all: bool = False,
+  ema_decay: float = 0.0,
+  faults: Faults = Faults(),
+  precision: str = "default",
+) -> Callable:
   """`train_step` jitted over the mesh: state replicated (and donated), batch sharded;
   matmuls/convolutions at `precision` ("default" or "highest", config.matmul_precision)."""
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  fn = functools.partial(train_step, model=model, tx=tx,
-                         kernel_loss_weight=float(kernel_loss_weight),
-                         supervise_all=bool(supervise_all), ema_decay=float(ema_decay),
-                         faults=faults)
-  return jax.jit(_at_precision(fn, precision), in_shardings=(replicated, data),
-                 out_shardings=(replicated, replicated), donate_argnums=0)
+  fn = functools.partial(
+    train_step,
+    model=model,
+    tx=tx,
+    kernel_loss_weight=float(kernel_loss_weight),
+    supervise_all=bool(supervise_all),
+    ema_decay=float(ema_decay),
+    faults=faults,
+  )
+  return jax.jit(
+    _at_precision(fn, precision),
+    in_shardings=(replicated, data),
+    out_shardings=(replicated, replicated),
+    donate_argnums=0,
+  )
 
 
 def make_eval_step(model: models.DAN, mesh: Mesh, precision: str = "highest") -> Callable:
@@ -242,19 +296,35 @@ def make_eval_step(model: models.DAN, mesh: Mesh, precision: str = "highest") ->
   (one compile per image size); outputs gathered (replicated) for the host. Float32
   precision by default, so validation numbers are the protocol's on every platform."""
   replicated = NamedSharding(mesh, P())
-  return jax.jit(_at_precision(functools.partial(eval_step, model=model), precision),
-                 in_shardings=(replicated, NamedSharding(mesh, P("data"))),
-                 out_shardings=replicated)
+  return jax.jit(
+    _at_precision(functools.partial(eval_step, model=model), precision),
+    in_shardings=(replicated, NamedSharding(mesh, P("data"))),
+    out_shardings=replicated,
+  )
 
 
-OPTIMIZER_FIELDS = ("learning_rate", "lr_milestones", "lr_gamma", "adam_b1", "adam_b2",
-                     "weight_decay", "clip_grad_norm")
+OPTIMIZER_FIELDS = (
+  "learning_rate",
+  "lr_milestones",
+  "lr_gamma",
+  "adam_b1",
+  "adam_b2",
+  "weight_decay",
+  "clip_grad_norm",
+)
 
 
 @functools.lru_cache(maxsize=8)
-def step_functions(spec: models.ModelSpec, optimizer: tuple, mesh: Mesh,
-                    kernel_loss_weight: float, supervise_all: bool, ema_decay: float,
-                    faults: Faults = Faults(), precision: str = "default"):
+def step_functions(
+  spec: models.ModelSpec,
+  optimizer: tuple,
+  mesh: Mesh,
+  kernel_loss_weight: float,
+  supervise_all: bool,
+  ema_decay: float,
+  faults: Faults = Faults(),
+  precision: str = "default",
+):
   """(model, lr schedule, tx, jitted train step, jitted eval step), built once per setup.
 
   Reusing the jitted functions lets repeated `train_and_evaluate` calls in one process
@@ -264,23 +334,42 @@ def step_functions(spec: models.ModelSpec, optimizer: tuple, mesh: Mesh,
   learning_rate_fn = create_learning_rate_fn(fields)
   tx = create_optimizer(fields, learning_rate_fn)
   model = models.create_model(spec)
-  p_train_step = make_train_step(model, tx, mesh, kernel_loss_weight=kernel_loss_weight,
-                                 supervise_all=supervise_all, ema_decay=ema_decay,
-                                 faults=faults, precision=precision)
+  p_train_step = make_train_step(
+    model,
+    tx,
+    mesh,
+    kernel_loss_weight=kernel_loss_weight,
+    supervise_all=supervise_all,
+    ema_decay=ema_decay,
+    faults=faults,
+    precision=precision,
+  )
   return model, learning_rate_fn, tx, p_train_step, make_eval_step(model, mesh)
 
 
-def benchmark_step(model: models.DAN, variables: dict, batch: dict, *,
-                   precision: str = "default", devices: Optional[list] = None
-                   ) -> tuple[Callable, TrainState, dict]:
+def benchmark_step(
+  model: models.DAN,
+  variables: dict,
+  batch: dict,
+  *,
+  precision: str = "default",
+  devices: Optional[list] = None,
+) -> tuple[Callable, TrainState, dict]:
   """(jitted train step, device state, device batch) with the official optimizer.
 
   For benchmarks: `step(state, batch) -> (state, metrics)`; the mesh spans `devices`
   (default: every device the batch divides over, else the first device).
   """
-  config = ml_collections.ConfigDict(dict(
-      learning_rate=4e-4, lr_milestones=(), lr_gamma=0.5, adam_b1=0.9, adam_b2=0.99,
-      weight_decay=0.0))
+  config = ml_collections.ConfigDict(
+    dict(
+      learning_rate=4e-4,
+      lr_milestones=(),
+      lr_gamma=0.5,
+      adam_b1=0.9,
+      adam_b2=0.99,
+      weight_decay=0.0,
+    )
+  )
   tx = create_optimizer(config, create_learning_rate_fn(config))
   b = len(batch["lr"])
   if devices is None:
@@ -288,5 +377,8 @@ def benchmark_step(model: models.DAN, variables: dict, batch: dict, *,
     devices = devices if b % len(devices) == 0 else devices[:1]
   mesh = parallel.create_mesh(devices)
   state = parallel.to_global(create_train_state(variables, tx), NamedSharding(mesh, P()))
-  return (make_train_step(model, tx, mesh, precision=precision), state,
-          parallel.to_global(batch, NamedSharding(mesh, P("data"))))
+  return (
+    make_train_step(model, tx, mesh, precision=precision),
+    state,
+    parallel.to_global(batch, NamedSharding(mesh, P("data"))),
+  )

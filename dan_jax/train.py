@@ -71,12 +71,31 @@ def _every(step: int, n: int) -> bool:
 # ---------------------------------------------------------------------------------------
 
 # Fields every training config has (configs/default.py states them all).
-_REQUIRED = ("model", "degradation", "data", "seed", "batch_size", "num_train_steps",
-             "learning_rate", "lr_milestones", "lr_gamma", "adam_b1", "adam_b2",
-             "weight_decay", "kernel_loss_weight", "supervise_all_iterations",
-             "ema_decay", "log_every_steps", "eval_every_steps",
-             "checkpoint_every_steps", "keep_checkpoints", "keep_best",
-             "image_every_steps", "init_checkpoint", "write_sr_images")
+_REQUIRED = (
+  "model",
+  "degradation",
+  "data",
+  "seed",
+  "batch_size",
+  "num_train_steps",
+  "learning_rate",
+  "lr_milestones",
+  "lr_gamma",
+  "adam_b1",
+  "adam_b2",
+  "weight_decay",
+  "kernel_loss_weight",
+  "supervise_all_iterations",
+  "ema_decay",
+  "log_every_steps",
+  "eval_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "keep_best",
+  "image_every_steps",
+  "init_checkpoint",
+  "write_sr_images",
+)
 
 
 def _is_int(x: Any) -> bool:
@@ -102,8 +121,7 @@ def validate_config(config: ml_collections.ConfigDict) -> Any:
   """Checks the training fields; returns the model spec. Raises errors.TrainingError."""
   for name in _REQUIRED:
     if name not in config:
-      raise TrainingError(f"the config has no field {name!r} (start from "
-                          "configs/default.py)")
+      raise TrainingError(f"the config has no field {name!r} (start from configs/default.py)")
   try:
     spec = models.spec_from_config(config.model)
   except ValueError as e:
@@ -117,15 +135,21 @@ def validate_config(config: ml_collections.ConfigDict) -> Any:
 
 def _check_optimization(config: ml_collections.ConfigDict) -> None:
   need = functools.partial(_need, config)
-  need(_is_int(config.batch_size) and config.batch_size > 0, "batch_size",
-       "a positive integer")
-  need(_is_int(config.num_train_steps) and config.num_train_steps >= 0, "num_train_steps",
-       "a non-negative integer")
-  need(_finite(config.learning_rate) and config.learning_rate > 0, "learning_rate",
-       "a positive number")
+  need(_is_int(config.batch_size) and config.batch_size > 0, "batch_size", "a positive integer")
+  need(
+    _is_int(config.num_train_steps) and config.num_train_steps >= 0,
+    "num_train_steps",
+    "a non-negative integer",
+  )
+  need(
+    _finite(config.learning_rate) and config.learning_rate > 0, "learning_rate", "a positive number"
+  )
   ms = tuple(config.lr_milestones or ())
-  need(all(_is_int(m) and m > 0 for m in ms) and list(ms) == sorted(ms), "lr_milestones",
-       "increasing positive step numbers")
+  need(
+    all(_is_int(m) and m > 0 for m in ms) and list(ms) == sorted(ms),
+    "lr_milestones",
+    "increasing positive step numbers",
+  )
   need(_finite(config.lr_gamma) and config.lr_gamma > 0, "lr_gamma", "a positive number")
   for f in ("adam_b1", "adam_b2", "ema_decay"):
     need(_finite(config[f]) and 0 <= config[f] < 1, f, "in [0, 1)")
@@ -135,58 +159,82 @@ def _check_optimization(config: ml_collections.ConfigDict) -> None:
 
 def _check_schedule(config: ml_collections.ConfigDict) -> None:
   need = functools.partial(_need, config)
-  need(_is_int(config.log_every_steps) and config.log_every_steps > 0, "log_every_steps",
-       "a positive integer")
+  need(
+    _is_int(config.log_every_steps) and config.log_every_steps > 0,
+    "log_every_steps",
+    "a positive integer",
+  )
   for f in ("eval_every_steps", "checkpoint_every_steps", "image_every_steps"):
     need(_is_int(config[f]) and config[f] >= 0, f, "a non-negative integer (0: off)")
-  need(_is_int(config.keep_checkpoints) and config.keep_checkpoints > 0,
-       "keep_checkpoints", "a positive integer")
+  need(
+    _is_int(config.keep_checkpoints) and config.keep_checkpoints > 0,
+    "keep_checkpoints",
+    "a positive integer",
+  )
 
 
 def _check_recovery(config: ml_collections.ConfigDict) -> None:
   """Recovery fields (configs written before they existed get the defaults' behaviour)."""
   need = functools.partial(_need, config)
   fields = steps.recovery_fields(config)
-  need(_finite(fields["clip_grad_norm"]) and fields["clip_grad_norm"] >= 0,
-       "clip_grad_norm", "a non-negative number (0: off)")
-  need(_finite(fields["collapse_psnr_drop"]) and fields["collapse_psnr_drop"] >= 0,
-       "collapse_psnr_drop", "a non-negative number of dB (0: off)")
+  need(
+    _finite(fields["clip_grad_norm"]) and fields["clip_grad_norm"] >= 0,
+    "clip_grad_norm",
+    "a non-negative number (0: off)",
+  )
+  need(
+    _finite(fields["collapse_psnr_drop"]) and fields["collapse_psnr_drop"] >= 0,
+    "collapse_psnr_drop",
+    "a non-negative number of dB (0: off)",
+  )
   for f in ("max_consecutive_nonfinite", "max_rollbacks"):
     need(_is_int(fields[f]) and fields[f] >= 0, f, "a non-negative integer")
   try:
     faults = steps.faults_from_config(config)
   except (TypeError, ValueError) as e:
     raise TrainingError(f"config.debug: {e}") from e
-  need(all(s > 0 for s in faults.nan_at_steps), "debug.nan_at_steps",
-       "positive step numbers")
+  need(all(s > 0 for s in faults.nan_at_steps), "debug.nan_at_steps", "positive step numbers")
   need(faults.collapse_at_step >= 0, "debug.collapse_at_step", "a step number (0: off)")
 
 
 def _check_model_fit(config: ml_collections.ConfigDict, spec: Any) -> None:
   """The degradation, precision and backend fit the model `spec`."""
   need = functools.partial(_need, config)
-  need(config.degradation.kernel_size == spec.kernel_size, "degradation.kernel_size",
-       f"the model's kernel size {spec.kernel_size}")
-  need(_is_int(config.degradation.pca_samples) and
-       config.degradation.pca_samples >= spec.code_len, "degradation.pca_samples",
-       f"an integer >= model.code_len ({spec.code_len})")
-  need(spec.code_len <= spec.kernel_size**2, "model.code_len",
-       f"at most kernel_size^2 = {spec.kernel_size**2}")
-  need(config.get("matmul_precision", "default") in ("default", "highest"),
-       "matmul_precision", '"default" or "highest" (bfloat16 activations: model.dtype)')
+  need(
+    config.degradation.kernel_size == spec.kernel_size,
+    "degradation.kernel_size",
+    f"the model's kernel size {spec.kernel_size}",
+  )
+  need(
+    _is_int(config.degradation.pca_samples) and config.degradation.pca_samples >= spec.code_len,
+    "degradation.pca_samples",
+    f"an integer >= model.code_len ({spec.code_len})",
+  )
+  need(
+    spec.code_len <= spec.kernel_size**2,
+    "model.code_len",
+    f"at most kernel_size^2 = {spec.kernel_size**2}",
+  )
+  need(
+    config.get("matmul_precision", "default") in ("default", "highest"),
+    "matmul_precision",
+    '"default" or "highest" (bfloat16 activations: model.dtype)',
+  )
   if spec.conv_backward == "gemm" and jax.default_backend() != "cpu":
     raise TrainingError(
-        f"config.model.conv_backward = 'gemm' is for the CPU only (this run is on "
-        f"{jax.default_backend()}, where it becomes a convolution with a whole-image "
-        "window): use 'auto' or 'xla'")
+      f"config.model.conv_backward = 'gemm' is for the CPU only (this run is on "
+      f"{jax.default_backend()}, where it becomes a convolution with a whole-image "
+      "window): use 'auto' or 'xla'"
+    )
 
 
 def preemption_check_every(config: ml_collections.ConfigDict) -> int:
   """config.preemption_check_every_steps (default 10), checked. Raises TrainingError."""
   every = config.get("preemption_check_every_steps", 10)
   if not _is_int(every) or every <= 0:
-    raise TrainingError("config.preemption_check_every_steps must be a positive integer, "
-                        f"got {every!r}")
+    raise TrainingError(
+      f"config.preemption_check_every_steps must be a positive integer, got {every!r}"
+    )
   return int(every)
 
 
@@ -213,34 +261,46 @@ def _prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def _initial_variables(config: ml_collections.ConfigDict, model: models.DAN,
-                       spec: models.ModelSpec) -> dict:
+def _initial_variables(
+  config: ml_collections.ConfigDict, model: models.DAN, spec: models.ModelSpec
+) -> dict:
   """Fresh variables (new PCA) or those of config.init_checkpoint."""
   if config.init_checkpoint:
-    model_config, variables, step = checkpoint.load_model(config.init_checkpoint,
-                                                          use_ema=True)
-    checkpoint.check_compatible(dict(model_config), spec,
-                               f"config.init_checkpoint {config.init_checkpoint}",
-                               "choose weights of the same model")
+    model_config, variables, step = checkpoint.load_model(config.init_checkpoint, use_ema=True)
+    checkpoint.check_compatible(
+      dict(model_config),
+      spec,
+      f"config.init_checkpoint {config.init_checkpoint}",
+      "choose weights of the same model",
+    )
     logging.info("initialised from %s (step %d)", config.init_checkpoint, step)
     return variables
   spec_k = input_pipeline.kernel_spec(config)
   t = time.perf_counter()
-  pca = degradation.build_pca(degradation.make_kernel_sampler(spec_k),
-                              n=int(config.degradation.pca_samples),
-                              code_len=spec.code_len, seed=int(config.seed))
+  pca = degradation.build_pca(
+    degradation.make_kernel_sampler(spec_k),
+    n=int(config.degradation.pca_samples),
+    code_len=spec.code_len,
+    seed=int(config.seed),
+  )
   if jax.process_count() > 1:  # identical on every host, whatever its float rounding
     from jax.experimental import multihost_utils
+
     pca = np.asarray(multihost_utils.broadcast_one_to_all(pca))
-  logging.info("PCA of %d kernels in %.1f s", config.degradation.pca_samples,
-               time.perf_counter() - t)
+  logging.info(
+    "PCA of %d kernels in %.1f s", config.degradation.pca_samples, time.perf_counter() - t
+  )
   return models.init_variables(model, int(config.seed), pca)
 
 
-def _initial_state(config: ml_collections.ConfigDict, spec: models.ModelSpec,
-                   model: models.DAN, tx: optax.GradientTransformation,
-                   manager: ocp.CheckpointManager, sharding: NamedSharding
-                   ) -> tuple[TrainState, dict]:
+def _initial_state(
+  config: ml_collections.ConfigDict,
+  spec: models.ModelSpec,
+  model: models.DAN,
+  tx: optax.GradientTransformation,
+  manager: ocp.CheckpointManager,
+  sharding: NamedSharding,
+) -> tuple[TrainState, dict]:
   """(state, meta) of the latest checkpoint, else a fresh state (new PCA or
   config.init_checkpoint) and {}."""
   latest = manager.latest_step()
@@ -256,6 +316,7 @@ def _initial_state(config: ml_collections.ConfigDict, spec: models.ModelSpec,
 @dataclasses.dataclass
 class _Run:
   """What the loop's helpers share: the config, the jitted steps, shardings, outputs."""
+
   config: ml_collections.ConfigDict
   spec: models.ModelSpec
   workdir: str
@@ -296,8 +357,7 @@ class _Run:
 
   def checkpoint_meta(self, rec: Recovery, step: int) -> dict:
     """The meta of the latest checkpoint of `step`."""
-    return dict(self.meta, step=step, data_position=step + rec.data_offset,
-                recovery=rec.to_meta())
+    return dict(self.meta, step=step, data_position=step + rec.data_offset, recovery=rec.to_meta())
 
 
 def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
@@ -309,25 +369,46 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   mesh = parallel.create_mesh()
   check_batch_size(config.batch_size, mesh)
   model, learning_rate_fn, tx, p_train_step, p_eval_step = steps.step_functions(
-      spec, tuple(tuple(config[f]) if f == "lr_milestones" else config.get(f, 0.0)
-                  for f in steps.OPTIMIZER_FIELDS),
-      mesh, float(config.kernel_loss_weight), bool(config.supervise_all_iterations),
-      float(config.ema_decay), steps.faults_from_config(config),
-      config.get("matmul_precision", "default"))
+    spec,
+    tuple(
+      tuple(config[f]) if f == "lr_milestones" else config.get(f, 0.0)
+      for f in steps.OPTIMIZER_FIELDS
+    ),
+    mesh,
+    float(config.kernel_loss_weight),
+    bool(config.supervise_all_iterations),
+    float(config.ema_decay),
+    steps.faults_from_config(config),
+    config.get("matmul_precision", "default"),
+  )
   meta = {"config": config_lib.to_json(config)}
   manager = checkpoint.create_manager(
-      storage.join(workdir, checkpoint.CHECKPOINTS_SUBDIR),
-      max_to_keep=int(config.keep_checkpoints), async_save=True)
-  return _Run(config=config, spec=spec, workdir=workdir, mesh=mesh, model=model, tx=tx,
-              learning_rate_fn=learning_rate_fn, p_train_step=p_train_step,
-              p_eval_step=p_eval_step, manager=manager, meta=meta,
-              recovery=recovery_config, preemption_every=preemption_every)
+    storage.join(workdir, checkpoint.CHECKPOINTS_SUBDIR),
+    max_to_keep=int(config.keep_checkpoints),
+    async_save=True,
+  )
+  return _Run(
+    config=config,
+    spec=spec,
+    workdir=workdir,
+    mesh=mesh,
+    model=model,
+    tx=tx,
+    learning_rate_fn=learning_rate_fn,
+    p_train_step=p_train_step,
+    p_eval_step=p_eval_step,
+    manager=manager,
+    meta=meta,
+    recovery=recovery_config,
+    preemption_every=preemption_every,
+  )
 
 
 def _train_batches(run: _Run, rec: Recovery, step: int) -> Iterator[dict]:
   """The batches of steps step + 1, ... (the data stream moved by rollbacks)."""
-  return input_pipeline.create_train_iterator(run.config, run.pca,
-                                              start_step=step + rec.data_offset)
+  return input_pipeline.create_train_iterator(
+    run.config, run.pca, start_step=step + rec.data_offset
+  )
 
 
 def _start(run: _Run) -> tuple[TrainState, Recovery, Optional[Iterator[dict]]]:
@@ -337,14 +418,14 @@ def _start(run: _Run) -> tuple[TrainState, Recovery, Optional[Iterator[dict]]]:
   that order: data problems surface before any log is written).
   """
   config, spec = run.config, run.spec
-  state, resumed_meta = _initial_state(config, spec, run.model, run.tx, run.manager,
-                                       run.replicated)
+  state, resumed_meta = _initial_state(config, spec, run.model, run.tx, run.manager, run.replicated)
   start_step = int(parallel.to_host(state.step))
   rec = Recovery.from_meta(resumed_meta, start_step)
   rec.data_offset = int(parallel.to_host(state.data_offset))
   if config.keep_best:  # "last N plus best": the best lives in its own manager
     run.best_manager = best = checkpoint.create_manager(
-        storage.join(run.workdir, BEST_SUBDIR), max_to_keep=1, async_save=True)
+      storage.join(run.workdir, BEST_SUBDIR), max_to_keep=1, async_save=True
+    )
     if rec.best_psnr is None and best.latest_step() is not None:
       # A checkpoint from before the 'recovery' meta: the bar is the best checkpoint's.
       rec.best_psnr = checkpoint.read_info(best, best.latest_step(), spec).get(BEST_METRIC)
@@ -354,32 +435,47 @@ def _start(run: _Run) -> tuple[TrainState, Recovery, Optional[Iterator[dict]]]:
   train_iter = _train_batches(run, rec, start_step) if start_step < run.total else None
   # TensorBoard files are written by TensorFlow's own file system (see README).
   run.writer = metric_writers.create_default_writer(
-      config.get("tensorboard_dir") or run.workdir, just_logging=not run.is_chief)
+    config.get("tensorboard_dir") or run.workdir, just_logging=not run.is_chief
+  )
   if run.is_chief:
-    logging.info("%s x%d: %s parameters, %d device(s) on %d host(s), global batch %d, "
-                 "steps %d..%d%s", spec.version, spec.scale,
-                 f"{models.count_params(state.params):,}", run.mesh.devices.size,
-                 jax.process_count(), config.batch_size, start_step, run.total,
-                 f" (data offset {rec.data_offset}, {rec.rollbacks} rollback(s) so far)"
-                 if rec.rollbacks else "")
+    logging.info(
+      "%s x%d: %s parameters, %d device(s) on %d host(s), global batch %d, steps %d..%d%s",
+      spec.version,
+      spec.scale,
+      f"{models.count_params(state.params):,}",
+      run.mesh.devices.size,
+      jax.process_count(),
+      config.batch_size,
+      start_step,
+      run.total,
+      f" (data offset {rec.data_offset}, {rec.rollbacks} rollback(s) so far)"
+      if rec.rollbacks
+      else "",
+    )
   return state, rec, train_iter
 
 
 def _rollbacks(run: _Run) -> recovery.Rollbacks:
   """What `recovery.rollback` needs of this run."""
   return recovery.Rollbacks(
-      manager=run.manager, best_manager=run.best_manager,
-      max_rollbacks=int(run.recovery["max_rollbacks"]),
-      template=lambda: state_template(run.spec, run.model, run.tx, run.use_ema),
-      sharding=run.replicated,
-      directory=storage.join(run.workdir, checkpoint.CHECKPOINTS_SUBDIR),
-      writer=run.writer, log=run.is_chief)
+    manager=run.manager,
+    best_manager=run.best_manager,
+    max_rollbacks=int(run.recovery["max_rollbacks"]),
+    template=lambda: state_template(run.spec, run.model, run.tx, run.use_ema),
+    sharding=run.replicated,
+    directory=storage.join(run.workdir, checkpoint.CHECKPOINTS_SUBDIR),
+    writer=run.writer,
+    log=run.is_chief,
+  )
 
 
 def _new_report(run: _Run) -> periodic_actions.ReportProgress:
   return periodic_actions.ReportProgress(
-      num_train_steps=run.total, writer=run.writer,
-      every_steps=run.config.log_every_steps, every_secs=None)
+    num_train_steps=run.total,
+    writer=run.writer,
+    every_steps=run.config.log_every_steps,
+    every_secs=None,
+  )
 
 
 # ---------------------------------------------------------------------------------------
@@ -428,8 +524,10 @@ class _Progress:
     elapsed = time.perf_counter() - self.window_start - self.window_paused
     if not self.window_timed or elapsed <= 0:
       return {}
-    return {"train/steps_per_sec": self.window_timed / elapsed,
-            "train/samples_per_sec": self.window_timed * batch_size / elapsed}
+    return {
+      "train/steps_per_sec": self.window_timed / elapsed,
+      "train/samples_per_sec": self.window_timed * batch_size / elapsed,
+    }
 
   def new_window(self) -> None:
     self.window, self.window_timed, self.window_paused = [], 0, 0.0
@@ -450,8 +548,11 @@ def _window_scalars(host: list) -> dict:
   """Means of a logging window's metrics over its finite steps, and the skip counters."""
   good = [h for _, h in host if h["finite"]]
   counters = ("finite", "skipped", "nonfinite_run")
-  out = {f"train/{k}": float(np.mean([h[k] for h in good]))
-         for k in host[0][1] if k not in counters} if good else {}
+  out = (
+    {f"train/{k}": float(np.mean([h[k] for h in good])) for k in host[0][1] if k not in counters}
+    if good
+    else {}
+  )
   out["train/skipped_steps"] = host[-1][1]["skipped"]
   out["train/skipped_in_window"] = float(sum(not h["finite"] for _, h in host))
   return out
@@ -479,10 +580,14 @@ def _log_window(run: _Run, progress: _Progress, step: int) -> Optional[tuple]:
   progress.new_window()
   max_nonfinite = int(run.recovery["max_consecutive_nonfinite"])
   # Stuck: no update applies any more (or the run ends in a skipped stretch).
-  if max_nonfinite and (nonfinite_run >= max_nonfinite or
-                        (step == run.total and nonfinite_run > 0)):
-    return ("nonfinite", f"the loss or gradient is not finite for {nonfinite_run} "
-            "consecutive steps (skipped)", step)
+  if max_nonfinite and (
+    nonfinite_run >= max_nonfinite or (step == run.total and nonfinite_run > 0)
+  ):
+    return (
+      "nonfinite",
+      f"the loss or gradient is not finite for {nonfinite_run} consecutive steps (skipped)",
+      step,
+    )
   return None
 
 
@@ -490,23 +595,37 @@ def _log_scalars(run: _Run, step: int, scalars: dict, progress: _Progress) -> No
   skipped = int(scalars["train/skipped_in_window"])
   last = f"train/l_pix{run.spec.loops - 1}"
   logging.info(
-      "step %d/%d: %s, lr %.2e%s%s", step, run.total,
-      f"loss {progress.last_loss:.4f} (l_pix{run.spec.loops - 1} {scalars[last]:.4f})"
-      if "train/loss" in scalars else "no finite loss", scalars["train/learning_rate"],
-      f", {scalars['train/steps_per_sec']:.2f} steps/s"
-      if "train/steps_per_sec" in scalars else "",
-      f", {skipped} step(s) skipped (non-finite loss or gradient; "
-      f"{progress.skipped_total} in all)" if skipped else "")
+    "step %d/%d: %s, lr %.2e%s%s",
+    step,
+    run.total,
+    f"loss {progress.last_loss:.4f} (l_pix{run.spec.loops - 1} {scalars[last]:.4f})"
+    if "train/loss" in scalars
+    else "no finite loss",
+    scalars["train/learning_rate"],
+    f", {scalars['train/steps_per_sec']:.2f} steps/s" if "train/steps_per_sec" in scalars else "",
+    f", {skipped} step(s) skipped (non-finite loss or gradient; {progress.skipped_total} in all)"
+    if skipped
+    else "",
+  )
 
 
-def _run_validation(run: _Run, state: TrainState, step: int, result: dict
-                    ) -> tuple[dict, list]:
-  return validation.run(run.p_eval_step, state.variables(run.use_ema), run.val,
-                        run.spec.scale, run.data, step, result, run.writer, run.is_chief)
+def _run_validation(run: _Run, state: TrainState, step: int, result: dict) -> tuple[dict, list]:
+  return validation.run(
+    run.p_eval_step,
+    state.variables(run.use_ema),
+    run.val,
+    run.spec.scale,
+    run.data,
+    step,
+    result,
+    run.writer,
+    run.is_chief,
+  )
 
 
-def _validate(run: _Run, rec: Recovery, state: TrainState, step: int, result: dict
-              ) -> tuple[Optional[tuple], Optional[dict], list]:
+def _validate(
+  run: _Run, rec: Recovery, state: TrainState, step: int, result: dict
+) -> tuple[Optional[tuple], Optional[dict], list]:
   """Validates at `step`: (collapse failure or None, scores if a new best, outputs).
 
   A Y-PSNR config.collapse_psnr_drop dB below the best so far is a failure (a rollback
@@ -515,43 +634,62 @@ def _validate(run: _Run, rec: Recovery, state: TrainState, step: int, result: di
   scores, outputs = _run_validation(run, state, step, result)
   value, drop = scores[BEST_METRIC], float(run.recovery["collapse_psnr_drop"])
   if drop and rec.best_psnr is not None and value < rec.best_psnr - drop:
-    return ("collapse", f"validation Y-PSNR collapsed to {value:.2f} dB, "
-            f"{rec.best_psnr - value:.2f} dB below the best ({rec.best_psnr:.2f} dB "
-            f"at step {rec.best_step}; config.collapse_psnr_drop = {drop})",
-            rec.good_step), None, outputs
+    return (
+      (
+        "collapse",
+        f"validation Y-PSNR collapsed to {value:.2f} dB, "
+        f"{rec.best_psnr - value:.2f} dB below the best ({rec.best_psnr:.2f} dB "
+        f"at step {rec.best_step}; config.collapse_psnr_drop = {drop})",
+        rec.good_step,
+      ),
+      None,
+      outputs,
+    )
   rec.good_step = step
   new_best = None
   if rec.best_psnr is None or value > rec.best_psnr:
     rec.best_psnr, rec.best_step = value, step
     new_best = scores
   if _every(step, run.config.image_every_steps) or step == run.total:
-    run.writer.write_images(step, summary_images(run.val, outputs, run.pca,
-                                                 run.spec.scale))
+    run.writer.write_images(step, summary_images(run.val, outputs, run.pca, run.spec.scale))
   return None, new_best, outputs
 
 
-def _save_checkpoints(run: _Run, rec: Recovery, state: TrainState, step: int,
-                      new_best: Optional[dict]) -> None:
+def _save_checkpoints(
+  run: _Run, rec: Recovery, state: TrainState, step: int, new_best: Optional[dict]
+) -> None:
   """The latest checkpoint (every config.checkpoint_every_steps), then the best one."""
   if _every(step, run.config.checkpoint_every_steps) or step == run.total:
     if step > rec.failed_at:  # a checkpoint past the last failure: progress
       rec.streak = 0
     checkpoint.save_state(run.manager, step, state, run.spec, run.checkpoint_meta(rec, step))
   if new_best is not None and run.best_manager is not None:
-    checkpoint.save_best(run.best_manager, run.manager, step, state, run.spec,
-                         dict(run.meta, step=step, recovery=rec.to_meta(), **new_best))
+    checkpoint.save_best(
+      run.best_manager,
+      run.manager,
+      step,
+      state,
+      run.spec,
+      dict(run.meta, step=step, recovery=rec.to_meta(), **new_best),
+    )
 
 
-def _stop_for_preemption(run: _Run, rec: Recovery, state: TrainState, step: int,
-                         source: str) -> None:
+def _stop_for_preemption(
+  run: _Run, rec: Recovery, state: TrainState, step: int, source: str
+) -> None:
   """Saves `step` (unless just saved) and waits until it is complete on disk."""
   if not _every(step, run.config.checkpoint_every_steps):
     checkpoint.save_state(run.manager, step, state, run.spec, run.checkpoint_meta(rec, step))
   run.manager.wait_until_finished()  # complete on disk before the process may go
   if run.is_chief:
-    logging.warning("preempted at step %d; checkpoint saved (%s/%d): run the same "
-                    "command to resume (stopped by %s)", step, run.manager.directory,
-                    step, source)
+    logging.warning(
+      "preempted at step %d; checkpoint saved (%s/%d): run the same "
+      "command to resume (stopped by %s)",
+      step,
+      run.manager.directory,
+      step,
+      source,
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -601,8 +739,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       failure, new_best = None, None  # failure: (kind, what, newest step to roll back to)
       if _every(step, config.log_every_steps) or step == run.total:
         failure = _log_window(run, progress, step)
-      if failure is None and run.val is not None and (
-          _every(step, config.eval_every_steps) or step == run.total):
+      if (
+        failure is None
+        and run.val is not None
+        and (_every(step, config.eval_every_steps) or step == run.total)
+      ):
         with report.timed("validation", wait_jax_async_dispatch=False):
           failure, new_best, outputs = _validate(run, rec, state, step, result)
       if failure is not None:
@@ -627,21 +768,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if run.writer is not None:
       run.writer.flush()
 
-  return _finish(run, result, state, rec, progress, outputs, loop_end, start_time,
-                 preemption.source if preempted else None)
+  return _finish(
+    run,
+    result,
+    state,
+    rec,
+    progress,
+    outputs,
+    loop_end,
+    start_time,
+    preemption.source if preempted else None,
+  )
 
 
-def _finish(run: _Run, result: dict, state: TrainState, rec: Recovery, progress: _Progress,
-            outputs: Optional[list], loop_end: float, start_time: float,
-            preempted_by: Optional[str]) -> dict:
+def _finish(
+  run: _Run,
+  result: dict,
+  state: TrainState,
+  rec: Recovery,
+  progress: _Progress,
+  outputs: Optional[list],
+  loop_end: float,
+  start_time: float,
+  preempted_by: Optional[str],
+) -> dict:
   """Writes the validation PNGs (config.write_sr_images), completes and returns `result`."""
-  if (run.val is not None and run.config.write_sr_images and run.is_chief and
-      preempted_by is None):
+  if run.val is not None and run.config.write_sr_images and run.is_chief and preempted_by is None:
     write_sr_images(storage.join(run.workdir, VAL_SUBDIR), run.val, outputs, run.spec.scale)
   train_seconds = progress.train_seconds(loop_end)
-  result.update(step=int(parallel.to_host(state.step)), train_seconds=train_seconds,
-                wall_seconds=time.perf_counter() - start_time,
-                skipped_steps=progress.skipped_total, rollbacks=rec.rollbacks)
+  result.update(
+    step=int(parallel.to_host(state.step)),
+    train_seconds=train_seconds,
+    wall_seconds=time.perf_counter() - start_time,
+    skipped_steps=progress.skipped_total,
+    rollbacks=rec.rollbacks,
+  )
   if progress.timed_steps and train_seconds > 0:
     result["steps_per_sec"] = progress.timed_steps / train_seconds
   if progress.last_loss is not None:

@@ -39,28 +39,38 @@ class TrainState:
 
   def to_dict(self) -> dict:
     """The checkpoint's `state` item."""
-    return {"step": self.step, "params": self.params, "pca": self.pca,
-            "opt_state": self.opt_state, "ema_params": self.ema_params,
-            "skipped": self.skipped, "nonfinite_run": self.nonfinite_run,
-            "data_offset": self.data_offset}
+    return {
+      "step": self.step,
+      "params": self.params,
+      "pca": self.pca,
+      "opt_state": self.opt_state,
+      "ema_params": self.ema_params,
+      "skipped": self.skipped,
+      "nonfinite_run": self.nonfinite_run,
+      "data_offset": self.data_offset,
+    }
 
 
-def create_train_state(variables: dict, tx: optax.GradientTransformation,
-                       ema: bool = False) -> TrainState:
+def create_train_state(
+  variables: dict, tx: optax.GradientTransformation, ema: bool = False
+) -> TrainState:
   """A fresh state at step 0 from model variables {'params', 'pca'} (host arrays)."""
   params = jax.tree_util.tree_map(np.asarray, variables["params"])
   return TrainState(
-      step=np.zeros((), np.int32),
-      params=params,
-      pca=jax.tree_util.tree_map(np.asarray, variables["pca"]),
-      opt_state=jax.tree_util.tree_map(np.asarray, tx.init(params)),
-      ema_params=jax.tree_util.tree_map(np.copy, params) if ema else None,
-      skipped=np.zeros((), np.int32), nonfinite_run=np.zeros((), np.int32),
-      data_offset=np.zeros((), np.int32))
+    step=np.zeros((), np.int32),
+    params=params,
+    pca=jax.tree_util.tree_map(np.asarray, variables["pca"]),
+    opt_state=jax.tree_util.tree_map(np.asarray, tx.init(params)),
+    ema_params=jax.tree_util.tree_map(np.copy, params) if ema else None,
+    skipped=np.zeros((), np.int32),
+    nonfinite_run=np.zeros((), np.int32),
+    data_offset=np.zeros((), np.int32),
+  )
 
 
-def state_template(spec: models.ModelSpec, model: models.DAN,
-                   tx: optax.GradientTransformation, use_ema: bool) -> TrainState:
+def state_template(
+  spec: models.ModelSpec, model: models.DAN, tx: optax.GradientTransformation, use_ema: bool
+) -> TrainState:
   """A state of the right shapes for restoring (values come from the checkpoint)."""
   pca_shape = np.zeros((spec.kernel_size**2, spec.code_len), np.float32)
   return create_train_state(models.init_variables(model, 0, pca_shape), tx, use_ema)

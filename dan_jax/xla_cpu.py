@@ -23,6 +23,7 @@ _applied = False
 def _jaxlib_version() -> tuple[int, ...]:
   try:
     from jaxlib import version
+
     return tuple(int(p) for p in version.__version__.split(".")[:2])
   except Exception:  # no or an odd jaxlib: too old to know the flag
     return (0, 0)
@@ -32,19 +33,25 @@ def configure() -> bool:
   """Appends FLAG to XLA_FLAGS where appropriate (see the module doc). Returns whether."""
   global _applied
   flags = os.environ.get("XLA_FLAGS", "")
-  if (os.environ.get("DAN_JAX_XLA_CPU_DEFAULTS", "1").strip() == "0"
-      or FLAG.rstrip("=") in flags or _jaxlib_version() < _MIN_JAXLIB
-      or not platform.cpu_only()):
+  if (
+    os.environ.get("DAN_JAX_XLA_CPU_DEFAULTS", "1").strip() == "0"
+    or FLAG.rstrip("=") in flags
+    or _jaxlib_version() < _MIN_JAXLIB
+    or not platform.cpu_only()
+  ):
     return False
   try:
     from jax._src import xla_bridge
+
     started = xla_bridge.backends_are_initialized()
   except Exception:  # a jax without this private probe: assume not started
     started = False
   if started:
     logging.getLogger(__name__).info(
-        "JAX started before dan_jax.xla_cpu.configure(): XLA:CPU keeps its default YNNPACK dots "
-        "(set XLA_FLAGS=%s yourself for the faster convolutions)", FLAG)
+      "JAX started before dan_jax.xla_cpu.configure(): XLA:CPU keeps its default YNNPACK dots "
+      "(set XLA_FLAGS=%s yourself for the faster convolutions)",
+      FLAG,
+    )
     return False
   os.environ["XLA_FLAGS"] = f"{flags} {FLAG}".strip()
   _applied = True

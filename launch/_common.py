@@ -28,8 +28,13 @@ def quote(cmd: Sequence[str]) -> str:
   return " ".join(shlex.quote(c) for c in cmd)
 
 
-def train_command(config: str, workdir: str, overrides: Sequence[str],
-                  python: str = "python3", distributed: bool = False) -> list[str]:
+def train_command(
+  config: str,
+  workdir: str,
+  overrides: Sequence[str],
+  python: str = "python3",
+  distributed: bool = False,
+) -> list[str]:
   """The argv that runs training on one host."""
   cmd = [python, "-m", "dan_jax.main", f"--config={config}", f"--workdir={workdir}"]
   if distributed:
@@ -46,7 +51,6 @@ def run_all(commands: Sequence[Sequence[str]], dry_run: bool) -> int:
       continue
     status = subprocess.call(list(cmd))
     if status:
-      print(f"error: command failed with exit status {status}: {quote(cmd)}",
-            file=sys.stderr)
+      print(f"error: command failed with exit status {status}: {quote(cmd)}", file=sys.stderr)
       return status
   return 0

@@ -22,8 +22,7 @@ def commands(args: argparse.Namespace, overrides: list[str]) -> list[list[str]]:
     env = ["env", f"CUDA_VISIBLE_DEVICES={args.gpus}"]
   # TensorFlow (the input pipeline) must not grab GPU memory: main.py hides GPUs from it.
   env = (env or ["env"]) + ["XLA_PYTHON_CLIENT_MEM_FRACTION=0.9"]
-  return [env + _common.train_command(args.config, args.workdir, overrides,
-                                      python=args.python)]
+  return [env + _common.train_command(args.config, args.workdir, overrides, python=args.python)]
 
 
 def main(argv: list[str] | None = None) -> int:

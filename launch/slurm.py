@@ -27,23 +27,29 @@ import _common
 def sbatch_script(args: argparse.Namespace, overrides: list[str]) -> str:
   """The batch script's text."""
   lines = [
-      "#!/bin/bash",
-      f"#SBATCH --job-name={args.job_name}",
-      f"#SBATCH --nodes={args.nodes}",
-      "#SBATCH --ntasks-per-node=1",
-      f"#SBATCH --gpus-per-node={args.gpus_per_node}",
-      f"#SBATCH --cpus-per-task={args.cpus_per_task}",
-      f"#SBATCH --time={args.time}",
-      f"#SBATCH --output={os.path.join(args.workdir, 'slurm', '%j.out')}",
-      "#SBATCH --requeue",
-      "#SBATCH --signal=TERM@120",
+    "#!/bin/bash",
+    f"#SBATCH --job-name={args.job_name}",
+    f"#SBATCH --nodes={args.nodes}",
+    "#SBATCH --ntasks-per-node=1",
+    f"#SBATCH --gpus-per-node={args.gpus_per_node}",
+    f"#SBATCH --cpus-per-task={args.cpus_per_task}",
+    f"#SBATCH --time={args.time}",
+    f"#SBATCH --output={os.path.join(args.workdir, 'slurm', '%j.out')}",
+    "#SBATCH --requeue",
+    "#SBATCH --signal=TERM@120",
   ]
   if args.partition:
     lines.append(f"#SBATCH --partition={args.partition}")
-  train = _common.train_command(args.config, args.workdir, overrides, python=args.python,
-                                distributed=True)
-  lines += ["", "set -euo pipefail", f"cd {_common.quote([args.repo])}",
-            "srun " + _common.quote(train), ""]
+  train = _common.train_command(
+    args.config, args.workdir, overrides, python=args.python, distributed=True
+  )
+  lines += [
+    "",
+    "set -euo pipefail",
+    f"cd {_common.quote([args.repo])}",
+    "srun " + _common.quote(train),
+    "",
+  ]
   return "\n".join(lines)
 
 
@@ -57,8 +63,11 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--job_name", default="dan_jax", help="job name")
   parser.add_argument("--config", default="configs/x4.py:v2", help="config file[:arg]")
   parser.add_argument("--workdir", required=True, help="workdir on a shared filesystem")
-  parser.add_argument("--repo", default=os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), help="checkout of dan_jax on the shared filesystem")
+  parser.add_argument(
+    "--repo",
+    default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    help="checkout of dan_jax on the shared filesystem",
+  )
   parser.add_argument("--python", default="python3", help="interpreter on the nodes")
   parser.add_argument("--dry_run", action="store_true", help="print, write and submit nothing")
   args, overrides = parser.parse_known_args(argv)

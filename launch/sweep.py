@@ -36,6 +36,7 @@ TEST_SEED = 1234  # the test sets' kernels and noise: the same for every trained
 
 def space_overrides(space: str, kernel_size: int) -> dict:
   from dan_jax import degradation  # pylint: disable=g-import-not-at-top
+
   if space not in degradation.KERNEL_SPACES:
     raise ValueError(f"unknown kernel space {space!r}; known: {degradation.KERNEL_SPACES}")
   return degradation.kernel_space_overrides(space, kernel_size)
@@ -44,6 +45,7 @@ def space_overrides(space: str, kernel_size: int) -> dict:
 def train_config(config_spec: str, space: str, overrides: Sequence[str]):
   """The config of one training run: the base config, the overrides, the kernel space."""
   from dan_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+
   config = config_lib.load_with_overrides(config_spec, overrides)
   config.degradation.update(space_overrides(space, config.model.kernel_size))
   return config
@@ -69,8 +71,11 @@ def plan_commands(args, overrides: Sequence[str]) -> list[list[str]]:
   for _, spec, run_dir, space in plan_runs(args, overrides):
     # The kernel space's ranges depend on the kernel size of the config being launched.
     kernel_size = train_config(spec, space, overrides).model.kernel_size
-    extra = [f"degradation.{k}={v}" for k, v in space_overrides(space, kernel_size).items()
-             if k != "kernel_size"]
+    extra = [
+      f"degradation.{k}={v}"
+      for k, v in space_overrides(space, kernel_size).items()
+      if k != "kernel_size"
+    ]
     commands.append(_common.train_command(spec, run_dir, list(overrides) + extra))
   return commands
 
@@ -79,13 +84,14 @@ def make_test_set(space: str, config, num_images: int, crop: int) -> dict:
   """Fixed HR crops of the held-out photos, degraded with kernels from `space`."""
   from dan_jax import degradation  # pylint: disable=g-import-not-at-top
   from dan_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+
   scale, k = config.model.scale, config.model.kernel_size
   hrs = []
   for img in input_pipeline.demo_images("val"):
     h, w = img.shape[:2]
     for y in range(0, h - crop + 1, crop):
       for x in range(0, w - crop + 1, crop):
-        hrs.append(img[y:y + crop, x:x + crop])
+        hrs.append(img[y : y + crop, x : x + crop])
   if len(hrs) < num_images:
     raise ValueError(f"only {len(hrs)} test crops of {crop} px; lower --test_images")
   pick = np.random.default_rng(TEST_SEED).choice(len(hrs), num_images, replace=False)
@@ -99,9 +105,11 @@ def make_test_set(space: str, config, num_images: int, crop: int) -> dict:
 def evaluate_run(workdir: str, tests: dict) -> dict:
   """Y-PSNR (and kernel error for DANv2/DCLS) of one trained run on every test set."""
   import jax  # pylint: disable=g-import-not-at-top
+
   from dan_jax import checkpoint  # pylint: disable=g-import-not-at-top
   from dan_jax import metrics  # pylint: disable=g-import-not-at-top
   from dan_jax import models  # pylint: disable=g-import-not-at-top
+
   model_config, variables, _ = checkpoint.load_model(workdir)
   model = models.create_model(model_config)
   apply = jax.jit(model.apply)
@@ -113,10 +121,11 @@ def evaluate_run(workdir: str, tests: dict) -> dict:
     # Kernel errors only when the estimate has the test kernels' size.
     scored = res.kernel is not None and res.kernel.shape[-1] == t["kernel"].shape[-1]
     est = np.asarray(res.kernel[-1]) if scored else [None] * len(sr)
-    scores = [metrics.score_prediction(s, h, scale, kernel=e, true_kernel=k)
-              for s, h, e, k in zip(sr, t["hr"], est, t["kernel"])]
-    row = {"psnr_y": float(np.mean([r["psnr_y"] for r in scores])),
-           "method": model.spec.version}
+    scores = [
+      metrics.score_prediction(s, h, scale, kernel=e, true_kernel=k)
+      for s, h, e, k in zip(sr, t["hr"], est, t["kernel"])
+    ]
+    row = {"psnr_y": float(np.mean([r["psnr_y"] for r in scores])), "method": model.spec.version}
     if scored:
       row["kernel_mse"] = float(np.mean([r["kernel_mse"] for r in scores]))
     out[space] = row
@@ -125,12 +134,14 @@ def evaluate_run(workdir: str, tests: dict) -> dict:
 
 def _join(workdir: str, name: str) -> str:
   from dan_jax import storage  # pylint: disable=g-import-not-at-top
+
   return storage.join(workdir, name)
 
 
 def _write(path: str, data: bytes) -> None:
   """Writes (replaces) a result file, local or in an object store (gs://...)."""
   from dan_jax import storage  # pylint: disable=g-import-not-at-top
+
   storage.write_bytes(path, data, overwrite=True)
 
 
@@ -142,21 +153,40 @@ def write_results(workdir: str, results: dict, train_spaces, test_spaces) -> str
   for tr in train_spaces:
     for te in test_spaces:
       r = results[tr][te]
-      w.writerow([r["method"], tr.rpartition("/")[2], te, f"{r['psnr_y']:.4f}",
-                  f"{r['kernel_mse']:.6g}" if "kernel_mse" in r else ""])
+      w.writerow(
+        [
+          r["method"],
+          tr.rpartition("/")[2],
+          te,
+          f"{r['psnr_y']:.4f}",
+          f"{r['kernel_mse']:.6g}" if "kernel_mse" in r else "",
+        ]
+      )
   _write(_join(workdir, "results.csv"), f.getvalue().encode())
-  lines = ["Y-PSNR (dB), rows: train kernel space, columns: test kernel space", "",
-           "| train \\ test | " + " | ".join(test_spaces) + " |",
-           "|---" * (len(test_spaces) + 1) + "|"]
+  lines = [
+    "Y-PSNR (dB), rows: train kernel space, columns: test kernel space",
+    "",
+    "| train \\ test | " + " | ".join(test_spaces) + " |",
+    "|---" * (len(test_spaces) + 1) + "|",
+  ]
   for tr in train_spaces:
-    lines.append(f"| {tr} | " + " | ".join(f"{results[tr][te]['psnr_y']:.2f}"
-                                            for te in test_spaces) + " |")
+    lines.append(
+      f"| {tr} | " + " | ".join(f"{results[tr][te]['psnr_y']:.2f}" for te in test_spaces) + " |"
+    )
   if all("kernel_mse" in results[tr][te] for tr in train_spaces for te in test_spaces):
-    lines += ["", "Kernel MSE (x1e-4)", "", "| train \\ test | " + " | ".join(test_spaces)
-              + " |", "|---" * (len(test_spaces) + 1) + "|"]
+    lines += [
+      "",
+      "Kernel MSE (x1e-4)",
+      "",
+      "| train \\ test | " + " | ".join(test_spaces) + " |",
+      "|---" * (len(test_spaces) + 1) + "|",
+    ]
     for tr in train_spaces:
-      lines.append(f"| {tr} | " + " | ".join(f"{1e4 * results[tr][te]['kernel_mse']:.2f}"
-                                              for te in test_spaces) + " |")
+      lines.append(
+        f"| {tr} | "
+        + " | ".join(f"{1e4 * results[tr][te]['kernel_mse']:.2f}" for te in test_spaces)
+        + " |"
+      )
   markdown = "\n".join(lines) + "\n"
   _write(_join(workdir, "results.md"), markdown.encode())
   heatmap(results, train_spaces, test_spaces, _join(workdir, "heatmap.png"))
@@ -165,13 +195,16 @@ def write_results(workdir: str, results: dict, train_spaces, test_spaces) -> str
 
 def heatmap(results: dict, train_spaces, test_spaces, path: str) -> None:
   """A PSNR heatmap (rows train, columns test) drawn with Pillow."""
-  from PIL import Image, ImageDraw, ImageFont  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from PIL import ImageDraw  # pylint: disable=g-import-not-at-top
+  from PIL import ImageFont  # pylint: disable=g-import-not-at-top
+
   cell, margin = 90, 100
-  values = np.array([[results[tr][te]["psnr_y"] for te in test_spaces]
-                     for tr in train_spaces])
+  values = np.array([[results[tr][te]["psnr_y"] for te in test_spaces] for tr in train_spaces])
   lo, hi = float(values.min()), float(values.max())
-  img = Image.new("RGB", (margin + cell * len(test_spaces), margin + cell * len(train_spaces)),
-                  "white")
+  img = Image.new(
+    "RGB", (margin + cell * len(test_spaces), margin + cell * len(train_spaces)), "white"
+  )
   draw = ImageDraw.Draw(img)
   font = ImageFont.load_default()
   for j, te in enumerate(test_spaces):
@@ -181,11 +214,16 @@ def heatmap(results: dict, train_spaces, test_spaces, path: str) -> None:
     for j in range(len(test_spaces)):
       t = 0.5 if hi == lo else (values[i, j] - lo) / (hi - lo)
       color = (int(255 * t), int(80 + 100 * (1 - abs(2 * t - 1))), int(255 * (1 - t)))
-      box = (margin + j * cell, margin + i * cell, margin + (j + 1) * cell - 2,
-             margin + (i + 1) * cell - 2)
+      box = (
+        margin + j * cell,
+        margin + i * cell,
+        margin + (j + 1) * cell - 2,
+        margin + (i + 1) * cell - 2,
+      )
       draw.rectangle(box, fill=color)
-      draw.text((box[0] + 20, box[1] + cell // 2 - 6), f"{values[i, j]:.2f}", fill="white",
-                font=font)
+      draw.text(
+        (box[0] + 20, box[1] + cell // 2 - 6), f"{values[i, j]:.2f}", fill="white", font=font
+      )
   draw.text((8, 8), "Y-PSNR: rows train space, columns test space", fill="black", font=font)
   buf = io.BytesIO()
   img.save(buf, format="PNG")
@@ -198,15 +236,21 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--workdir", required=True, help="sweep directory")
   parser.add_argument("--train_spaces", default="iso,aniso,motion")
   parser.add_argument("--test_spaces", default="iso,aniso,motion")
-  parser.add_argument("--methods", default="",
-                      help="config arguments to compare, e.g. v2,dcls (default: --config's)")
-  parser.add_argument("--mode", default="local", choices=("local", "plan", "collect"),
-                      help="local: train one after another here, then evaluate; plan: "
-                           "print the training commands; collect: evaluate existing runs")
+  parser.add_argument(
+    "--methods", default="", help="config arguments to compare, e.g. v2,dcls (default: --config's)"
+  )
+  parser.add_argument(
+    "--mode",
+    default="local",
+    choices=("local", "plan", "collect"),
+    help="local: train one after another here, then evaluate; plan: "
+    "print the training commands; collect: evaluate existing runs",
+  )
   parser.add_argument("--test_images", type=int, default=8, help="test crops per space")
   parser.add_argument("--test_crop", type=int, default=96, help="HR size of a test crop")
   args, overrides = parser.parse_known_args(argv)
   from dan_jax import runtime  # pylint: disable=g-import-not-at-top
+
   runtime.setup_entry_point()  # before JAX starts; TensorFlow synthesizes the test sets
   train_spaces = args.train_spaces.split(",")
   test_spaces = args.test_spaces.split(",")
@@ -216,9 +260,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "plan":
       return _common.run_all(plan_commands(args, overrides), dry_run=True)
     from dan_jax import train  # pylint: disable=g-import-not-at-top
+
     base = train_config(args.config, train_spaces[0], overrides)
     tests = {s: make_test_set(s, base, args.test_images, args.test_crop) for s in test_spaces}
     from dan_jax import storage  # pylint: disable=g-import-not-at-top
+
     if not storage.is_url(args.workdir):  # object stores have no folders to create
       storage.path(args.workdir).mkdir(parents=True, exist_ok=True)
     results = {}

@@ -27,16 +27,28 @@ def commands(args: argparse.Namespace, overrides: list[str], archive: str) -> li
   where = [f"--zone={args.zone}"] + ([f"--project={args.project}"] if args.project else [])
   ssh = ["gcloud", "compute", "tpus", "tpu-vm", "ssh", args.tpu, *where, "--worker=all"]
   remote = "~/dan_jax"
-  install = (f"mkdir -p {remote} && tar -xzf ~/dan_jax.tar.gz -C {remote} && cd {remote} && "
-             f"pip install -q -U 'jax[tpu]' && pip install -q -e .")
-  train = _common.quote(_common.train_command(args.config, args.workdir, overrides,
-                                              distributed=True))
+  install = (
+    f"mkdir -p {remote} && tar -xzf ~/dan_jax.tar.gz -C {remote} && cd {remote} && "
+    f"pip install -q -U 'jax[tpu]' && pip install -q -e ."
+  )
+  train = _common.quote(
+    _common.train_command(args.config, args.workdir, overrides, distributed=True)
+  )
   return [
-      ["git", "-C", REPO, "archive", "--format=tar.gz", "-o", archive, "HEAD"],
-      ["gcloud", "compute", "tpus", "tpu-vm", "scp", archive, f"{args.tpu}:~/dan_jax.tar.gz",
-       *where, "--worker=all"],
-      [*ssh, f"--command={install}"],
-      [*ssh, f"--command=cd {remote} && {train}"],
+    ["git", "-C", REPO, "archive", "--format=tar.gz", "-o", archive, "HEAD"],
+    [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "scp",
+      archive,
+      f"{args.tpu}:~/dan_jax.tar.gz",
+      *where,
+      "--worker=all",
+    ],
+    [*ssh, f"--command={install}"],
+    [*ssh, f"--command=cd {remote} && {train}"],
   ]
 
 

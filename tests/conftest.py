@@ -18,11 +18,30 @@ from dan_jax import xla_cpu
 xla_cpu.configure()
 
 # DANv2 x2 with one block per group and 11x11 kernels.
-TINY_V2 = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11,
-               code_len=10, estimator_nf=8, estimator_nb=1)
+TINY_V2 = dict(
+  version="DANv2",
+  scale=2,
+  nf=8,
+  nb=1,
+  ng=1,
+  loops=2,
+  kernel_size=11,
+  code_len=10,
+  estimator_nf=8,
+  estimator_nb=1,
+)
 # DANv1 x2 of about the same cost (its Estimator needs estimator_nf=32).
-TINY_V1 = dict(version="DANv1", scale=2, nf=16, nb=1, loops=2, kernel_size=11, code_len=10,
-               estimator_nf=32, estimator_nb=1)
+TINY_V1 = dict(
+  version="DANv1",
+  scale=2,
+  nf=16,
+  nb=1,
+  loops=2,
+  kernel_size=11,
+  code_len=10,
+  estimator_nf=32,
+  estimator_nb=1,
+)
 
 
 def tiny_variables(config: dict, seed: int = 0) -> dict:

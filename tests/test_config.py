@@ -24,30 +24,49 @@ def test_load_spec_with_argument_and_shipped_fallback(tmp_path, monkeypatch):
 
 def test_overrides_convert_to_the_field_type():
   c = config_lib.load(str(ROOT / "configs" / "test.py"))
-  config_lib.apply_overrides(c, ["model.scale=3", "--config.learning_rate=1e-3",
-                                 "data.cache_decoded=True", "data.train_dir=/a,/b",
-                                 "config.lr_milestones=(10, 20)"])
+  config_lib.apply_overrides(
+    c,
+    [
+      "model.scale=3",
+      "--config.learning_rate=1e-3",
+      "data.cache_decoded=True",
+      "data.train_dir=/a,/b",
+      "config.lr_milestones=(10, 20)",
+    ],
+  )
   assert (c.model.scale, c.learning_rate, c.data.cache_decoded) == (3, 1e-3, True)
   assert c.data.train_dir == "/a,/b" and tuple(c.lr_milestones) == (10, 20)
   assert isinstance(c.model.scale, int) and isinstance(c.learning_rate, float)
   # A tied field (degradation.kernel_size follows model.kernel_size) stays tied.
   config_lib.apply_overrides(c, {"model.kernel_size": 11})
   assert c.degradation.kernel_size == 11
-  for bad, message in [("model.scal=3", "no such config field (did you mean 'scale'?)"),
-                       ("nodel.scale=3", "no such config field (did you mean 'model'?)"),
-                       ("model.scale=five", "model.scale=five: not a valid int"),
-                       ("data.cache_decoded=maybe", "not a valid bool"),
-                       ("batch_size", "expected FIELD=VALUE")]:
-    with pytest.raises(errors.ConfigError, match=message.replace("(", r"\(").replace(
-        ")", r"\)").replace("?", r"\?")):
+  for bad, message in [
+    ("model.scal=3", "no such config field (did you mean 'scale'?)"),
+    ("nodel.scale=3", "no such config field (did you mean 'model'?)"),
+    ("model.scale=five", "model.scale=five: not a valid int"),
+    ("data.cache_decoded=maybe", "not a valid bool"),
+    ("batch_size", "expected FIELD=VALUE"),
+  ]:
+    with pytest.raises(
+      errors.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("?", r"\?")
+    ):
       config_lib.apply_overrides(c, [bad])
   assert json.loads(config_lib.to_json(c))["model"]["scale"] == 3
 
 
 def test_split_override_args_accepts_absl_spellings():
   rest, overrides = config_lib.split_override_args(
-      ["--workdir=w", "--config=c.py", "--config.a=1", "--config.b", "2", "--config.c",
-       "--noconfig.d", "--distributed"])
+    [
+      "--workdir=w",
+      "--config=c.py",
+      "--config.a=1",
+      "--config.b",
+      "2",
+      "--config.c",
+      "--noconfig.d",
+      "--distributed",
+    ]
+  )
   assert rest == ["--workdir=w", "--config=c.py", "--distributed"]
   assert overrides == ["--config.a=1", "--config.b=2", "--config.c=true", "--config.d=false"]
 

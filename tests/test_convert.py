@@ -24,16 +24,31 @@ def test_convert_cli_writes_a_loadable_checkpoint_with_the_official_outputs(tmp_
   official = tmp_path / "official.npz"
   np.savez(official, **state_dict)
   out = tmp_path / "converted"
-  res = subprocess.run([sys.executable, "-m", "dan_jax.convert", f"--official={official}",
-                        f"--out={out}", "--loops=3"], capture_output=True, text=True,
-                       timeout=300)
+  res = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "dan_jax.convert",
+      f"--official={official}",
+      f"--out={out}",
+      "--loops=3",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode == 0, res.stderr
   assert "DANv2 x4" in res.stdout
   model_config, variables, step = checkpoint.load_model(str(out))
   assert step == 0
   # The architecture was read off the weights.
-  for ours, official_name in (("nf", "nf"), ("nb", "nb"), ("ng", "ng"), ("scale", "upscale"),
-                              ("kernel_size", "kernel_size")):
+  for ours, official_name in (
+    ("nf", "nf"),
+    ("nb", "nb"),
+    ("ng", "ng"),
+    ("scale", "upscale"),
+    ("kernel_size", "kernel_size"),
+  ):
     assert model_config[ours] == meta[official_name]
   assert model_config.estimator_nf == 64 and model_config.loops == 3
   model = models.create_model(model_config)
@@ -41,8 +56,12 @@ def test_convert_cli_writes_a_loadable_checkpoint_with_the_official_outputs(tmp_
   want = data["sr"].transpose(0, 1, 3, 4, 2)
   np.testing.assert_allclose(out_.sr, want, rtol=0, atol=1e-4 * np.abs(want).max())
   # Converting again into the same place refuses and keeps the first checkpoint.
-  again = subprocess.run([sys.executable, "-m", "dan_jax.convert", f"--official={official}",
-                          f"--out={out}"], capture_output=True, text=True, timeout=300)
+  again = subprocess.run(
+    [sys.executable, "-m", "dan_jax.convert", f"--official={official}", f"--out={out}"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert again.returncode == 2 and again.stderr.startswith("error:")
   assert "Traceback" not in again.stderr
   assert checkpoint.load_model(str(out))[2] == 0

@@ -35,8 +35,13 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 CASES = ("x4_setting1", "x4_setting2", "x2_setting1")
 # Official DCLS(nf=64, nb=10, ng=5, input_para=256) parameter counts, counted by the official
 # code (sum of numel); x4 setting 1 is the paper's 13.63M.
-OFFICIAL_COUNTS = {(21, 4): 13626187, (31, 4): 19054027, (21, 2): 13478475,
-                   (21, 3): 13663115, (11, 2): 8905931}
+OFFICIAL_COUNTS = {
+  (21, 4): 13626187,
+  (31, 4): 19054027,
+  (21, 2): 13478475,
+  (21, 3): 13663115,
+  (11, 2): 8905931,
+}
 
 
 def _state_dict(data) -> dict:
@@ -50,10 +55,12 @@ def _rel_err(got, want) -> float:
 
 @pytest.mark.parametrize("kernel_size,scale", sorted(OFFICIAL_COUNTS))
 def test_parameter_count_equals_official(kernel_size, scale):
-  model = models.create_model(dict(version="DCLS", kernel_size=kernel_size, scale=scale,
-                                   nf=64, nb=10, ng=5, input_para=256))
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x),
-                          jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
+  model = models.create_model(
+    dict(version="DCLS", kernel_size=kernel_size, scale=scale, nf=64, nb=10, ng=5, input_para=256)
+  )
+  shapes = jax.eval_shape(
+    lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32)
+  )
   assert models.count_params(shapes["params"]) == OFFICIAL_COUNTS[(kernel_size, scale)]
 
 
@@ -65,12 +72,15 @@ def test_forward_matches_official(case):
   variables = convert.dcls_params_from_torch(_state_dict(data), config)
   model = models.create_model(config)
   out, inter = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True))(
-      variables, data["lr"])
+    variables, data["lr"]
+  )
   inter = inter["intermediates"]["restorer"]
-  checks = {"kernel": (out.kernel[0], data["kernel"]),
-            "cls": (inter["cls"]["__call__"][0], data["cls"]),
-            "upscale": (inter["upsample"]["__call__"][0], data["upscale"]),
-            "sr": (out.sr[0], data["sr"])}
+  checks = {
+    "kernel": (out.kernel[0], data["kernel"]),
+    "cls": (inter["cls"]["__call__"][0], data["cls"]),
+    "upscale": (inter["upsample"]["__call__"][0], data["upscale"]),
+    "sr": (out.sr[0], data["sr"]),
+  }
   for name, (got, want) in checks.items():
     assert got.shape == want.shape, name
     assert _rel_err(got, want) < 1e-4, (name, _rel_err(got, want))
@@ -80,7 +90,7 @@ def test_forward_matches_official(case):
 def test_adaptive_pool_bins_overlap_like_pytorch():
   # AdaptiveAvgPool2d(3) over 4 pixels: bins [0,2), [1,3), [2,4).
   m = dcls.adaptive_avg_pool_matrix(4, 3)
-  np.testing.assert_allclose(m, [[.5, .5, 0, 0], [0, .5, .5, 0], [0, 0, .5, .5]])
+  np.testing.assert_allclose(m, [[0.5, 0.5, 0, 0], [0, 0.5, 0.5, 0], [0, 0, 0.5, 0.5]])
   np.testing.assert_allclose(dcls.adaptive_avg_pool_matrix(6, 3).sum(1), 1.0)
 
 
@@ -92,8 +102,11 @@ def test_cls_deconvolution_undoes_a_shift_kernel():
   x = rng.uniform(0, 1, (2, 12, 16, 3)).astype(np.float32)
   k = np.zeros((2, 5, 5), np.float32)
   k[:, 2, 3] = 1.0
-  got = np.asarray(dcls.cls_deconvolution(jnp.asarray(np.roll(x, 1, axis=2)), jnp.asarray(k),
-                                          jnp.zeros((2, 3, 3, 3))))
+  got = np.asarray(
+    dcls.cls_deconvolution(
+      jnp.asarray(np.roll(x, 1, axis=2)), jnp.asarray(k), jnp.zeros((2, 3, 3, 3))
+    )
+  )
   np.testing.assert_allclose(got[:, :, :-1], x[:, :, :-1], atol=1e-5)
   # A delta kernel returns the input everywhere.
   delta = np.zeros((2, 5, 5), np.float32)
@@ -110,8 +123,11 @@ def test_dcls_config_errors_name_the_field():
   spec = models.create_model(dict(version="DCLS")).spec
   assert spec.estimator_nb == 3 and spec.remat == "groups"
   assert models.create_model(dict(version="DANv2")).spec.remat == "none"
-  with pytest.raises(ValueError, match=r"model.remat must be one of \('none', 'groups', "
-                     r"'blocks'\), got 'all'"):
+  with pytest.raises(
+    ValueError,
+    match=r"model.remat must be one of \('none', 'groups', "
+    r"'blocks'\), got 'all'",
+  ):
     models.create_model(dict(version="DCLS", remat="all"))
   with pytest.raises(ValueError, match="model.remat is for DCLS only"):
     models.create_model(dict(version="DANv2", remat="groups"))
@@ -121,6 +137,7 @@ def test_bad_remat_in_a_training_config_is_one_clear_error():
   from dan_jax import config as config_lib
   from dan_jax import train
   from dan_jax.errors import TrainingError
+
   c = config_lib.load(str(ROOT / "configs" / "test.py:dcls"))
   c.model.remat = "group"
   with pytest.raises(TrainingError, match=r"^config.model.remat must be one of"):
@@ -163,9 +180,19 @@ def test_convert_cli_reads_the_architecture_off_dcls_weights(tmp_path):
   pca = np.random.default_rng(0).normal(size=(21 * 21, 10)).astype(np.float32)
   np.save(tmp_path / "pca.npy", pca)
   out = tmp_path / "converted"
-  res = subprocess.run([sys.executable, "-m", "dan_jax.convert", f"--official={official}",
-                        f"--out={out}", f"--pca={tmp_path / 'pca.npy'}"],
-                       capture_output=True, text=True, timeout=300)
+  res = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "dan_jax.convert",
+      f"--official={official}",
+      f"--out={out}",
+      f"--pca={tmp_path / 'pca.npy'}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert res.returncode == 0, res.stderr
   assert "DCLS x2" in res.stdout
   model_config, variables, _ = checkpoint.load_model(str(out))
@@ -173,12 +200,23 @@ def test_convert_cli_reads_the_architecture_off_dcls_weights(tmp_path):
   assert model_config.kernel_size == 21 and model_config.estimator_nb == 3
   out_ = jax.jit(models.create_model(model_config).apply)(variables, data["lr"])
   assert _rel_err(out_.sr[0], data["sr"]) < 1e-4
-  np.testing.assert_allclose(out_.code[0], data["kernel"].reshape(2, -1) @ pca,
-                             rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(
+    out_.code[0], data["kernel"].reshape(2, -1) @ pca, rtol=1e-4, atol=1e-5
+  )
   # A missing PCA file fails with one clear line.
-  bad = subprocess.run([sys.executable, "-m", "dan_jax.convert", f"--official={official}",
-                        f"--out={tmp_path / 'x'}", f"--pca={tmp_path / 'missing.npy'}"],
-                       capture_output=True, text=True, timeout=300)
+  bad = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "dan_jax.convert",
+      f"--official={official}",
+      f"--out={tmp_path / 'x'}",
+      f"--pca={tmp_path / 'missing.npy'}",
+    ],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert bad.returncode == 2 and bad.stderr.startswith("error: no such PCA file")
   assert "Traceback" not in bad.stderr
 
@@ -189,8 +227,7 @@ def test_reformulated_kernel_matches_official_correction_loss(kernel_size):
   # Gaussian and bicubic-downsampled (torch F.interpolate; any resize gives a valid pair).
   data = np.load(FIXTURES / "dcls_kernel_loss.npz")
   tag = f"k{kernel_size}"
-  target = dcls.reformulated_kernel(data[f"{tag}/lr_blurred"], data[f"{tag}/lr_clean"],
-                                    kernel_size)
+  target = dcls.reformulated_kernel(data[f"{tag}/lr_blurred"], data[f"{tag}/lr_clean"], kernel_size)
   assert _rel_err(target, data[f"{tag}/target"]) < 1e-4
   loss = np.mean(np.abs(data[f"{tag}/k_pred"] - np.asarray(target)))
   np.testing.assert_allclose(loss, data[f"{tag}/loss"], rtol=1e-4)
@@ -201,11 +238,19 @@ def test_reformulated_kernel_matches_official_correction_loss(kernel_size):
 ROOT = pathlib.Path(__file__).parents[1]
 
 
-@pytest.mark.parametrize("name,scale,kernel,sig_max", [
-    ("x2", 2, 21, 2.0), ("x3", 3, 21, 3.0), ("x4", 4, 21, 4.0),
-    ("x2_setting2", 2, 11, 5.0), ("x4_setting2", 4, 31, 5.0)])
+@pytest.mark.parametrize(
+  "name,scale,kernel,sig_max",
+  [
+    ("x2", 2, 21, 2.0),
+    ("x3", 3, 21, 3.0),
+    ("x4", 4, 21, 4.0),
+    ("x2_setting2", 2, 11, 5.0),
+    ("x4_setting2", 4, 31, 5.0),
+  ],
+)
 def test_dcls_configs_follow_the_official_yamls(name, scale, kernel, sig_max):
   from dan_jax import train
+
   c = config_lib.load(str(ROOT / "configs" / f"{name}.py:dcls"))
   spec = train.validate_config(c)
   assert spec.version == "DCLS" and spec.scale == scale and spec.loops == 1
@@ -221,6 +266,7 @@ def test_dcls_configs_follow_the_official_yamls(name, scale, kernel, sig_max):
 def test_dcls_trains_with_the_reformulated_kernel_loss(tmp_path):
   from dan_jax import input_pipeline
   from dan_jax import train
+
   c = config_lib.load(str(ROOT / "configs" / "test.py:dcls"))
   pca = np.zeros((11 * 11, c.model.code_len), np.float32)
   batch = next(iter(input_pipeline.create_train_iterator(c, pca)))
@@ -250,6 +296,7 @@ def test_init_follows_the_official_constructors():
 
 def test_predictor_runs_dcls_whole_images_and_refuses_tiles():
   from dan_jax import predict
+
   data = np.load(FIXTURES / "parity_dcls_x4_setting1.npz")
   config = convert.infer_dcls_config(_state_dict(data))
   variables = convert.dcls_params_from_torch(_state_dict(data), config)
@@ -284,8 +331,19 @@ def test_dcls_resumed_run_matches_uninterrupted_run(tmp_path):
 # ------------------------------------------------------------ every tool takes DCLS
 
 # The smallest DCLS of configs/test.py:dcls (x2, 11x11 kernels: the smallest filter stack).
-TINY_DCLS = dict(version="DCLS", scale=2, nf=16, nb=1, ng=1, loops=1, kernel_size=11,
-                 code_len=10, estimator_nf=8, estimator_nb=1, input_para=8)
+TINY_DCLS = dict(
+  version="DCLS",
+  scale=2,
+  nf=16,
+  nb=1,
+  ng=1,
+  loops=1,
+  kernel_size=11,
+  code_len=10,
+  estimator_nf=8,
+  estimator_nb=1,
+  input_para=8,
+)
 
 
 @pytest.fixture(scope="module")
@@ -304,12 +362,25 @@ def test_evaluate_scores_dcls_kernels_like_danv2(tmp_path, ckpt_dcls, capsys):
   from dan_jax import metrics
 
   import test_evaluate  # its Gaussian8/DIV2KRK makers
+
   test_evaluate._make_hr(tmp_path / "hr")
   kernels = test_evaluate._make_div2krk(tmp_path / "krk")
   work = tmp_path / "work"
-  rc = evaluate.main(["--checkpoint", ckpt_dcls, "--dataset", f"Tiny={tmp_path / 'hr'}",
-                      "--div2krk", str(tmp_path / "krk"), "--out", str(work),
-                      "--save_images", "--batch_size", "4"])
+  rc = evaluate.main(
+    [
+      "--checkpoint",
+      ckpt_dcls,
+      "--dataset",
+      f"Tiny={tmp_path / 'hr'}",
+      "--div2krk",
+      str(tmp_path / "krk"),
+      "--out",
+      str(work),
+      "--save_images",
+      "--batch_size",
+      "4",
+    ]
+  )
   out, err = capsys.readouterr()
   assert rc == 0, err
   (run_dir,) = [p for p in work.iterdir() if p.name.startswith("eval-")]
@@ -323,7 +394,8 @@ def test_evaluate_scores_dcls_kernels_like_danv2(tmp_path, ckpt_dcls, capsys):
   for n, row in ((1, rows[16]), (2, rows[17])):
     est = np.load(run_dir / "images" / "DIV2KRK" / f"im_{n}_x2_kernel.npy")
     assert float(row["kernel_mse"]) == pytest.approx(
-        metrics.kernel_error(est, kernels[n])["mse"], rel=1e-9)
+      metrics.kernel_error(est, kernels[n])["mse"], rel=1e-9
+    )
     lr = np.asarray(Image.open(tmp_path / "krk" / "lr_x2" / f"im_{n}.png"), np.float32) / 255
     direct = np.asarray(jax.jit(model.apply)(variables, lr[None]).kernel[0, 0])
     np.testing.assert_allclose(est, direct, atol=1e-5)
@@ -331,7 +403,8 @@ def test_evaluate_scores_dcls_kernels_like_danv2(tmp_path, ckpt_dcls, capsys):
   summary = json.loads((run_dir / "summary.json").read_text())
   assert summary["model"]["version"] == "DCLS"
   assert summary["datasets"]["DIV2KRK"]["all"]["kernel_mse"] == pytest.approx(
-      np.mean([float(r["kernel_mse"]) for r in rows[16:]]), rel=1e-9)
+    np.mean([float(r["kernel_mse"]) for r in rows[16:]]), rel=1e-9
+  )
   assert any(l.startswith("DIV2KRK") for l in out.splitlines())
 
 
@@ -382,14 +455,23 @@ def _run_sharded(tmp_path, ckpt: str, part: str) -> dict:
   """{n: RESULT} of `_SHARDED` (part 'eval' or 'train') on 1 and 4 fake CPU devices."""
   results = {}
   for n in (1, 4):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-               JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", _SHARDED, ckpt,
-                           str(tmp_path / f"{part}{n}.npz"), str(n), part],
-                          env=env, capture_output=True, text=True, timeout=600, check=False)
+    env = dict(
+      os.environ,
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+      JAX_PLATFORMS="cpu",
+      PYTHONPATH=str(ROOT),
+    )
+    proc = subprocess.run(
+      [sys.executable, "-c", _SHARDED, ckpt, str(tmp_path / f"{part}{n}.npz"), str(n), part],
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+      check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-    results[n] = json.loads(line[len("RESULT "):])
+    results[n] = json.loads(line[len("RESULT ") :])
   return results
 
 
@@ -431,9 +513,17 @@ def test_dcls_training_sharded_over_four_devices_equals_one(tmp_path, ckpt_dcls)
 def test_inference_notebook_takes_a_dcls_checkpoint(tmp_path, ckpt_dcls, kernel_env):  # noqa: F811
   # CPU_TEST makes its own DANv2, so the notebook runs as a user would: CHECKPOINT set.
   del kernel_env  # a Jupyter kernel of this interpreter (test_notebooks' fixture)
-  nb = test_notebooks._execute("inference.ipynb", {
-      "CPU_TEST": False, "CHECKPOINT": ckpt_dcls, "IMAGE_PATH": "sample", "HR_CROP": 48,
-      "WORKDIR": str(tmp_path / "work"), "REPO_DIR": str(ROOT)})
+  nb = test_notebooks._execute(
+    "inference.ipynb",
+    {
+      "CPU_TEST": False,
+      "CHECKPOINT": ckpt_dcls,
+      "IMAGE_PATH": "sample",
+      "HR_CROP": 48,
+      "WORKDIR": str(tmp_path / "work"),
+      "REPO_DIR": str(ROOT),
+    },
+  )
   text = test_notebooks._text
   assert "DCLS x2, 1 alternating iterations" in text(test_notebooks._cell(nb, "checkpoint"))
   assert "Y-PSNR: bicubic" in text(test_notebooks._cell(nb, "run"))
@@ -448,16 +538,28 @@ def test_inference_notebook_takes_a_dcls_checkpoint(tmp_path, ckpt_dcls, kernel_
 def test_dcls_exports_at_one_size_and_infer_runs_it(tmp_path, ckpt_dcls, capsys):
   from dan_jax import export
   from dan_jax import infer
+
   out = tmp_path / "export"
   # Without --size: one error line, nothing written.
-  assert export.main(["--checkpoint", ckpt_dcls, "--out", str(out),
-                      "--format", "stablehlo"]) == 2
+  assert export.main(["--checkpoint", ckpt_dcls, "--out", str(out), "--format", "stablehlo"]) == 2
   err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert len(err) == 1 and "DCLS artifacts take one LR size" in err[0] and not out.exists()
   # Every format, at 20x24 with a symbolic batch where the format has one.
-  assert export.main(["--checkpoint", ckpt_dcls, "--out", str(out), "--size", "20x24",
-                      "--format", "stablehlo,savedmodel,tflite,onnx"]) == 0, \
-      capsys.readouterr().err
+  assert (
+    export.main(
+      [
+        "--checkpoint",
+        ckpt_dcls,
+        "--out",
+        str(out),
+        "--size",
+        "20x24",
+        "--format",
+        "stablehlo,savedmodel,tflite,onnx",
+      ]
+    )
+    == 0
+  ), capsys.readouterr().err
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["input"]["shape"] == ["b", 20, 24, 3]
   assert manifest["outputs"]["sr"]["shape"] == ["b", 40, 48, 3]
@@ -474,16 +576,29 @@ def test_dcls_exports_at_one_size_and_infer_runs_it(tmp_path, ckpt_dcls, capsys)
   src.mkdir()
   Image.fromarray(rng.integers(0, 256, (20, 24, 3), np.uint8)).save(src / "fits.png")
   capsys.readouterr()
-  assert infer.main(["--exported", str(out), "--input", str(src / "fits.png"),
-                     "--output", str(tmp_path / "a")]) == 0, capsys.readouterr().err
-  assert infer.main(["--checkpoint", ckpt_dcls, "--input", str(src / "fits.png"),
-                     "--output", str(tmp_path / "b")]) == 0, capsys.readouterr().err
+  assert (
+    infer.main(
+      ["--exported", str(out), "--input", str(src / "fits.png"), "--output", str(tmp_path / "a")]
+    )
+    == 0
+  ), capsys.readouterr().err
+  assert (
+    infer.main(
+      ["--checkpoint", ckpt_dcls, "--input", str(src / "fits.png"), "--output", str(tmp_path / "b")]
+    )
+    == 0
+  ), capsys.readouterr().err
   a, b = (np.asarray(Image.open(tmp_path / d / "fits_x2.png")).astype(int) for d in "ab")
   assert a.shape == (40, 48, 3) and np.abs(a - b).max() <= 1
   Image.fromarray(rng.integers(0, 256, (24, 20, 3), np.uint8)).save(src / "other.png")
   capsys.readouterr()
-  assert infer.main(["--exported", str(out), "--input", str(src / "other.png"),
-                     "--output", str(tmp_path / "c")]) == 1
+  assert (
+    infer.main(
+      ["--exported", str(out), "--input", str(src / "other.png"), "--output", str(tmp_path / "c")]
+    )
+    == 1
+  )
   err = capsys.readouterr().err
-  assert (f"error: {src / 'other.png'}: this DCLS artifact takes 20x24 LR images only, "
-          "got 24x20") in err, err
+  assert (
+    f"error: {src / 'other.png'}: this DCLS artifact takes 20x24 LR images only, got 24x20"
+  ) in err, err

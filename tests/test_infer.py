@@ -22,7 +22,7 @@ from conftest import tiny_variables as _variables
 
 
 def _photo(h, w, y=100, x=150):
-  return data.astronaut()[y:y + h, x:x + w]
+  return data.astronaut()[y : y + h, x : x + w]
 
 
 # ---------------------------------------------------------------------------------------
@@ -55,9 +55,10 @@ def test_tile_windows_cover_every_pixel_once():
     assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
     total = np.zeros(n * 2)
     for a in starts:
-      w = predict.axis_window(length, a > 0, a + length < n, 2, *predict._margin_and_width(
-          overlap, 5))
-      total[a * 2:(a + length) * 2] += w
+      w = predict.axis_window(
+        length, a > 0, a + length < n, 2, *predict._margin_and_width(overlap, 5)
+      )
+      total[a * 2 : (a + length) * 2] += w
     assert np.all(total > 0)
 
 
@@ -99,6 +100,7 @@ def test_exif_orientation_matches_pillow(tmp_path):
 
 def _png16(img):
   import tensorflow as tf
+
   return tf.io.encode_png(img).numpy()
 
 
@@ -113,6 +115,7 @@ def _write_inputs(folder):
   (folder / "deep.png").write_bytes(_png16(deep))
   (folder / "deep_gray.png").write_bytes(_png16(deep[..., :1]))
   import tifffile
+
   tifffile.imwrite(folder / "deep_tiff.tif", deep)
   Image.fromarray(rgb).save(folder / "pic.bmp")
   exif = Image.Exif()
@@ -120,7 +123,7 @@ def _write_inputs(folder):
   Image.fromarray(np.rot90(rgb, 1).copy()).save(folder / "photo.jpg", exif=exif, quality=95)
   buf = io.BytesIO()
   Image.fromarray(rgb).save(buf, format="PNG")
-  (folder / "broken.png").write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
+  (folder / "broken.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
   (folder / "fake.png").write_text("not an image")
   (folder / "notes.txt").write_text("hello")
   return rgb, alpha
@@ -140,8 +143,8 @@ def test_cli_formats_failures_and_tiles(tmp_path, ckpt_v2, capsys):
   assert len([l for l in lines if "notes.txt" in l and "skipping" in l]) == 1
   assert "s per output megapixel" in err
   assert sorted(p.name for p in out.glob("*_x2.png")) == sorted(
-      f"{n}_x2.png" for n in ["odd", "gray", "rgba", "deep", "deep_gray", "deep_tiff",
-                              "pic", "photo"])
+    f"{n}_x2.png" for n in ["odd", "gray", "rgba", "deep", "deep_gray", "deep_tiff", "pic", "photo"]
+  )
   assert not (out / "broken_x2.png").exists() and not (out / "fake_x2.png").exists()
 
   def read(name):
@@ -155,8 +158,11 @@ def test_cli_formats_failures_and_tiles(tmp_path, ckpt_v2, capsys):
   assert rgba.mode == "RGBA" and rgba.size == (48, 40)
   want_alpha = image_io.quantize(prediction_io.upscale_alpha(alpha / 255.0, 2), 8)
   np.testing.assert_array_equal(np.asarray(rgba)[..., 3], want_alpha)
-  for name, is_gray in [("deep_x2.png", False), ("deep_gray_x2.png", True),
-                        ("deep_tiff_x2.png", False)]:
+  for name, is_gray in [
+    ("deep_x2.png", False),
+    ("deep_gray_x2.png", True),
+    ("deep_tiff_x2.png", False),
+  ]:
     img = read(name)
     assert img.bit_depth == 16 and img.gray == is_gray and img.rgb.shape == (40, 48, 3)
   # 16-bit input gives the same picture as its 8-bit version, at 16-bit precision.
@@ -168,8 +174,18 @@ def test_cli_formats_failures_and_tiles(tmp_path, ckpt_v2, capsys):
 
   # Tiled inference of the odd-sized image gives the same file.
   tiled = tmp_path / "tiled"
-  rc = infer.main(["--checkpoint", ckpt_v2, "--input", str(src / "odd.png"), "--output",
-                   str(tiled), "--tile", "24"])
+  rc = infer.main(
+    [
+      "--checkpoint",
+      ckpt_v2,
+      "--input",
+      str(src / "odd.png"),
+      "--output",
+      str(tiled),
+      "--tile",
+      "24",
+    ]
+  )
   assert rc == 0, capsys.readouterr().err
   a = np.asarray(Image.open(tiled / "odd_x2.png"), np.int16)
   b = np.asarray(Image.open(out / "odd_x2.png"), np.int16)
@@ -202,12 +218,18 @@ def test_cli_empty_folder_and_missing_input(tmp_path, ckpt_v2, capsys):
   empty = tmp_path / "empty"
   empty.mkdir()
   (empty / "readme.md").write_text("x")
-  assert infer.main(["--checkpoint", ckpt_v2, "--input", str(empty), "--output",
-                     str(tmp_path / "o")]) == 2
+  assert (
+    infer.main(["--checkpoint", ckpt_v2, "--input", str(empty), "--output", str(tmp_path / "o")])
+    == 2
+  )
   err = capsys.readouterr().err
   assert err.count("error:") == 1 and "no images in" in err and "readme.md" in err
-  assert infer.main(["--checkpoint", ckpt_v2, "--input", str(tmp_path / "nope"),
-                     "--output", str(tmp_path / "o")]) == 2
+  assert (
+    infer.main(
+      ["--checkpoint", ckpt_v2, "--input", str(tmp_path / "nope"), "--output", str(tmp_path / "o")]
+    )
+    == 2
+  )
   assert "does not exist" in capsys.readouterr().err
   assert not (tmp_path / "o").exists()
 
@@ -217,8 +239,9 @@ def test_cli_danv1_writes_the_code(tmp_path, capsys):
   checkpoint.save_model(str(ckpt), _variables(V1), V1)
   src = tmp_path / "a.png"
   Image.fromarray(_photo(16, 20)).save(src)
-  rc = infer.main(["--checkpoint", str(ckpt), "--input", str(src), "--output",
-                   str(tmp_path / "out")])
+  rc = infer.main(
+    ["--checkpoint", str(ckpt), "--input", str(src), "--output", str(tmp_path / "out")]
+  )
   assert rc == 0, capsys.readouterr().err
   assert sorted(os.listdir(tmp_path / "out")) == ["a_x2.png", "a_x2_code.npy"]
   assert np.load(tmp_path / "out" / "a_x2_code.npy").shape == (10,)

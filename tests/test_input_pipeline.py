@@ -138,10 +138,15 @@ def test_augmentation_is_official_dihedral_subset(pca):
   plain = _batches(_config(use_flip=False, use_rot=False), pca, 2)
   aug = _batches(_config(), pca, 2)
   transforms = {
-      (hf, vf, tr): (lambda x, hf=hf, vf=vf, tr=tr: (
-          (lambda y: y.transpose(1, 0, 2) if tr else y)(
-              (lambda y: y[::-1] if vf else y)(x[:, ::-1] if hf else x))))
-      for hf in (0, 1) for vf in (0, 1) for tr in (0, 1)}
+    (hf, vf, tr): (
+      lambda x, hf=hf, vf=vf, tr=tr: (lambda y: y.transpose(1, 0, 2) if tr else y)(
+        (lambda y: y[::-1] if vf else y)(x[:, ::-1] if hf else x)
+      )
+    )
+    for hf in (0, 1)
+    for vf in (0, 1)
+    for tr in (0, 1)
+  }
   used = set()
   for p, a in zip(plain, aug):
     # Crop position, kernel and noise are drawn from independent streams.
@@ -172,13 +177,15 @@ def test_resumption(pca, demo_run):
 
 
 def test_two_process_shards_concatenate_to_global_batch(pca, demo_run):
-  shards = [_batches(_config(), pca, 2, start_step=2, process_index=p, process_count=2)
-            for p in range(2)]
+  shards = [
+    _batches(_config(), pca, 2, start_step=2, process_index=p, process_count=2) for p in range(2)
+  ]
   for step in range(2):
     assert shards[0][step]["hr"].shape[0] == 2
     for k in KEYS:
       np.testing.assert_array_equal(
-          np.concatenate([shards[0][step][k], shards[1][step][k]]), demo_run[2 + step][k])
+        np.concatenate([shards[0][step][k], shards[1][step][k]]), demo_run[2 + step][k]
+      )
 
 
 def test_dataset_has_static_shapes(pca):
@@ -300,7 +307,9 @@ def test_tfds_source_with_mock_data(pca, caplog):
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("case, match", [
+@pytest.mark.parametrize(
+  "case, match",
+  [
     ("unknown_source", "data.source"),
     ("unset_dir", "data.train_dir is not set"),
     ("missing_dir", "does not exist"),
@@ -310,7 +319,8 @@ def test_tfds_source_with_mock_data(pca, caplog):
     ("batch_split", "batch_size"),
     ("crop_not_multiple", "hr_crop must be a positive multiple"),
     ("tfds_bad_feature", "no feature 'image'"),
-])
+  ],
+)
 def test_errors(tmp_path, pca, case, match):
   c = _config(source="folder", train_dir=str(tmp_path))
   kw = dict(process_index=0, process_count=1)

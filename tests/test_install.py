@@ -49,13 +49,30 @@ def test_an_image_with_full_tensorflow_gets_no_second_tensorflow(tmp_path):
   """pip's resolution (from PyPI, nothing installed) of requirements.txt on a Colab image."""
   report = tmp_path / "report.json"
   proc = subprocess.run(
-      [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--ignore-installed",
-       "--disable-pip-version-check", "--report", str(report),
-       "-r", str(ROOT / "requirements.txt"), *PREINSTALLED],
-      capture_output=True, text=True, timeout=900)
+    [
+      sys.executable,
+      "-m",
+      "pip",
+      "install",
+      "--dry-run",
+      "--quiet",
+      "--ignore-installed",
+      "--disable-pip-version-check",
+      "--report",
+      str(report),
+      "-r",
+      str(ROOT / "requirements.txt"),
+      *PREINSTALLED,
+    ],
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-4000:]
-  install = {i["metadata"]["name"].lower(): i["metadata"]["version"]
-             for i in json.loads(report.read_text())["install"]}
+  install = {
+    i["metadata"]["name"].lower(): i["metadata"]["version"]
+    for i in json.loads(report.read_text())["install"]
+  }
   assert install["tensorflow"] == "2.20.0"
   assert "tensorflow-cpu" not in install and "tf-nightly" not in install
   assert install["jax"] == "0.10.2"

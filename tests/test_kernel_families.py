@@ -28,8 +28,13 @@ def _moments(kernels: np.ndarray):
   k = kernels.astype(np.float64)
   mx, my = (k * xx).sum((1, 2)), (k * yy).sum((1, 2))
   dx, dy = xx - mx[:, None, None], yy - my[:, None, None]
-  cov = np.stack([np.stack([(k * dx * dx).sum((1, 2)), (k * dx * dy).sum((1, 2))], -1),
-                  np.stack([(k * dx * dy).sum((1, 2)), (k * dy * dy).sum((1, 2))], -1)], -2)
+  cov = np.stack(
+    [
+      np.stack([(k * dx * dx).sum((1, 2)), (k * dx * dy).sum((1, 2))], -1),
+      np.stack([(k * dx * dy).sum((1, 2)), (k * dy * dy).sum((1, 2))], -1),
+    ],
+    -2,
+  )
   return np.stack([mx, my], -1), np.linalg.eigvalsh(cov)
 
 
@@ -67,9 +72,15 @@ def test_kernel_spaces_give_valid_deterministic_kernels(name, size):
 def test_default_family_is_the_official_sampler():
   for spec in (deg.setting1_spec(), deg.setting2_spec(), deg.setting2_spec(11)):
     assert spec.family == "gaussian"
-    ref = deg.random_kernels(16, spec.kernel_size, sig_min=spec.sig_min, sig_max=spec.sig_max,
-                             rate_iso=spec.rate_iso, random_disturb=spec.random_disturb,
-                             seed=[4, 2]).numpy()
+    ref = deg.random_kernels(
+      16,
+      spec.kernel_size,
+      sig_min=spec.sig_min,
+      sig_max=spec.sig_max,
+      rate_iso=spec.rate_iso,
+      random_disturb=spec.random_disturb,
+      seed=[4, 2],
+    ).numpy()
     np.testing.assert_array_equal(deg.sample_kernels(16, spec, [4, 2]).numpy(), ref)
     # A one-component "mixture" is the family itself, bit for bit.
     one = dataclasses.replace(spec, family="gaussian:3")
@@ -82,26 +93,45 @@ def test_default_family_is_the_official_sampler():
 @pytest.mark.parametrize("base", [deg.setting1_spec(), deg.setting2_spec()])
 def test_generalized_gaussian_with_beta_1_is_the_gaussian(base):
   spec = dataclasses.replace(base, family="generalized_gaussian", beta_min=1.0, beta_max=1.0)
-  np.testing.assert_allclose(deg.sample_kernels(32, spec, [8, 8]).numpy(),
-                             deg.sample_kernels(32, base, [8, 8]).numpy(), atol=1e-7)
   np.testing.assert_allclose(
-      deg.generalized_gaussian_kernel(21, 2.5, 1.2, 0.7, 1.0).numpy(),
-      deg.anisotropic_gaussian_kernel(21, 2.5, 1.2, 0.7).numpy(), atol=1e-7)
+    deg.sample_kernels(32, spec, [8, 8]).numpy(),
+    deg.sample_kernels(32, base, [8, 8]).numpy(),
+    atol=1e-7,
+  )
+  np.testing.assert_allclose(
+    deg.generalized_gaussian_kernel(21, 2.5, 1.2, 0.7, 1.0).numpy(),
+    deg.anisotropic_gaussian_kernel(21, 2.5, 1.2, 0.7).numpy(),
+    atol=1e-7,
+  )
 
 
 @pytest.mark.parametrize("family", ["generalized_gaussian", "plateau"])
 def test_shape_formulas_match_direct_numpy_evaluation(family):
   fn = deg.generalized_gaussian_kernel if family == "generalized_gaussian" else deg.plateau_kernel
   for sx, sy, theta, beta in [(2.5, 1.2, 0.7, 0.6), (1.0, 3.0, -2.0, 1.7), (3.0, 3.0, 0.0, 4.0)]:
-    np.testing.assert_allclose(fn(21, sx, sy, theta, beta).numpy(),
-                               _numpy_shape_kernel(21, sx, sy, theta, beta, family), atol=1e-7)
+    np.testing.assert_allclose(
+      fn(21, sx, sy, theta, beta).numpy(),
+      _numpy_shape_kernel(21, sx, sy, theta, beta, family),
+      atol=1e-7,
+    )
   # Sampled kernels are exactly the formula at their sampled parameters.
   kernels, p = deg.random_shaped_kernels(
-      12, 15, family, sig_min=0.6, sig_max=5.0, rate_iso=0.5, beta_min=0.5, beta_max=4.0,
-      random_disturb=False, seed=[1, 5], return_params=True)
+    12,
+    15,
+    family,
+    sig_min=0.6,
+    sig_max=5.0,
+    rate_iso=0.5,
+    beta_min=0.5,
+    beta_max=4.0,
+    random_disturb=False,
+    seed=[1, 5],
+    return_params=True,
+  )
   for i in range(12):
-    ref = _numpy_shape_kernel(15, *(p[n][i].numpy() for n in ("sigma_x", "sigma_y", "theta",
-                                                              "beta")), family)
+    ref = _numpy_shape_kernel(
+      15, *(p[n][i].numpy() for n in ("sigma_x", "sigma_y", "theta", "beta")), family
+    )
     np.testing.assert_allclose(kernels[i].numpy(), ref, atol=1e-7)
   iso = p["is_iso"].numpy()
   assert iso.any() and (~iso).any()
@@ -109,16 +139,36 @@ def test_shape_formulas_match_direct_numpy_evaluation(family):
 
 
 def test_beta_sampling_follows_real_esrgan():
-  _, p = deg.random_shaped_kernels(4000, 5, "generalized_gaussian", sig_min=1, sig_max=2,
-                                   rate_iso=1.0, beta_min=0.5, beta_max=4.0,
-                                   random_disturb=False, seed=[0, 3], return_params=True)
+  _, p = deg.random_shaped_kernels(
+    4000,
+    5,
+    "generalized_gaussian",
+    sig_min=1,
+    sig_max=2,
+    rate_iso=1.0,
+    beta_min=0.5,
+    beta_max=4.0,
+    random_disturb=False,
+    seed=[0, 3],
+    return_params=True,
+  )
   beta = p["beta"].numpy()
   assert beta.min() >= 0.5 and beta.max() <= 4.0
   # A range straddling 1 is split evenly below/above 1, not uniform over (0.5, 4).
   assert abs(np.mean(beta < 1.0) - 0.5) < 0.03
-  _, p = deg.random_shaped_kernels(4000, 5, "plateau", sig_min=1, sig_max=2, rate_iso=1.0,
-                                   beta_min=1.0, beta_max=2.0, random_disturb=False,
-                                   seed=[0, 3], return_params=True)
+  _, p = deg.random_shaped_kernels(
+    4000,
+    5,
+    "plateau",
+    sig_min=1,
+    sig_max=2,
+    rate_iso=1.0,
+    beta_min=1.0,
+    beta_max=2.0,
+    random_disturb=False,
+    seed=[0, 3],
+    return_params=True,
+  )
   beta = p["beta"].numpy()
   assert beta.min() >= 1.0 and beta.max() <= 2.0 and abs(beta.mean() - 1.5) < 0.03
 
@@ -154,9 +204,17 @@ def test_motion_kernel_rasterises_a_straight_path():
 
 
 def test_motion_kernels_lie_on_their_paths_and_are_elongated():
-  kernels, path = deg.random_motion_kernels(64, 21, len_min=6.0, len_max=16.0, steps=8,
-                                            turn=0.6, smooth=0.0, seed=[2, 7],
-                                            return_trajectory=True)
+  kernels, path = deg.random_motion_kernels(
+    64,
+    21,
+    len_min=6.0,
+    len_max=16.0,
+    steps=8,
+    turn=0.6,
+    smooth=0.0,
+    seed=[2, 7],
+    return_trajectory=True,
+  )
   kernels, path = kernels.numpy(), path.numpy()
   assert np.abs(path).max() <= 10 + 1e-9, "paths are fitted inside the kernel"
   arc = np.linalg.norm(np.diff(path, axis=1), axis=-1).sum(1)
@@ -184,8 +242,15 @@ def test_parse_family():
   assert deg.parse_family("motion") == (("motion", 1.0),)
   assert deg.parse_family("gaussian:1, motion:3") == (("gaussian", 0.25), ("motion", 0.75))
   assert deg.parse_family("plateau,motion") == (("plateau", 0.5), ("motion", 0.5))
-  for bad in ("gausian", "gaussian:0", "gaussian:-1,motion:1", "gaussian:x", "motion,motion",
-              "", "gaussian:inf"):
+  for bad in (
+    "gausian",
+    "gaussian:0",
+    "gaussian:-1,motion:1",
+    "gaussian:x",
+    "motion,motion",
+    "",
+    "gaussian:inf",
+  ):
     with pytest.raises(ValueError):
       deg.parse_family(bad)
       pytest.fail(f"no ValueError for {bad!r}")
@@ -200,12 +265,16 @@ def test_mixture_rates_and_components():
   assert abs(np.mean(which == 1) - 0.75) < 0.03
   # Each kernel comes from its labelled family: isotropic Gaussians are transpose- and
   # flip-symmetric, motion paths (almost) never are.
-  sym = np.array([np.allclose(k, k.T, atol=1e-6) and np.allclose(k, k[::-1], atol=1e-6)
-                  for k in kernels])
+  sym = np.array(
+    [np.allclose(k, k.T, atol=1e-6) and np.allclose(k, k[::-1], atol=1e-6) for k in kernels]
+  )
   assert sym[which == 0].all() and sym[which == 1].mean() < 0.01
   _, which3 = deg.sample_kernels(
-      3000, dataclasses.replace(spec, family="gaussian:2,plateau:1,motion:1"), [6, 2],
-      return_family=True)
+    3000,
+    dataclasses.replace(spec, family="gaussian:2,plateau:1,motion:1"),
+    [6, 2],
+    return_family=True,
+  )
   np.testing.assert_allclose(np.bincount(which3.numpy()) / 3000, [0.5, 0.25, 0.25], atol=0.03)
 
 
@@ -213,8 +282,9 @@ def test_mixture_rates_and_components():
 
 
 def _pca_error(spec, test, n=1500):
-  pca, mean = deg.build_pca(deg.make_kernel_sampler(spec), n=n, code_len=10, seed=0,
-                            return_mean=True)
+  pca, mean = deg.build_pca(
+    deg.make_kernel_sampler(spec), n=n, code_len=10, seed=0, return_mean=True
+  )
   rec = deg.decode(deg.encode(test, pca), pca, mean).numpy()
   return np.mean(np.linalg.norm(rec - test, axis=(1, 2)) / np.linalg.norm(test, axis=(1, 2)))
 
@@ -228,8 +298,9 @@ def test_each_family_gets_its_own_pca(name):
   # The Gaussian family with the same sigma range and isotropy rate, and setting 1.
   gaussian = _pca_error(dataclasses.replace(spec, family="gaussian"), test)
   setting1 = _pca_error(deg.setting1_spec(), test)
-  print(f"{name}: PCA relative error own {own:.4f}, gaussian {gaussian:.4f}, "
-        f"setting-1 {setting1:.4f}")
+  print(
+    f"{name}: PCA relative error own {own:.4f}, gaussian {gaussian:.4f}, setting-1 {setting1:.4f}"
+  )
   # Seeded, hence deterministic; margins measured: own/gaussian 0.36..0.87.
   assert own < 0.95 * gaussian
   if name == "motion":  # paths are far from any Gaussian PCA subspace
@@ -286,12 +357,18 @@ def test_jpeg():
   np.testing.assert_array_equal(mixed[0], low[0])
   np.testing.assert_array_equal(mixed[1], img[1])
   np.testing.assert_array_equal(deg.apply_jpeg(img[0], 10).numpy(), low[0])
-  q = deg.sample_jpeg_quality(4000, deg.NoiseSpec(jpeg_prob=0.3, jpeg_quality_min=40,
-                                                  jpeg_quality_max=60), [0, 4]).numpy()
+  q = deg.sample_jpeg_quality(
+    4000, deg.NoiseSpec(jpeg_prob=0.3, jpeg_quality_min=40, jpeg_quality_max=60), [0, 4]
+  ).numpy()
   assert abs(np.mean(q > 0) - 0.3) < 0.03
   assert q[q > 0].min() == 40 and q[q > 0].max() == 60
-  out = deg.synthesize(np.repeat(np.kron(img, np.ones((1, 2, 2, 1), np.float32)), 4, 0),
-                       deg.setting1_spec(), deg.NoiseSpec(jpeg_prob=0.5), 2, [2, 2])
+  out = deg.synthesize(
+    np.repeat(np.kron(img, np.ones((1, 2, 2, 1), np.float32)), 4, 0),
+    deg.setting1_spec(),
+    deg.NoiseSpec(jpeg_prob=0.5),
+    2,
+    [2, 2],
+  )
   lr, quality = out["lr"].numpy(), out["jpeg_quality"].numpy()
   assert (quality > 0).any() and (quality == 0).any()
   on_grid = np.all(np.abs(lr * 255 - np.round(lr * 255)) < 1e-4, axis=(1, 2, 3))
@@ -322,11 +399,15 @@ def test_families_noise_and_jpeg_run_in_tf_data():
     assert np.abs(lr.numpy() - e_lr.numpy()).max() <= 1 / 255 + 1e-6
   # Dynamic batch size and per-family samplers trace too.
   for name in ("generalized", "plateau", "motion"):
-    fn = tf.function(lambda b, s=deg.kernel_space(name, 11): deg.sample_kernels(b, s, [1, 2]),
-                     input_signature=[tf.TensorSpec([], tf.int32)])
-    np.testing.assert_allclose(fn(tf.constant(4)).numpy(),
-                               deg.sample_kernels(4, deg.kernel_space(name, 11), [1, 2]).numpy(),
-                               atol=1e-7)
+    fn = tf.function(
+      lambda b, s=deg.kernel_space(name, 11): deg.sample_kernels(b, s, [1, 2]),
+      input_signature=[tf.TensorSpec([], tf.int32)],
+    )
+    np.testing.assert_allclose(
+      fn(tf.constant(4)).numpy(),
+      deg.sample_kernels(4, deg.kernel_space(name, 11), [1, 2]).numpy(),
+      atol=1e-7,
+    )
 
 
 # ----------------------------------------------------------------------------- config
@@ -337,8 +418,10 @@ def test_specs_from_default_config():
   spec = deg.kernel_spec_from_config(config)
   assert spec == deg.setting1_spec(config.kernel_size)
   assert deg.noise_spec_from_config(config) == deg.NoiseSpec()
-  np.testing.assert_array_equal(deg.sample_kernels(8, config, [1, 1]).numpy(),
-                                deg.sample_kernels(8, deg.setting1_spec(), [1, 1]).numpy())
+  np.testing.assert_array_equal(
+    deg.sample_kernels(8, config, [1, 1]).numpy(),
+    deg.sample_kernels(8, deg.setting1_spec(), [1, 1]).numpy(),
+  )
   # Every KernelSpec field is in the config with the dataclass default's type.
   for field in dataclasses.fields(deg.KernelSpec):
     assert type(config[field.name]) is type(getattr(spec, field.name)), field.name
@@ -362,32 +445,49 @@ def test_misspelled_or_bad_config_fields_are_rejected():
   with pytest.raises(ValueError, match="familly"):
     deg.sample_kernels(2, {"familly": "motion"}, [0, 0])
   bad = {
-      "family": {"family": "motion:1,gausian:1"},
-      "beta order": {"beta_min": 3.0, "beta_max": 1.0},
-      "plateau beta": {"plateau_beta_min": 0.0},
-      "motion steps": {"motion_steps": 0},
-      "motion steps float": {"motion_steps": 4.0},
-      "motion length": {"motion_len_min": 5.0, "motion_len_max": 2.0},
-      "negative smooth": {"motion_smooth": -1.0},
-      "rate_iso": {"rate_iso": 1.5},
-      "sigma": {"sig_min": 0.0},
-      "family type": {"family": 3},
-      "disturb type": {"random_disturb": "yes"},
+    "family": {"family": "motion:1,gausian:1"},
+    "beta order": {"beta_min": 3.0, "beta_max": 1.0},
+    "plateau beta": {"plateau_beta_min": 0.0},
+    "motion steps": {"motion_steps": 0},
+    "motion steps float": {"motion_steps": 4.0},
+    "motion length": {"motion_len_min": 5.0, "motion_len_max": 2.0},
+    "negative smooth": {"motion_smooth": -1.0},
+    "rate_iso": {"rate_iso": 1.5},
+    "sigma": {"sig_min": 0.0},
+    "family type": {"family": 3},
+    "disturb type": {"random_disturb": "yes"},
   }
   for name, fields in bad.items():
     with pytest.raises(ValueError):
       deg.kernel_spec_from_config(fields)
       pytest.fail(f"no ValueError for {name}")
-  for fields in ({"noise_sigma": -0.1}, {"jpeg_prob": 2.0}, {"jpeg_quality_min": 0},
-                 {"jpeg_quality_min": 90, "jpeg_quality_max": 80}):
+  for fields in (
+    {"noise_sigma": -0.1},
+    {"jpeg_prob": 2.0},
+    {"jpeg_quality_min": 0},
+    {"jpeg_quality_min": 90, "jpeg_quality_max": 80},
+  ):
     with pytest.raises(ValueError):
       deg.noise_spec_from_config(fields)
   img = np.zeros((16, 16, 4), np.float32)
-  for fn in (lambda: deg.kernel_space("gauss"), lambda: deg.kernel_space("iso", 20),
-             lambda: deg.motion_kernel(21, np.zeros((5, 3))), lambda: deg.apply_jpeg(img, 50),
-             lambda: deg.apply_jpeg(img[..., :3], 101),
-             lambda: deg.random_shaped_kernels(2, 21, "motion", sig_min=1, sig_max=2,
-                                               rate_iso=1, beta_min=1, beta_max=2,
-                                               random_disturb=False, seed=[0, 0])):
+  for fn in (
+    lambda: deg.kernel_space("gauss"),
+    lambda: deg.kernel_space("iso", 20),
+    lambda: deg.motion_kernel(21, np.zeros((5, 3))),
+    lambda: deg.apply_jpeg(img, 50),
+    lambda: deg.apply_jpeg(img[..., :3], 101),
+    lambda: deg.random_shaped_kernels(
+      2,
+      21,
+      "motion",
+      sig_min=1,
+      sig_max=2,
+      rate_iso=1,
+      beta_min=1,
+      beta_max=2,
+      random_disturb=False,
+      seed=[0, 0],
+    ),
+  ):
     with pytest.raises(ValueError):
       fn()

@@ -18,30 +18,35 @@ FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
 def _abstract_params(model_config):
   model = models.create_model(model_config)
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)),
-                                           iterations=1))["params"]
+  return jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), iterations=1)
+  )["params"]
 
 
-@pytest.mark.parametrize("version,options,expected", [
+@pytest.mark.parametrize(
+  "version,options,expected",
+  [
     ("DANv1", dict(nf=64, nb=40, upscale=4, loop=4), 4_329_511),
     ("DANv2", dict(nf=64, nb=10, ng=5, upscale=4, loop=4), 4_707_708),
-])
+  ],
+)
 def test_official_parameter_counts(version, options, expected):
   config = convert.model_config_from_official(version, **options)
   assert models.count_params(_abstract_params(config)) == expected
 
 
 # x4 in the fast lane; x2 and x3 (the same code at other upsampler depths) run in CI.
-@pytest.mark.parametrize("scale", [pytest.param(2, marks=pytest.mark.slow),
-                                   pytest.param(3, marks=pytest.mark.slow), 4])
+@pytest.mark.parametrize(
+  "scale", [pytest.param(2, marks=pytest.mark.slow), pytest.param(3, marks=pytest.mark.slow), 4]
+)
 @pytest.mark.parametrize("version", ["DANv1", "DANv2"])
 def test_full_size_shapes(version, scale):
-  config = convert.model_config_from_official(version, nf=64, nb=10, ng=5, upscale=scale,
-                                              loop=4)
+  config = convert.model_config_from_official(version, nf=64, nb=10, ng=5, upscale=scale, loop=4)
   model = models.create_model(config)
   lr = jax.ShapeDtypeStruct((2, 45, 30, 3), jnp.float32)
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), lr.shape and
-                                                jnp.zeros(lr.shape)))
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), lr.shape and jnp.zeros(lr.shape))
+  )
   out = jax.eval_shape(model.apply, variables, lr)
   assert out.sr.shape == (4, 2, 45 * scale, 30 * scale, 3)
   assert out.code.shape == (4, 2, 10)
@@ -64,8 +69,7 @@ def _rel_err(got, want):
   return np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-12)
 
 
-@pytest.mark.parametrize("name", ["danv1_x2", "danv1_x3", "danv1_x4", "danv2_x2",
-                                  "danv2_x4"])
+@pytest.mark.parametrize("name", ["danv1_x2", "danv1_x3", "danv1_x4", "danv2_x2", "danv2_x4"])
 def test_parity_with_official_forward(name):
   version, options, state_dict, data = _load_fixture(name)
   config = convert.model_config_from_official(version, **options)
@@ -127,13 +131,14 @@ def test_model_config_validation():
     convert.model_config_from_official("DANv2", nblocks=3)
 
 
-TINY = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=3, kernel_size=5,
-            estimator_nf=8, estimator_nb=1)
+TINY = dict(
+  version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=3, kernel_size=5, estimator_nf=8, estimator_nb=1
+)
 
 
 def _tiny_setup(config):
   model = models.create_model(config)
-  pca = np.random.default_rng(0).normal(size=(config["kernel_size"]**2, 10)) * 0.3
+  pca = np.random.default_rng(0).normal(size=(config["kernel_size"] ** 2, 10)) * 0.3
   variables = models.init_variables(model, 1, pca)
   rng = np.random.default_rng(2)
   lr = rng.uniform(size=(2, 8, 6, 3)).astype(np.float32)
@@ -167,10 +172,12 @@ def test_cheap_gradient_equals_full_scan_gradient(version):
     return jnp.mean(jnp.abs(out.sr[-1] - hr)) + jnp.mean(jnp.abs(out.code[-1]))
 
   def loss_cheap(p):
-    prefix = model.apply({"params": jax.lax.stop_gradient(p), **rest}, lr,
-                         iterations=config["loops"] - 1)
-    out = model.apply({"params": p, **rest}, lr,
-                      initial_code=jax.lax.stop_gradient(prefix.code[-1]), iterations=1)
+    prefix = model.apply(
+      {"params": jax.lax.stop_gradient(p), **rest}, lr, iterations=config["loops"] - 1
+    )
+    out = model.apply(
+      {"params": p, **rest}, lr, initial_code=jax.lax.stop_gradient(prefix.code[-1]), iterations=1
+    )
     return jnp.mean(jnp.abs(out.sr[-1] - hr)) + jnp.mean(jnp.abs(out.code[-1]))
 
   lf, gf = jax.jit(jax.value_and_grad(loss_full))(params)
@@ -179,7 +186,8 @@ def test_cheap_gradient_equals_full_scan_gradient(version):
   norms = [float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(gf)]
   assert max(norms) > 0
   jax.tree_util.tree_map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), gc, gf)
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), gc, gf
+  )
 
 
 def test_pca_travels_with_variables():
@@ -208,20 +216,23 @@ def test_init_is_pytorch_default_and_seeded():
   assert not np.allclose(c["alternate"]["restorer"]["head_lr"]["kernel"], head["kernel"])
 
 
-@pytest.mark.parametrize("k,padding,stride", [(3, 1, 1), (5, 2, 1), (3, 0, 1), (9, 4, 4),
-                                             (17, 8, 4), (13, 6, 3), (5, 2, 2)])
+@pytest.mark.parametrize(
+  "k,padding,stride",
+  [(3, 1, 1), (5, 2, 1), (3, 0, 1), (9, 4, 4), (17, 8, 4), (13, 6, 3), (5, 2, 2)],
+)
 def test_conv_gemm_grad_matches_xla_gradient(k, padding, stride):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(2, 17, 14, 5)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(k, k, 5, 4)), jnp.float32)
   plain = lambda x, w: jax.lax.conv_general_dilated(
-      x, w, (stride, stride), ((padding, padding),) * 2,
-      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    x, w, (stride, stride), ((padding, padding),) * 2, dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   g = jnp.asarray(rng.normal(size=plain(x, kernel).shape), jnp.float32)
   want = jax.vjp(plain, x, kernel)[1](g)
   got = jax.vjp(lambda x, w: models.conv_gemm_grad(x, w, padding, stride), x, kernel)[1](g)
-  np.testing.assert_allclose(plain(x, kernel),
-                             models.conv_gemm_grad(x, kernel, padding, stride), rtol=1e-6)
+  np.testing.assert_allclose(
+    plain(x, kernel), models.conv_gemm_grad(x, kernel, padding, stride), rtol=1e-6
+  )
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -232,7 +243,8 @@ def test_constant_channels_conv_equals_stretched_conv():
   const = jnp.asarray(rng.normal(size=(3, 4)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=(3, 3, 4, 6)), jnp.float32)
   stretched = jnp.broadcast_to(const[:, None, None, :], (3, 5, 7, 4))
-  want = jax.lax.conv_general_dilated(stretched, kernel, (1, 1), ((1, 1), (1, 1)),
-                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  want = jax.lax.conv_general_dilated(
+    stretched, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   got = models.constant_channels_conv(const, kernel, 5, 7, 1)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -45,9 +45,15 @@ def kernel_env(tmp_path_factory):
   root = tmp_path_factory.mktemp("jupyter")
   spec_dir = root / "kernels" / KERNEL_NAME
   spec_dir.mkdir(parents=True)
-  (spec_dir / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": "dan_jax tests", "language": "python"}))
+  (spec_dir / "kernel.json").write_text(
+    json.dumps(
+      {
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "dan_jax tests",
+        "language": "python",
+      }
+    )
+  )
   old = os.environ.get("JUPYTER_PATH")
   os.environ["JUPYTER_PATH"] = os.pathsep.join([str(root)] + ([old] if old else []))
   yield
@@ -59,12 +65,12 @@ def kernel_env(tmp_path_factory):
 
 def _execute(name: str, overrides: dict, timeout: int = 600) -> nbformat.NotebookNode:
   nb = _load(name)
-  cell = nbformat.v4.new_code_cell(
-      "\n".join(f"{k} = {v!r}" for k, v in overrides.items()))
+  cell = nbformat.v4.new_code_cell("\n".join(f"{k} = {v!r}" for k, v in overrides.items()))
   cell.metadata["tags"] = ["injected-parameters"]
   nb.cells.insert(_parameters_index(nb) + 1, cell)
-  client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL_NAME,
-                          resources={"metadata": {"path": str(COLAB)}})
+  client = NotebookClient(
+    nb, timeout=timeout, kernel_name=KERNEL_NAME, resources={"metadata": {"path": str(COLAB)}}
+  )
   start = time.perf_counter()
   client.execute()  # raises CellExecutionError (with the cell's traceback) on any error
   print(f"{name}: executed in {time.perf_counter() - start:.1f} s")
@@ -79,13 +85,19 @@ def _cell(nb: nbformat.NotebookNode, cell_id: str) -> nbformat.NotebookNode:
 
 def _text(cell: nbformat.NotebookNode, stream: str = "") -> str:
   """The cell's printed text (only `stream`, "stdout" or "stderr", when given)."""
-  return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream"
-                 and (not stream or o.get("name") == stream))
+  return "".join(
+    o.get("text", "")
+    for o in cell.outputs
+    if o.output_type == "stream" and (not stream or o.get("name") == stream)
+  )
 
 
 def _pngs(cell: nbformat.NotebookNode) -> list:
-  return [Image.open(io.BytesIO(base64.b64decode(o.data["image/png"])))
-          for o in cell.outputs if o.output_type == "display_data" and "image/png" in o.data]
+  return [
+    Image.open(io.BytesIO(base64.b64decode(o.data["image/png"])))
+    for o in cell.outputs
+    if o.output_type == "display_data" and "image/png" in o.data
+  ]
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -95,7 +107,8 @@ def test_notebook_is_stored_clean_with_plain_parameters(name):
   for cell in nb.cells:
     if cell.cell_type == "code":
       assert cell.outputs == [] and cell.execution_count is None, (
-          f"{name}: cell {cell.get('id')} has outputs; strip them before committing")
+        f"{name}: cell {cell.get('id')} has outputs; strip them before committing"
+      )
   params = nb.cells[_parameters_index(nb)]
   tree = ast.parse(params.source)
   names = []
@@ -109,8 +122,9 @@ def test_notebook_is_stored_clean_with_plain_parameters(name):
 
 @pytest.mark.slow
 def test_inference_notebook_runs_on_cpu(tmp_path, kernel_env):
-  nb = _execute("inference.ipynb", {"CPU_TEST": True, "WORKDIR": str(tmp_path),
-                                     "REPO_DIR": str(REPO)})
+  nb = _execute(
+    "inference.ipynb", {"CPU_TEST": True, "WORKDIR": str(tmp_path), "REPO_DIR": str(REPO)}
+  )
   # The tiny checkpoint was saved and loaded; results written.
   assert (tmp_path / "random_init" / "checkpoints").is_dir()
   assert "step 0" in _text(_cell(nb, "checkpoint"))
@@ -137,16 +151,19 @@ def test_inference_notebook_runs_on_cpu(tmp_path, kernel_env):
 @pytest.mark.slow
 def test_training_notebook_runs_on_cpu(tmp_path, kernel_env):
   workdir = tmp_path / "workdir"
-  nb = _execute("train_tpu.ipynb", {"CPU_TEST": True, "WORKDIR": str(workdir),
-                                     "REPO_DIR": str(REPO), "SHOW_IMAGES": 2})
+  nb = _execute(
+    "train_tpu.ipynb",
+    {"CPU_TEST": True, "WORKDIR": str(workdir), "REPO_DIR": str(REPO), "SHOW_IMAGES": 2},
+  )
   assert "configs/test.py" in _text(_cell(nb, "config"))
   # The TPU code paths on a fake 4-device mesh; TensorFlow kept off the accelerators.
   devices = _text(_cell(nb, "devices"))
   assert "backend cpu: 4 device(s)" in devices and "TensorFlow sees: ['CPU']" in devices
   assert "skipping TensorBoard" in _text(_cell(nb, "tensorboard"))
   # train_and_evaluate ran to the end of the tiny config and checkpointed its last step.
-  summary = dict(l.split(": ", 1) for l in _text(_cell(nb, "train"), "stdout").splitlines()
-                 if ": " in l)
+  summary = dict(
+    l.split(": ", 1) for l in _text(_cell(nb, "train"), "stdout").splitlines() if ": " in l
+  )
   steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
   assert steps and int(summary["step"]) == steps[-1] > 0, (summary, steps)
   assert float(summary["val_psnr_y"]) > 0 and float(summary["bicubic_psnr_y"]) > 20

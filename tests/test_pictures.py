@@ -48,13 +48,14 @@ def test_panel_row_and_stack_sizes():
   assert (px[:band] < 128).any()  # the captions are drawn
   tall = pictures.stack([row, a], gap=3)
   assert tall.size == (row.width, row.height + 3 + 8)
-  np.testing.assert_array_equal(np.asarray(tall)[row.height + 3:, 8:], 255)  # white fill
+  np.testing.assert_array_equal(np.asarray(tall)[row.height + 3 :, 8:], 255)  # white fill
 
 
 @pytest.mark.slow
 def test_demo_picture_shows_every_validation_image(tmp_path):
   """benchmarks/demo_picture.py (the README's picture) on a tiny untrained checkpoint."""
   import sys
+
   root = pathlib.Path(__file__).parents[1]
   sys.path.insert(0, str(root / "benchmarks"))
   try:
@@ -64,6 +65,7 @@ def test_demo_picture_shows_every_validation_image(tmp_path):
   from dan_jax import checkpoint
   from dan_jax import config as config_lib
   from dan_jax import models
+
   config = config_lib.load(str(root / "configs" / "test.py"))
   config.data.val_max_images = 2
   k = config.model.kernel_size

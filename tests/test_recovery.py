@@ -71,12 +71,17 @@ def test_nonfinite_step_is_skipped_on_the_device():
   tx = steps.create_optimizer(config, steps.create_learning_rate_fn(config))
   state = train_state.create_train_state(models.init_variables(model, 0, pca), tx, ema=True)
   rng = np.random.default_rng(1)
-  batch = {"lr": rng.random((2, 8, 8, 3), np.float32),
-           "hr": rng.random((2, 16, 16, 3), np.float32),
-           "kernel": rng.random((2, 7, 7), np.float32),
-           "code": rng.random((2, 4), np.float32)}
-  step = jax.jit(lambda s, b: steps.train_step(
-      s, b, model=model, tx=tx, ema_decay=0.5, faults=steps.Faults(nan_at_steps=(2, 3))))
+  batch = {
+    "lr": rng.random((2, 8, 8, 3), np.float32),
+    "hr": rng.random((2, 16, 16, 3), np.float32),
+    "kernel": rng.random((2, 7, 7), np.float32),
+    "code": rng.random((2, 4), np.float32),
+  }
+  step = jax.jit(
+    lambda s, b: steps.train_step(
+      s, b, model=model, tx=tx, ema_decay=0.5, faults=steps.Faults(nan_at_steps=(2, 3))
+    )
+  )
   s1, m1 = step(state, batch)  # step 1: applied
   s2, m2 = step(s1, batch)  # step 2: NaN injected
   s3, m3 = step(s2, batch)  # step 3: NaN injected
@@ -111,9 +116,14 @@ def test_clip_grad_norm_is_off_by_default_and_clips_when_set():
 # ----------------------------------------------------------------------------- rollbacks
 
 
-INJECTED = {"num_train_steps": 14, "debug.nan_at_steps": (3, 4, 5, 6),
-            "debug.collapse_at_step": 9, "max_consecutive_nonfinite": 3,
-            "collapse_psnr_drop": 1.0, "write_sr_images": False}
+INJECTED = {
+  "num_train_steps": 14,
+  "debug.nan_at_steps": (3, 4, 5, 6),
+  "debug.collapse_at_step": 9,
+  "max_consecutive_nonfinite": 3,
+  "collapse_psnr_drop": 1.0,
+  "write_sr_images": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -149,23 +159,25 @@ def test_injected_nans_and_collapse_roll_back_and_finish(injected):
   assert len(rollbacks) == 2, lines
   # Steps 3-5 NaN -> after 3 in a row, back to the checkpoint of step 4 (saved while
   # skipping: the state of step 2), the data stream one batch further on.
-  assert rollbacks[0].startswith("step 5: the loss or gradient is not finite for 3 "
-                                 "consecutive steps")
+  assert rollbacks[0].startswith(
+    "step 5: the loss or gradient is not finite for 3 consecutive steps"
+  )
   assert "restored" in rollbacks[0] and rollbacks[0].endswith(
-      "checkpoints/4 and moved the data stream past 1 batches (data offset now 1)")
+    "checkpoints/4 and moved the data stream past 1 batches (data offset now 1)"
+  )
   # The collapse (step 9's batch, trained at step 8) is seen by the validation of step 8;
   # back to step 6, the last validated one.
   assert rollbacks[1].startswith("step 8: validation Y-PSNR collapsed to")
-  assert rollbacks[1].endswith("checkpoints/6 and moved the data stream past 2 batches "
-                               "(data offset now 3)")
+  assert rollbacks[1].endswith(
+    "checkpoints/6 and moved the data stream past 2 batches (data offset now 3)"
+  )
   assert any("step(s) skipped (non-finite loss or gradient" in l for l in lines)
   # One TensorBoard scalar per event, and the skip counter.
   events = _scalars(workdir, "recovery/")
   assert events["recovery/rollbacks"] == [(5, 1.0), (8, 2.0)]
   assert events["recovery/nonfinite_rollback_to_step"] == [(5, 4.0)]
   assert events["recovery/collapse_rollback_to_step"] == [(8, 6.0)]
-  assert max(v for _, v in _scalars(workdir, "train/skipped_steps")
-             ["train/skipped_steps"]) == 4
+  assert max(v for _, v in _scalars(workdir, "train/skipped_steps")["train/skipped_steps"]) == 4
   # The checkpoints record the recovery (a resumed run continues the moved stream).
   meta = _meta(workdir / "checkpoints", 14)
   assert meta["recovery"]["data_offset"] == 3 and meta["recovery"]["rollbacks"] == 2
@@ -189,22 +201,28 @@ def test_two_runs_with_the_same_injections_end_bit_identical(injected):
 
 @pytest.mark.slow
 def test_rollbacks_that_do_not_help_stop_with_advice(tmp_path):
-  config = _config(num_train_steps=30, checkpoint_every_steps=2,
-                   max_consecutive_nonfinite=2, max_rollbacks=1,
-                   **{"debug.nan_at_steps": tuple(range(5, 100)),
-                      "data.val_source": "none"})
+  config = _config(
+    num_train_steps=30,
+    checkpoint_every_steps=2,
+    max_consecutive_nonfinite=2,
+    max_rollbacks=1,
+    **{"debug.nan_at_steps": tuple(range(5, 100)), "data.val_source": "none"},
+  )
   with pytest.raises(errors.NonFiniteLossError) as info:
     train.train_and_evaluate(config, str(tmp_path / "run"))
   message = str(info.value)
   # 5, 6 NaN -> back to 4; 5, 6 (batches 7, 8) NaN again -> the second rollback in a row
   # is one more than config.max_rollbacks.
-  assert message.startswith("training stopped at step 6: the loss or gradient is not "
-                            "finite for 2 consecutive steps")
+  assert message.startswith(
+    "training stopped at step 6: the loss or gradient is not finite for 2 consecutive steps"
+  )
   assert "after 1 rollback(s) in a row (config.max_rollbacks = 1)" in message
   assert "the last good checkpoint is step 4" in message
   assert "config.clip_grad_norm" in message and "config.learning_rate" in message
-  assert sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints")
-                if d.isdigit()) == [2, 4]
+  assert sorted(int(d) for d in os.listdir(tmp_path / "run" / "checkpoints") if d.isdigit()) == [
+    2,
+    4,
+  ]
 
 
 @pytest.mark.slow
@@ -213,13 +231,19 @@ def test_best_checkpoint_of_a_step_rerun_with_another_score_is_replaced(tmp_path
   # is gone (a rerun of step 4 from step 2, as after a kill between the two saves on the
   # old order, or after a rollback). The rerun scores differently; no error.
   workdir = tmp_path / "run"
-  kw = {"num_train_steps": 4, "eval_every_steps": 2, "checkpoint_every_steps": 2,
-        "write_sr_images": False, "image_every_steps": 0}
+  kw = {
+    "num_train_steps": 4,
+    "eval_every_steps": 2,
+    "checkpoint_every_steps": 2,
+    "write_sr_images": False,
+    "image_every_steps": 0,
+  }
   first = train.train_and_evaluate(_config(**kw), str(workdir))
   best_dir = workdir / train.BEST_SUBDIR
   assert os.listdir(best_dir) == ["4"]
   assert _meta(best_dir, 4)["val_psnr_y"] == first["val_psnr_y"]
   import shutil
+
   shutil.rmtree(workdir / "checkpoints" / "4")
   # Other batches from step 2 on (another seed; no recompilation): another score.
   rerun = train.train_and_evaluate(_config(seed=1, **kw), str(workdir))

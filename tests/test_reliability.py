@@ -49,8 +49,12 @@ TMP_MARK = "orbax-checkpoint-tmp"
 STEPS = 16  # the interrupted and the reference runs
 KILL_SEED = 8  # the random kill moments (reproducible)
 # Fast and without validation: what is tested is the state that is saved and resumed.
-TRAIN_FLAGS = (f"--config.num_train_steps={STEPS}", "--config.checkpoint_every_steps=1",
-               "--config.log_every_steps=1", "--config.data.val_source=none")
+TRAIN_FLAGS = (
+  f"--config.num_train_steps={STEPS}",
+  "--config.checkpoint_every_steps=1",
+  "--config.log_every_steps=1",
+  "--config.data.val_source=none",
+)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -61,15 +65,25 @@ def env(tmp_path_factory) -> dict:
   """The subprocesses' environment: CPU, one device, a shared compilation cache."""
   cache = tmp_path_factory.mktemp("xla_cache")
   out = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  out.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="1", PYTHONUNBUFFERED="1",
-             JAX_COMPILATION_CACHE_DIR=str(cache),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  out.update(
+    JAX_PLATFORMS="cpu",
+    TF_CPP_MIN_LOG_LEVEL="1",
+    PYTHONUNBUFFERED="1",
+    JAX_COMPILATION_CACHE_DIR=str(cache),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+  )
   return out
 
 
 def _train_argv(workdir, *flags: str, config: str = TEST_CONFIG) -> list[str]:
-  return [sys.executable, "-m", "dan_jax.main", f"--config={config}",
-          f"--workdir={workdir}", *flags]
+  return [
+    sys.executable,
+    "-m",
+    "dan_jax.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    *flags,
+  ]
 
 
 def _start(argv: list[str], env: dict, log_prefix: pathlib.Path) -> subprocess.Popen:
@@ -84,8 +98,10 @@ def _start(argv: list[str], env: dict, log_prefix: pathlib.Path) -> subprocess.P
 
 
 def _logs(proc: subprocess.Popen) -> tuple[str, str]:
-  return (pathlib.Path(f"{proc.log_prefix}.out").read_text(),
-          pathlib.Path(f"{proc.log_prefix}.err").read_text())
+  return (
+    pathlib.Path(f"{proc.log_prefix}.out").read_text(),
+    pathlib.Path(f"{proc.log_prefix}.err").read_text(),
+  )
 
 
 def _steps(ckpt_dir) -> list[int]:
@@ -102,8 +118,9 @@ def _tmp_dirs(ckpt_dir) -> list[str]:
   return sorted(n for n in os.listdir(ckpt_dir) if TMP_MARK in n)
 
 
-def _wait_for(what: str, predicate: Callable[[], object], *procs: subprocess.Popen,
-              timeout: float = 180.0) -> object:
+def _wait_for(
+  what: str, predicate: Callable[[], object], *procs: subprocess.Popen, timeout: float = 180.0
+) -> object:
   """Polls `predicate` every 2 ms until truthy; fails if a process ends first."""
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
@@ -113,8 +130,9 @@ def _wait_for(what: str, predicate: Callable[[], object], *procs: subprocess.Pop
     for proc in procs:
       if proc.poll() is not None:
         out, err = _logs(proc)
-        raise AssertionError(f"a run ended (status {proc.returncode}) before {what}:\n"
-                             f"{out[-2000:]}\n{err[-4000:]}")
+        raise AssertionError(
+          f"a run ended (status {proc.returncode}) before {what}:\n{out[-2000:]}\n{err[-4000:]}"
+        )
     time.sleep(0.002)
   raise AssertionError(f"timed out waiting for {what}")
 
@@ -137,6 +155,7 @@ def _start_step(stderr: str) -> Optional[int]:
 @dataclasses.dataclass
 class Reference:
   """The uninterrupted run (started in the background by the fixture; shared)."""
+
   proc: subprocess.Popen
   workdir: pathlib.Path
   _done: bool = False
@@ -154,8 +173,9 @@ class Reference:
 def reference(tmp_path_factory, env) -> Reference:
   """STEPS uninterrupted steps, every checkpoint kept (other tests compare with them)."""
   workdir = tmp_path_factory.mktemp("reference") / "run"
-  proc = _start(_train_argv(workdir, *TRAIN_FLAGS, "--config.keep_checkpoints=100"), env,
-                workdir.parent / "log")
+  proc = _start(
+    _train_argv(workdir, *TRAIN_FLAGS, "--config.keep_checkpoints=100"), env, workdir.parent / "log"
+  )
   ref = Reference(proc, workdir)
   yield ref
   if proc.poll() is None:
@@ -168,6 +188,7 @@ def reference(tmp_path_factory, env) -> Reference:
 @dataclasses.dataclass
 class RunRecord:
   """One launch of the interrupted run and what was found on disk around it."""
+
   how: str
   returncode: int
   stdout: str
@@ -194,16 +215,19 @@ def interrupted(tmp_path_factory, env, reference):
   workdir = tmp_path_factory.mktemp("interrupted") / "run"
   ckpt = workdir / checkpoint.CHECKPOINTS_SUBDIR
   argv = _train_argv(workdir, *TRAIN_FLAGS)
-  plan = [("kill-training", rng.randint(1, 3), rng.uniform(0.0, 0.3)),
-          ("kill-saving", None, None),
-          ("kill-startup", None, rng.uniform(1.0, 10.0)),
-          ("sigterm", None, None),
-          ("complete", None, None)]
+  plan = [
+    ("kill-training", rng.randint(1, 3), rng.uniform(0.0, 0.3)),
+    ("kill-saving", None, None),
+    ("kill-startup", None, rng.uniform(1.0, 10.0)),
+    ("sigterm", None, None),
+    ("complete", None, None),
+  ]
   records = []
   for how, steps_ahead, delay in plan:
     for _ in range(3):  # a kill meant to hit a save may come just after it finished
-      records.append(_launch(argv, env, ckpt, how, steps_ahead, delay,
-                             workdir.parent / f"launch{len(records)}"))
+      records.append(
+        _launch(argv, env, ckpt, how, steps_ahead, delay, workdir.parent / f"launch{len(records)}")
+      )
       if how != "kill-saving" or records[-1].tmp_at_signal:
         break
   return workdir, records
@@ -217,13 +241,15 @@ def _launch(argv, env, ckpt, how, steps_ahead, delay, log_prefix) -> RunRecord:
   tmp_at_signal, signalled = [], None
   try:
     if how == "kill-training":  # a random moment after a random number of steps
-      _wait_for(f"step {last + steps_ahead}",
-                lambda: (_steps(ckpt) or [0])[-1] >= last + steps_ahead, proc)
+      _wait_for(
+        f"step {last + steps_ahead}", lambda: (_steps(ckpt) or [0])[-1] >= last + steps_ahead, proc
+      )
       time.sleep(delay)
       proc.send_signal(signal.SIGKILL)
     elif how == "kill-saving":  # as soon as orbax has created this launch's tmp folder
-      _wait_for("a checkpoint being written",
-                lambda: [n for n in _tmp_dirs(ckpt) if n not in stale], proc)
+      _wait_for(
+        "a checkpoint being written", lambda: [n for n in _tmp_dirs(ckpt) if n not in stale], proc
+      )
       proc.send_signal(signal.SIGKILL)
     elif how == "kill-startup":  # imports, restore, input pipeline, compilation
       deadline = time.monotonic() + delay
@@ -242,8 +268,17 @@ def _launch(argv, env, ckpt, how, steps_ahead, delay, log_prefix) -> RunRecord:
   if how == "kill-saving":
     tmp_at_signal = [n for n in _tmp_dirs(ckpt) if n not in stale]  # what the kill left
   out, err = _logs(proc)
-  return RunRecord(how, proc.returncode, out, err, before, _steps(ckpt), tmp_at_signal,
-                   _tmp_dirs(ckpt), time.monotonic() - signalled if signalled else 0.0)
+  return RunRecord(
+    how,
+    proc.returncode,
+    out,
+    err,
+    before,
+    _steps(ckpt),
+    tmp_at_signal,
+    _tmp_dirs(ckpt),
+    time.monotonic() - signalled if signalled else 0.0,
+  )
 
 
 def _record(records, how) -> RunRecord:
@@ -288,8 +323,7 @@ def test_kill_while_saving_leaves_a_tmp_folder_that_is_never_restored(interrupte
   assert not written & set(saving.steps_after), (written, saving.steps_after)
   # The next launch that trained resumed from the last complete step, and the tmp
   # folder was removed by the next launch's checkpoint manager.
-  nxt = next(r for r in records[records.index(saving) + 1:]
-             if _start_step(r.stderr) is not None)
+  nxt = next(r for r in records[records.index(saving) + 1 :] if _start_step(r.stderr) is not None)
   assert _start_step(nxt.stderr) == saving.steps_after[-1]
   assert not set(saving.tmp_at_signal) & set(nxt.tmp_after)
 
@@ -326,6 +360,7 @@ def test_preemption_watch_flags_sigterm_and_restores_the_handler():
     assert len(calls) == 1 and signal.getsignal(signal.SIGTERM) is handler  # back
     # Outside the main thread (e.g. a notebook's worker) nothing is installed.
     import threading
+
     other = []
     thread = threading.Thread(target=lambda: other.append(preemption.PreemptionWatch()))
     thread.start()
@@ -342,10 +377,14 @@ def test_preemption_watch_flags_sigterm_and_restores_the_handler():
 
 # Batches 5-8 give NaN: steps 5, 6 are skipped -> rollback 1 to step 4 (data 2 batches on);
 # steps 5, 6 (batches 7, 8) again -> rollback 2; then steps 5..12 train on batches 9...
-ROLLBACK_FLAGS = ("--config.num_train_steps=12", "--config.checkpoint_every_steps=2",
-                  "--config.log_every_steps=1", "--config.data.val_source=none",
-                  "--config.debug.nan_at_steps=(5,6,7,8)",
-                  "--config.max_consecutive_nonfinite=2")
+ROLLBACK_FLAGS = (
+  "--config.num_train_steps=12",
+  "--config.checkpoint_every_steps=2",
+  "--config.log_every_steps=1",
+  "--config.data.val_source=none",
+  "--config.debug.nan_at_steps=(5,6,7,8)",
+  "--config.max_consecutive_nonfinite=2",
+)
 
 
 @pytest.mark.slow
@@ -384,7 +423,8 @@ def test_sigkill_during_a_rollback_resumes_to_the_same_parameters(tmp_path, env)
     np.testing.assert_array_equal(a, b)
   meta = lambda d: (d / "checkpoints" / "12" / "meta" / "metadata").read_text()
   assert '"data_offset": 4' in meta(run_dir) and meta(run_dir) == meta(ref_dir).replace(
-      str(ref_dir), str(run_dir))
+    str(ref_dir), str(run_dir)
+  )
 
 
 # ----------------------------------------------------------------------------- processes
@@ -404,12 +444,23 @@ def test_two_processes_train_like_one_and_stop_together(tmp_path, env, reference
   procs = []
   try:
     for i in range(2):
-      procs.append(_start(_train_argv(
-          workdir, "--config.num_train_steps=200", "--config.checkpoint_every_steps=2",
-          "--config.eval_every_steps=2", "--config.keep_checkpoints=100",
-          "--config.preemption_check_every_steps=2",
-          f"--coordinator_address=localhost:{port}", "--num_processes=2",
-          f"--process_id={i}"), env, tmp_path / f"process{i}"))
+      procs.append(
+        _start(
+          _train_argv(
+            workdir,
+            "--config.num_train_steps=200",
+            "--config.checkpoint_every_steps=2",
+            "--config.eval_every_steps=2",
+            "--config.keep_checkpoints=100",
+            "--config.preemption_check_every_steps=2",
+            f"--coordinator_address=localhost:{port}",
+            "--num_processes=2",
+            f"--process_id={i}",
+          ),
+          env,
+          tmp_path / f"process{i}",
+        )
+      )
     _wait_for("the checkpoint of step 4", lambda: 4 in _steps(ckpt), *procs, timeout=300)
     procs[1].send_signal(signal.SIGTERM)  # only one host is told: both must stop
     for p in procs:
@@ -434,8 +485,11 @@ def test_two_processes_train_like_one_and_stop_together(tmp_path, env, reference
   # (gloo may print its connection notice on stdout).
   assert "2 device(s) on 2 host(s), global batch 8" in err0
   assert "step 4/200: loss" in err0 and "step 4: validation Y-PSNR" in err0
-  noise = [l for l in (out1 + err1).splitlines()
-           if re.search(r"train\.py|step \d+|train/|trained|preempted", l)]
+  noise = [
+    l
+    for l in (out1 + err1).splitlines()
+    if re.search(r"train\.py|step \d+|train/|trained|preempted", l)
+  ]
   assert noise == [], noise[:5]
   # One set of checkpoints and one TensorBoard log, written together by both processes.
   assert _steps(ckpt) == sorted(set(range(2, reached + 1, 2)) | {reached})
@@ -455,6 +509,7 @@ def test_two_processes_train_like_one_and_stop_together(tmp_path, env, reference
 @dataclasses.dataclass
 class Case:
   """A command that must fail with one clear message and change nothing that existed."""
+
   argv: list[str]
   keyword: str | tuple[str, ...]  # one `error:` line must contain it (all of them)
   guarded: list[pathlib.Path]  # folders/files whose contents must survive unchanged
@@ -466,6 +521,7 @@ class Case:
 
 def _png(path: pathlib.Path, size: int, seed: int = 0) -> pathlib.Path:
   from PIL import Image
+
   path.parent.mkdir(parents=True, exist_ok=True)
   pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
   Image.fromarray(pixels).save(path)
@@ -475,14 +531,14 @@ def _png(path: pathlib.Path, size: int, seed: int = 0) -> pathlib.Path:
 def _corrupt_png(path: pathlib.Path, size: int = 48) -> pathlib.Path:
   """A PNG with a valid header and truncated pixel data (an interrupted download)."""
   data = _png(path, size, seed=1).read_bytes()
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[: len(data) // 2])
   return path
 
 
 def _state_dict_npz(path: pathlib.Path) -> pathlib.Path:
   """The official DANv2 x2 test weights as a .npz state_dict (what convert reads)."""
   with np.load(FIXTURES / "parity_danv2_x2.npz") as f:
-    sd = {k[len("sd/"):]: f[k] for k in f.files if k.startswith("sd/")}
+    sd = {k[len("sd/") :]: f[k] for k in f.files if k.startswith("sd/")}
   np.savez(path, **sd)
   return path
 
@@ -501,8 +557,9 @@ _FAST = ("--config.data.val_source=none",)
 
 def _train_on_folder_argv(workdir, train_dir, *flags: str) -> list[str]:
   """A fast training run (workdir `workdir`) on the HR images of the folder `train_dir`."""
-  return _train_argv(workdir, "--config.data.source=folder",
-                     f"--config.data.train_dir={train_dir}", *flags, *_FAST)
+  return _train_argv(
+    workdir, "--config.data.source=folder", f"--config.data.train_dir={train_dir}", *flags, *_FAST
+  )
 
 
 CASES: dict[str, Callable[[pathlib.Path, pathlib.Path], Case]] = {}
@@ -518,50 +575,49 @@ def _case(fn):
 
 @_case
 def train_dir_missing(tmp, ref):
-  return Case(_train_on_folder_argv(tmp / "w", tmp / "nope"),
-              "does not exist", [])
+  return Case(_train_on_folder_argv(tmp / "w", tmp / "nope"), "does not exist", [])
 
 
 @_case
 def train_dir_empty(tmp, ref):
   (tmp / "empty").mkdir()
-  return Case(_train_on_folder_argv(tmp / "w", tmp / "empty"),
-              "no .png", [tmp / "empty"])
+  return Case(_train_on_folder_argv(tmp / "w", tmp / "empty"), "no .png", [tmp / "empty"])
 
 
 @_case
 def train_image_corrupt(tmp, ref):
   _png(tmp / "hr" / "good.png", 48)
   _corrupt_png(tmp / "hr" / "broken.png")
-  return Case(_train_on_folder_argv(tmp / "w", tmp / "hr"),
-              "corrupt training image", [tmp / "hr"])
+  return Case(_train_on_folder_argv(tmp / "w", tmp / "hr"), "corrupt training image", [tmp / "hr"])
 
 
 @_case
 def train_file_not_an_image(tmp, ref):
   (tmp / "hr").mkdir()
   (tmp / "hr" / "notes.png").write_text("these are not pixels")
-  return Case(_train_on_folder_argv(tmp / "w", tmp / "hr"),
-              "readable PNG/JPEG/BMP", [tmp / "hr"])
+  return Case(_train_on_folder_argv(tmp / "w", tmp / "hr"), "readable PNG/JPEG/BMP", [tmp / "hr"])
 
 
 @_case
 def train_images_smaller_than_crop(tmp, ref):
   _png(tmp / "hr" / "tiny.png", 8)
-  return Case(_train_on_folder_argv(tmp / "w", tmp / "hr", "--config.data.hr_crop=16"),
-              "config.data.hr_crop = 16: no image", [tmp / "hr"])
+  return Case(
+    _train_on_folder_argv(tmp / "w", tmp / "hr", "--config.data.hr_crop=16"),
+    "config.data.hr_crop = 16: no image",
+    [tmp / "hr"],
+  )
 
 
 @_case
 def config_file_missing(tmp, ref):
-  return Case(_train_argv(tmp / "w", config=str(tmp / "nope.py")), "no such config file",
-              [], status=2)
+  return Case(
+    _train_argv(tmp / "w", config=str(tmp / "nope.py")), "no such config file", [], status=2
+  )
 
 
 @_case
 def config_field_unknown(tmp, ref):
-  return Case(_train_argv(tmp / "w", "--config.model.scal=4"), "no such config field", [],
-              status=2)
+  return Case(_train_argv(tmp / "w", "--config.model.scal=4"), "no such config field", [], status=2)
 
 
 @_case
@@ -571,49 +627,69 @@ def config_scale_5(tmp, ref):
 
 @_case
 def config_negative_learning_rate(tmp, ref):
-  return Case(_train_argv(tmp / "w", "--config.learning_rate=-0.001"),
-              "config.learning_rate must be a positive number", [])
+  return Case(
+    _train_argv(tmp / "w", "--config.learning_rate=-0.001"),
+    "config.learning_rate must be a positive number",
+    [],
+  )
 
 
 @_case
 def config_batch_not_divisible_by_devices(tmp, ref):
-  return Case(_train_argv(tmp / "w", "--config.batch_size=8", *_FAST),
-              "does not divide over the 3 devices", [],
-              env={"XLA_FLAGS": "--xla_force_host_platform_device_count=3"})
+  return Case(
+    _train_argv(tmp / "w", "--config.batch_size=8", *_FAST),
+    "does not divide over the 3 devices",
+    [],
+    env={"XLA_FLAGS": "--xla_force_host_platform_device_count=3"},
+  )
 
 
 @_case
 def workdir_holds_another_scale(tmp, ref):
   work = _copy(ref, tmp / "w")
-  return Case(_train_argv(work, "--config.model.scale=4", *_FAST), "refusing to resume",
-              [work])
+  return Case(_train_argv(work, "--config.model.scale=4", *_FAST), "refusing to resume", [work])
 
 
 @_case
 def workdir_holds_another_version(tmp, ref):
   work = _copy(ref, tmp / "w")
-  return Case(_train_argv(work, *_FAST, config=TEST_CONFIG + ":v1"),
-              "DANv2 x2 model but the config trains DANv1 x2", [work])
+  return Case(
+    _train_argv(work, *_FAST, config=TEST_CONFIG + ":v1"),
+    "DANv2 x2 model but the config trains DANv1 x2",
+    [work],
+  )
 
 
 @_case
 def workdir_under_a_file(tmp, ref):
   (tmp / "file").write_text("a file, not a folder")  # also stops root, unlike chmod
-  return Case(_train_argv(tmp / "file" / "w", *_FAST), "cannot create workdir",
-              [tmp / "file"])
+  return Case(_train_argv(tmp / "file" / "w", *_FAST), "cannot create workdir", [tmp / "file"])
 
 
 @_case
 def loss_stays_nan_through_rollbacks(tmp, ref):
   # Every update after step 16 blows up: skipped steps, one rollback, then a stop.
   work = _copy(ref, tmp / "w")
-  return Case(_train_argv(work, f"--config.num_train_steps={STEPS + 8}",
-                          "--config.learning_rate=1e30", "--config.checkpoint_every_steps=0",
-                          "--config.log_every_steps=1", "--config.max_consecutive_nonfinite=2",
-                          "--config.max_rollbacks=1", *_FAST),
-              ("training stopped at step", "is not finite", "config.max_rollbacks = 1",
-               f"the last good checkpoint is step {STEPS}", "config.clip_grad_norm"),
-              [work])
+  return Case(
+    _train_argv(
+      work,
+      f"--config.num_train_steps={STEPS + 8}",
+      "--config.learning_rate=1e30",
+      "--config.checkpoint_every_steps=0",
+      "--config.log_every_steps=1",
+      "--config.max_consecutive_nonfinite=2",
+      "--config.max_rollbacks=1",
+      *_FAST,
+    ),
+    (
+      "training stopped at step",
+      "is not finite",
+      "config.max_rollbacks = 1",
+      f"the last good checkpoint is step {STEPS}",
+      "config.clip_grad_norm",
+    ),
+    [work],
+  )
 
 
 # -- evaluate
@@ -622,25 +698,54 @@ def loss_stays_nan_through_rollbacks(tmp, ref):
 @_case
 def evaluate_checkpoint_missing(tmp, ref):
   _png(tmp / "set" / "a.png", 32)
-  return Case(_py("dan_jax.evaluate", "--checkpoint", tmp / "nope", "--out", tmp / "out",
-                  "--dataset", f"S={tmp / 'set'}"), "no checkpoint at", [tmp / "set"],
-              status=2)
+  return Case(
+    _py(
+      "dan_jax.evaluate",
+      "--checkpoint",
+      tmp / "nope",
+      "--out",
+      tmp / "out",
+      "--dataset",
+      f"S={tmp / 'set'}",
+    ),
+    "no checkpoint at",
+    [tmp / "set"],
+    status=2,
+  )
 
 
 @_case
 def evaluate_dataset_empty(tmp, ref):
   (tmp / "set").mkdir()
-  return Case(_py("dan_jax.evaluate", "--checkpoint", ref, "--out", tmp / "out",
-                  "--dataset", f"S={tmp / 'set'}"), "no .png/.jpg/.bmp images in",
-              [ref], status=2)
+  return Case(
+    _py(
+      "dan_jax.evaluate", "--checkpoint", ref, "--out", tmp / "out", "--dataset", f"S={tmp / 'set'}"
+    ),
+    "no .png/.jpg/.bmp images in",
+    [ref],
+    status=2,
+  )
 
 
 @_case
 def evaluate_scale_mismatch(tmp, ref):
   _png(tmp / "set" / "a.png", 32)
-  return Case(_py("dan_jax.evaluate", "--checkpoint", ref, "--out", tmp / "out",
-                  "--dataset", f"S={tmp / 'set'}", "--scale", 4),
-              "--scale 4 does not match the checkpoint", [ref, tmp / "set"], status=2)
+  return Case(
+    _py(
+      "dan_jax.evaluate",
+      "--checkpoint",
+      ref,
+      "--out",
+      tmp / "out",
+      "--dataset",
+      f"S={tmp / 'set'}",
+      "--scale",
+      4,
+    ),
+    "--scale 4 does not match the checkpoint",
+    [ref, tmp / "set"],
+    status=2,
+  )
 
 
 # -- infer
@@ -649,19 +754,29 @@ def evaluate_scale_mismatch(tmp, ref):
 @_case
 def infer_output_is_input(tmp, ref):
   _png(tmp / "in" / "a.png", 16)
-  return Case(_py("dan_jax.infer", "--checkpoint", ref, "--input", tmp / "in", "--output",
-                  tmp / "in"), "is the input folder", [ref, tmp / "in"], status=2,
-              check=lambda: _assert_names(tmp / "in", ["a.png"]))
+  return Case(
+    _py("dan_jax.infer", "--checkpoint", ref, "--input", tmp / "in", "--output", tmp / "in"),
+    "is the input folder",
+    [ref, tmp / "in"],
+    status=2,
+    check=lambda: _assert_names(tmp / "in", ["a.png"]),
+  )
 
 
 @_case
 def infer_image_corrupt(tmp, ref):
   _png(tmp / "in" / "good.png", 16)
   _corrupt_png(tmp / "in" / "broken.png", 16)
-  return Case(_py("dan_jax.infer", "--checkpoint", ref, "--input", tmp / "in", "--output",
-                  tmp / "out"), "broken.png", [ref, tmp / "in"], status=1, error_lines=2,
-              check=lambda: _assert_names(tmp / "out", ["good_x2.png", "good_x2_kernel.npy",
-                                                        "good_x2_kernel.png"]))
+  return Case(
+    _py("dan_jax.infer", "--checkpoint", ref, "--input", tmp / "in", "--output", tmp / "out"),
+    "broken.png",
+    [ref, tmp / "in"],
+    status=1,
+    error_lines=2,
+    check=lambda: _assert_names(
+      tmp / "out", ["good_x2.png", "good_x2_kernel.npy", "good_x2_kernel.png"]
+    ),
+  )
 
 
 @_case
@@ -669,9 +784,13 @@ def infer_output_exists(tmp, ref):
   _png(tmp / "in" / "a.png", 16)
   (tmp / "out").mkdir()
   (tmp / "out" / "a_x2.png").write_bytes(b"an earlier result")
-  return Case(_py("dan_jax.infer", "--checkpoint", ref, "--input", tmp / "in", "--output",
-                  tmp / "out"), "exists (pass --overwrite", [ref, tmp / "in", tmp / "out"],
-              status=1, error_lines=2)
+  return Case(
+    _py("dan_jax.infer", "--checkpoint", ref, "--input", tmp / "in", "--output", tmp / "out"),
+    "exists (pass --overwrite",
+    [ref, tmp / "in", tmp / "out"],
+    status=1,
+    error_lines=2,
+  )
 
 
 @_case
@@ -681,9 +800,12 @@ def infer_checkpoint_half_written(tmp, ref):
   (part / "state").mkdir(parents=True)
   (part / "state" / "partial").write_bytes(b"\0" * 100)
   _png(tmp / "in" / "a.png", 16)
-  return Case(_py("dan_jax.infer", "--checkpoint", tmp / "w", "--input", tmp / "in",
-                  "--output", tmp / "out"), "no checkpoint under", [tmp / "w", tmp / "in"],
-              status=2)
+  return Case(
+    _py("dan_jax.infer", "--checkpoint", tmp / "w", "--input", tmp / "in", "--output", tmp / "out"),
+    "no checkpoint under",
+    [tmp / "w", tmp / "in"],
+    status=2,
+  )
 
 
 # -- convert
@@ -692,27 +814,40 @@ def infer_checkpoint_half_written(tmp, ref):
 @_case
 def convert_weights_of_another_version(tmp, ref):
   npz = _state_dict_npz(tmp / "danv2_x2.npz")
-  return Case(_py("dan_jax.convert", "--official", npz, "--out", tmp / "out", "--config",
-                  TEST_CONFIG + ":v1"),
-              "these weights are DANv2, but the model config is DANv1", [npz], status=2,
-              check=lambda: _assert_names(tmp / "out", None))
+  return Case(
+    _py(
+      "dan_jax.convert", "--official", npz, "--out", tmp / "out", "--config", TEST_CONFIG + ":v1"
+    ),
+    "these weights are DANv2, but the model config is DANv1",
+    [npz],
+    status=2,
+    check=lambda: _assert_names(tmp / "out", None),
+  )
 
 
 @_case
 def convert_out_holds_a_checkpoint(tmp, ref):
   from dan_jax import convert
+
   npz = _state_dict_npz(tmp / "danv2_x2.npz")
   convert.convert_file(str(npz), str(tmp / "out"))  # an earlier conversion
-  return Case(_py("dan_jax.convert", "--official", npz, "--out", tmp / "out"),
-              "already holds a checkpoint at step 0", [npz, tmp / "out"], status=2)
+  return Case(
+    _py("dan_jax.convert", "--official", npz, "--out", tmp / "out"),
+    "already holds a checkpoint at step 0",
+    [npz, tmp / "out"],
+    status=2,
+  )
 
 
 @_case
 def convert_file_is_not_a_state_dict(tmp, ref):
   (tmp / "weights.npz").write_text("not a zip archive")
-  return Case(_py("dan_jax.convert", "--official", tmp / "weights.npz", "--out",
-                  tmp / "out"), "is not a readable .npz state_dict",
-              [tmp / "weights.npz"], status=2)
+  return Case(
+    _py("dan_jax.convert", "--official", tmp / "weights.npz", "--out", tmp / "out"),
+    "is not a readable .npz state_dict",
+    [tmp / "weights.npz"],
+    status=2,
+  )
 
 
 def _assert_names(folder: pathlib.Path, names: Optional[list[str]]) -> None:
@@ -756,10 +891,18 @@ def bad_input(tmp_path_factory, env, reference):
   def run(name):
     case = cases[name]
     before = _snapshot(case.guarded)
-    proc = subprocess.run(case.argv, cwd=ROOT, env=dict(env, **(case.env or {})),
-                          capture_output=True, text=True, timeout=300, check=False)
-    return name, Outcome(case, proc.returncode, proc.stdout, proc.stderr, before,
-                         _snapshot(case.guarded))
+    proc = subprocess.run(
+      case.argv,
+      cwd=ROOT,
+      env=dict(env, **(case.env or {})),
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=False,
+    )
+    return name, Outcome(
+      case, proc.returncode, proc.stdout, proc.stderr, before, _snapshot(case.guarded)
+    )
 
   with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
     return dict(pool.map(run, cases))

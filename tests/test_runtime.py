@@ -81,13 +81,28 @@ def _sweep_main():
 def test_every_entry_point_sets_up_first(entry, tmp_path):
   """Each command line calls runtime.setup_entry_point before it does anything else."""
   calls = {
-      "main": lambda: main_lib.main(["dan_jax.main"]),
-      "evaluate": lambda: evaluate.main(["--checkpoint", str(tmp_path / "none"), "--out",
-                                         str(tmp_path / "out"), "--div2krk",
-                                         str(tmp_path)]),
-      "infer": lambda: infer.main(["--checkpoint", str(tmp_path / "none"), "--input",
-                                   str(tmp_path), "--output", str(tmp_path / "out")]),
-      "sweep": lambda: _sweep_main()(["--workdir", str(tmp_path / "sweep")]),
+    "main": lambda: main_lib.main(["dan_jax.main"]),
+    "evaluate": lambda: evaluate.main(
+      [
+        "--checkpoint",
+        str(tmp_path / "none"),
+        "--out",
+        str(tmp_path / "out"),
+        "--div2krk",
+        str(tmp_path),
+      ]
+    ),
+    "infer": lambda: infer.main(
+      [
+        "--checkpoint",
+        str(tmp_path / "none"),
+        "--input",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "out"),
+      ]
+    ),
+    "sweep": lambda: _sweep_main()(["--workdir", str(tmp_path / "sweep")]),
   }
   with mock.patch.object(runtime, "setup_entry_point", side_effect=_SetUp):
     with pytest.raises(_SetUp):
@@ -96,17 +111,20 @@ def test_every_entry_point_sets_up_first(entry, tmp_path):
 
 
 def test_real_tensorflow_sees_no_accelerator_after_set_up():
-  code = ("import tensorflow as tf\n"
-          "calls = []\n"
-          "orig = tf.config.set_visible_devices\n"
-          "tf.config.set_visible_devices = lambda d, k=None: (calls.append(k), orig(d, k))\n"
-          "from dan_jax import runtime\n"
-          "runtime.setup_entry_point()\n"
-          "tf.constant(1.0)  # TF initialises its devices\n"
-          "print(calls, sorted({d.device_type for d in tf.config.get_visible_devices()}))\n")
+  code = (
+    "import tensorflow as tf\n"
+    "calls = []\n"
+    "orig = tf.config.set_visible_devices\n"
+    "tf.config.set_visible_devices = lambda d, k=None: (calls.append(k), orig(d, k))\n"
+    "from dan_jax import runtime\n"
+    "runtime.setup_entry_point()\n"
+    "tf.constant(1.0)  # TF initialises its devices\n"
+    "print(calls, sorted({d.device_type for d in tf.config.get_visible_devices()}))\n"
+  )
   env = dict(os.environ, PYTHONPATH=str(ROOT))
-  out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                       text=True, check=True, timeout=120).stdout
+  out = subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=120
+  ).stdout
   assert out.split("\n")[0] == "['GPU', 'TPU'] ['CPU']"
 
 
@@ -119,8 +137,18 @@ def test_precision_names():
 
 def test_infer_precision_flag_refuses_unknown_values(tmp_path, capsys):
   with pytest.raises(SystemExit) as e:
-    infer.main(["--checkpoint", str(tmp_path), "--input", str(tmp_path), "--output",
-                str(tmp_path / "o"), "--precision", "fp16"])
+    infer.main(
+      [
+        "--checkpoint",
+        str(tmp_path),
+        "--input",
+        str(tmp_path),
+        "--output",
+        str(tmp_path / "o"),
+        "--precision",
+        "fp16",
+      ]
+    )
   assert e.value.code == 2 and "invalid choice: 'fp16'" in capsys.readouterr().err
 
 
@@ -128,8 +156,19 @@ def test_predictor_precisions():
   import numpy as np
 
   from dan_jax import models
-  config = dict(version="DANv2", scale=2, nf=8, nb=1, ng=1, loops=2, kernel_size=11,
-                code_len=10, estimator_nf=8, estimator_nb=1)
+
+  config = dict(
+    version="DANv2",
+    scale=2,
+    nf=8,
+    nb=1,
+    ng=1,
+    loops=2,
+    kernel_size=11,
+    code_len=10,
+    estimator_nf=8,
+    estimator_nb=1,
+  )
   pca = np.linalg.qr(np.random.default_rng(0).normal(size=(121, 10)))[0]
   variables = models.init_variables(models.create_model(config), 0, pca)
   lr = np.random.default_rng(1).uniform(size=(12, 10, 3)).astype(np.float32)

@@ -17,30 +17,62 @@ from dan_jax import storage
 
 ROOT = pathlib.Path(__file__).parents[1]
 # Calls that only work on local paths.
-LOCAL_ONLY = {"open", "os.path.abspath", "os.path.realpath", "os.path.isdir",
-              "os.path.isfile", "os.path.exists", "os.path.getsize", "os.makedirs",
-              "os.mkdir", "os.listdir", "os.remove", "os.replace", "os.rename",
-              "os.access", "os.walk", "os.scandir", "shutil.rmtree", "shutil.copy",
-              "shutil.copyfile", "shutil.move"}
+LOCAL_ONLY = {
+  "open",
+  "os.path.abspath",
+  "os.path.realpath",
+  "os.path.isdir",
+  "os.path.isfile",
+  "os.path.exists",
+  "os.path.getsize",
+  "os.makedirs",
+  "os.mkdir",
+  "os.listdir",
+  "os.remove",
+  "os.replace",
+  "os.rename",
+  "os.access",
+  "os.walk",
+  "os.scandir",
+  "shutil.rmtree",
+  "shutil.copy",
+  "shutil.copyfile",
+  "shutil.move",
+}
 # (file, enclosing function, call): why it is not applied to a workdir/checkpoint/output.
 ALLOWED = {
-    ("dan_jax/config.py", "resolve_path", "os.path.isfile"):
-        "a config .py file, imported with importlib (local code)",
-    ("dan_jax/convert.py", "_load_pca", "os.path.isfile"):
-        "--pca: a local PCA .npy/.npz/.pth input, read by numpy/torch like --official",
-    ("dan_jax/convert.py", "load_torch_checkpoint", "os.path.isfile"):
-        "--official: the official .npz/.pth input file, read by numpy/torch",
-    ("dan_jax/train.py", "_prepare_workdir", "os.access"):
-        "local workdirs only: URLs return before it",
-    ("launch/_common.py", "<module>", "os.path.abspath"): "__file__: the repository",
-    ("launch/gpu.py", "<module>", "os.path.abspath"): "__file__: the repository",
-    ("launch/slurm.py", "<module>", "os.path.abspath"): "__file__: the repository",
-    ("launch/slurm.py", "main", "os.path.abspath"): "__file__: the repository",
-    ("launch/slurm.py", "main", "os.makedirs"):
-        "the sbatch script: SLURM reads it (and writes logs) on a shared file system",
-    ("launch/slurm.py", "main", "open"): "the sbatch script (see above)",
-    ("launch/sweep.py", "<module>", "os.path.abspath"): "__file__: the repository",
-    ("launch/tpu_pod.py", "<module>", "os.path.abspath"): "__file__: the repository",
+  (
+    "dan_jax/config.py",
+    "resolve_path",
+    "os.path.isfile",
+  ): "a config .py file, imported with importlib (local code)",
+  (
+    "dan_jax/convert.py",
+    "_load_pca",
+    "os.path.isfile",
+  ): "--pca: a local PCA .npy/.npz/.pth input, read by numpy/torch like --official",
+  (
+    "dan_jax/convert.py",
+    "load_torch_checkpoint",
+    "os.path.isfile",
+  ): "--official: the official .npz/.pth input file, read by numpy/torch",
+  (
+    "dan_jax/train.py",
+    "_prepare_workdir",
+    "os.access",
+  ): "local workdirs only: URLs return before it",
+  ("launch/_common.py", "<module>", "os.path.abspath"): "__file__: the repository",
+  ("launch/gpu.py", "<module>", "os.path.abspath"): "__file__: the repository",
+  ("launch/slurm.py", "<module>", "os.path.abspath"): "__file__: the repository",
+  ("launch/slurm.py", "main", "os.path.abspath"): "__file__: the repository",
+  (
+    "launch/slurm.py",
+    "main",
+    "os.makedirs",
+  ): "the sbatch script: SLURM reads it (and writes logs) on a shared file system",
+  ("launch/slurm.py", "main", "open"): "the sbatch script (see above)",
+  ("launch/sweep.py", "<module>", "os.path.abspath"): "__file__: the repository",
+  ("launch/tpu_pod.py", "<module>", "os.path.abspath"): "__file__: the repository",
 }
 
 
@@ -83,17 +115,19 @@ def test_no_local_only_file_calls_on_user_paths():
         used.add(key)
       else:
         bad.append(f"{rel}:{line} {call}() in {func}")
-  assert not bad, ("local-only file calls (use dan_jax.storage / etils.epath so gs:// "
-                   "works, or add a reason to ALLOWED):\n" + "\n".join(bad))
+  assert not bad, (
+    "local-only file calls (use dan_jax.storage / etils.epath so gs:// "
+    "works, or add a reason to ALLOWED):\n" + "\n".join(bad)
+  )
   assert used == set(ALLOWED), f"stale ALLOWED entries: {set(ALLOWED) - used}"
 
 
 def test_the_scan_finds_what_it_forbids(tmp_path):
   src = tmp_path / "m.py"
-  src.write_text("import os\ndef f(w):\n  os.makedirs(os.path.abspath(w))\n"
-                 "  with open(w) as g:\n    pass\n")
-  assert sorted(c for _, c, _ in _local_calls(src)) == [
-      "open", "os.makedirs", "os.path.abspath"]
+  src.write_text(
+    "import os\ndef f(w):\n  os.makedirs(os.path.abspath(w))\n  with open(w) as g:\n    pass\n"
+  )
+  assert sorted(c for _, c, _ in _local_calls(src)) == ["open", "os.makedirs", "os.path.abspath"]
 
 
 @pytest.mark.parametrize("url", ["gs://bucket/run", "gs://bucket/run/", "s3://b/x/y"])

@@ -68,8 +68,14 @@ def _events(workdir):
 def trained(tmp_path_factory):
   """30 steps of the tiny config, validating and logging (shared by several tests)."""
   workdir = tmp_path_factory.mktemp("trained")
-  config = _config(num_train_steps=30, log_every_steps=5, eval_every_steps=15,
-                   image_every_steps=15, checkpoint_every_steps=10, keep_checkpoints=2)
+  config = _config(
+    num_train_steps=30,
+    log_every_steps=5,
+    eval_every_steps=15,
+    image_every_steps=15,
+    checkpoint_every_steps=10,
+    keep_checkpoints=2,
+  )
   result = train.train_and_evaluate(config, str(workdir))
   return config, workdir, result
 
@@ -94,9 +100,17 @@ def test_tensorboard_events_hold_scalars_and_images(trained):
   for i in range(config.model.loops):
     assert events[f"train/l_pix{i}"][0] == "scalars"
     assert [s for s, _ in events[f"train/l_ker{i}"][1]] == [5, 10, 15, 20, 25, 30]
-  for tag in ("train/loss", "train/learning_rate", "train/grad_norm", "train/steps_per_sec",
-              "train/samples_per_sec", "val/psnr_y", "val/ssim_y", "val/bicubic_psnr_y",
-              "val/bicubic_ssim_y"):
+  for tag in (
+    "train/loss",
+    "train/learning_rate",
+    "train/grad_norm",
+    "train/steps_per_sec",
+    "train/samples_per_sec",
+    "val/psnr_y",
+    "val/ssim_y",
+    "val/bicubic_psnr_y",
+    "val/bicubic_ssim_y",
+  ):
     assert events[tag][0] == "scalars", tag
   assert [s for s, _ in events["val/psnr_y"][1]] == [15, 30]
   # MultiStep: lr 3e-3 for steps 1-3 (configs/test.py milestone 3), then halved.
@@ -128,6 +142,7 @@ def test_checkpoints_and_images_written(trained):
     assert (workdir / "val" / f"chelsea_{suffix}.png").is_file()
   # The saved SR image is the one the final validation scored.
   from dan_jax import metrics
+
   sr = tf.io.decode_png((workdir / "val" / "chelsea_sr.png").read_bytes()).numpy()
   hr = tf.io.decode_png((workdir / "val" / "chelsea_hr.png").read_bytes()).numpy()
   assert metrics.psnr_y(sr, hr, crop_border=2) == pytest.approx(result["val_psnr_y"])
@@ -147,9 +162,12 @@ def _tiny(version="DANv2"):
   pca = rng.normal(size=(k * k, spec.code_len)).astype(np.float32) * 0.2
   variables = models.init_variables(model, 0, pca)
   kernel = rng.dirichlet(np.ones(k * k), size=b).astype(np.float32)
-  batch = {"lr": rng.uniform(size=(b, 8, 8, 3)).astype(np.float32),
-           "hr": rng.uniform(size=(b, 16, 16, 3)).astype(np.float32),
-           "kernel": kernel.reshape(b, k, k), "code": kernel @ pca}
+  batch = {
+    "lr": rng.uniform(size=(b, 8, 8, 3)).astype(np.float32),
+    "hr": rng.uniform(size=(b, 16, 16, 3)).astype(np.float32),
+    "kernel": kernel.reshape(b, k, k),
+    "code": kernel @ pca,
+  }
   return model, variables, batch
 
 
@@ -160,9 +178,15 @@ def test_cheap_gradient_equals_full_gradient(version):
   model, variables, batch = _tiny(version)
 
   def value_and_grad(cheap, supervise_all=False):
-    fn = lambda p: steps.compute_losses(model, p, variables["pca"], batch,
-                                        kernel_loss_weight=0.5, cheap_gradient=cheap,
-                                        supervise_all=supervise_all)
+    fn = lambda p: steps.compute_losses(
+      model,
+      p,
+      variables["pca"],
+      batch,
+      kernel_loss_weight=0.5,
+      cheap_gradient=cheap,
+      supervise_all=supervise_all,
+    )
     return jax.jit(jax.value_and_grad(fn, has_aux=True))(variables["params"])
 
   (loss, aux), grads = value_and_grad(True)
@@ -178,36 +202,37 @@ def test_cheap_gradient_equals_full_gradient(version):
     return
   # Every iteration supervised: the sum of the per-iteration losses.
   (all_loss, all_aux), _ = value_and_grad(True, supervise_all=True)
-  np.testing.assert_allclose(all_loss, np.sum(all_aux["l_pix"] + 0.5 * all_aux["l_ker"]),
-                             rtol=1e-5)
+  np.testing.assert_allclose(all_loss, np.sum(all_aux["l_pix"] + 0.5 * all_aux["l_ker"]), rtol=1e-5)
 
 
 def test_learning_rate_schedule_is_multistep():
   config = _config(learning_rate=4e-4, lr_milestones=(2, 5, 5), lr_gamma=0.5)
   fn = steps.create_learning_rate_fn(config)
   assert [float(fn(s)) for s in (0, 1, 2, 4, 5, 9)] == pytest.approx(
-      [4e-4, 4e-4, 2e-4, 2e-4, 5e-5, 5e-5])
+    [4e-4, 4e-4, 2e-4, 2e-4, 5e-5, 5e-5]
+  )
 
 
 def test_init_checkpoint_starts_from_its_weights(trained, tmp_path):
   _, trained_dir, _ = trained
-  config = _config(num_train_steps=1, init_checkpoint=str(trained_dir),
-                   **{"data.val_source": "none"})
+  config = _config(
+    num_train_steps=1, init_checkpoint=str(trained_dir), **{"data.val_source": "none"}
+  )
   train.train_and_evaluate(config, str(tmp_path / "finetune"))
   _, start, _ = checkpoint.load_model(str(trained_dir), use_ema=True)
   _, after, step = checkpoint.load_model(str(tmp_path / "finetune"), use_ema=False)
   assert step == 1
   np.testing.assert_array_equal(after["pca"]["matrix"], start["pca"]["matrix"])
   # One Adam step moves each weight by at most about the learning rate (3e-3).
-  for x, y in zip(jax.tree_util.tree_leaves(start["params"]),
-                  jax.tree_util.tree_leaves(after["params"])):
+  for x, y in zip(
+    jax.tree_util.tree_leaves(start["params"]), jax.tree_util.tree_leaves(after["params"])
+  ):
     assert np.abs(x - y).max() <= 3.1e-3
 
 
 @pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_params(tmp_path):
-  config = _config(num_train_steps=2, **{"model.dtype": "bfloat16",
-                                         "data.val_source": "none"})
+  config = _config(num_train_steps=2, **{"model.dtype": "bfloat16", "data.val_source": "none"})
   result = train.train_and_evaluate(config, str(tmp_path / "bf16"))
   assert np.isfinite(result["train_loss"])
   params, _ = _params(tmp_path / "bf16")
@@ -222,12 +247,10 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
   # configs/test.py has EMA on, so its state must be resumed too. No validation (quick).
   assert _config().ema_decay > 0
   kw = {"data.val_source": "none", "checkpoint_every_steps": 0}
-  straight = train.train_and_evaluate(_config(num_train_steps=6, **kw),
-                                      str(tmp_path / "straight"))
+  straight = train.train_and_evaluate(_config(num_train_steps=6, **kw), str(tmp_path / "straight"))
   first = train.train_and_evaluate(_config(num_train_steps=3, **kw), str(tmp_path / "resumed"))
   assert first["step"] == 3
-  resumed = train.train_and_evaluate(_config(num_train_steps=6, **kw),
-                                     str(tmp_path / "resumed"))
+  resumed = train.train_and_evaluate(_config(num_train_steps=6, **kw), str(tmp_path / "resumed"))
   assert straight["step"] == resumed["step"] == 6
   assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-6)
   for use_ema in (False, True):
@@ -237,18 +260,18 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path):
     _assert_trees_equal(a, b)
   ema, _ = _params(tmp_path / "straight", use_ema=True)
   raw, _ = _params(tmp_path / "straight")
-  assert not np.array_equal(ema["alternate"]["restorer"]["head_lr"]["kernel"],
-                            raw["alternate"]["restorer"]["head_lr"]["kernel"])
+  assert not np.array_equal(
+    ema["alternate"]["restorer"]["head_lr"]["kernel"],
+    raw["alternate"]["restorer"]["head_lr"]["kernel"],
+  )
   # A run that is already complete trains nothing and reports the same step.
-  again = train.train_and_evaluate(_config(num_train_steps=6, **kw),
-                                   str(tmp_path / "resumed"))
+  again = train.train_and_evaluate(_config(num_train_steps=6, **kw), str(tmp_path / "resumed"))
   assert again["step"] == 6 and "train_loss" not in again
 
 
 def test_checkpoint_of_another_model_is_not_resumed(tmp_path):
   workdir = tmp_path / "run"
-  train.train_and_evaluate(_config(num_train_steps=1, **{"data.val_source": "none"}),
-                           str(workdir))
+  train.train_and_evaluate(_config(num_train_steps=1, **{"data.val_source": "none"}), str(workdir))
   before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
   other = _config(num_train_steps=2, **{"model.scale": 4, "data.val_source": "none"})
   with pytest.raises(errors.TrainingError, match=r"DANv2 x2 .* DANv2 x4 .*refusing"):
@@ -270,8 +293,9 @@ def test_nan_batch_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
 
   monkeypatch.setattr(input_pipeline, "create_train_iterator", poisoned)
   workdir = tmp_path / "run"
-  config = _config(num_train_steps=8, checkpoint_every_steps=2, keep_checkpoints=10,
-                   **{"data.val_source": "none"})
+  config = _config(
+    num_train_steps=8, checkpoint_every_steps=2, keep_checkpoints=10, **{"data.val_source": "none"}
+  )
   result = train.train_and_evaluate(config, str(workdir))
   assert result["step"] == 8 and result["skipped_steps"] == 1
   assert result["rollbacks"] == 0 and np.isfinite(result["train_loss"])
@@ -290,8 +314,10 @@ def test_nan_batch_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
 
 def test_tfds_source_trains(tmp_path):
   tfds = pytest.importorskip("tensorflow_datasets")
-  config = _config(num_train_steps=2, **{"data.source": "tfds", "data.tfds_name": "div2k",
-                                         "data.val_source": "none"})
+  config = _config(
+    num_train_steps=2,
+    **{"data.source": "tfds", "data.tfds_name": "div2k", "data.val_source": "none"},
+  )
   with tfds.testing.mock_data(num_examples=8):
     result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert result["step"] == 2 and np.isfinite(result["train_loss"])
@@ -299,12 +325,25 @@ def test_tfds_source_trains(tmp_path):
 
 def _tiny_official(name="x4"):
   """An official config (data.source "auto", no train_dir) shrunk to a few seconds."""
-  return config_lib.load_with_overrides(str(ROOT / "configs" / f"{name}.py"), {
-      "model.nf": 8, "model.nb": 1, "model.ng": 1, "model.estimator_nf": 8,
-      "model.estimator_nb": 1, "model.loops": 2, "model.kernel_size": 11,
-      "model.code_len": 5, "data.hr_crop": 16, "batch_size": 2,
-      "degradation.pca_samples": 500, "data.val_source": "none", "num_train_steps": 1,
-      "data.num_parallel_calls": 2})
+  return config_lib.load_with_overrides(
+    str(ROOT / "configs" / f"{name}.py"),
+    {
+      "model.nf": 8,
+      "model.nb": 1,
+      "model.ng": 1,
+      "model.estimator_nf": 8,
+      "model.estimator_nb": 1,
+      "model.loops": 2,
+      "model.kernel_size": 11,
+      "model.code_len": 5,
+      "data.hr_crop": 16,
+      "batch_size": 2,
+      "degradation.pca_samples": 500,
+      "data.val_source": "none",
+      "num_train_steps": 1,
+      "data.num_parallel_calls": 2,
+    },
+  )
 
 
 @pytest.mark.slow
@@ -326,7 +365,9 @@ def test_tfds_download_without_internet_names_cause_and_folder(tmp_path, monkeyp
 
   def offline(*args, **kwargs):
     raise requests.exceptions.ConnectionError(
-        "HTTPSConnectionPool(host='data.vision.ee.ethz.ch', port=443): Max retries exceeded")
+      "HTTPSConnectionPool(host='data.vision.ee.ethz.ch', port=443): Max retries exceeded"
+    )
+
   # What tfds' download manager raises on a machine without internet (after its retries).
   monkeypatch.setattr(tfds.download.DownloadManager, "download", offline)
   monkeypatch.setattr(tfds.download.DownloadManager, "download_and_extract", offline)
@@ -367,19 +408,25 @@ _SHARDED_RUN = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_eight_devices_match_one_device(tmp_path):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
-  proc = subprocess.run([sys.executable, "-c", _SHARDED_RUN, TEST_CONFIG,
-                         str(tmp_path / "eight")], env=env, capture_output=True, text=True,
-                        timeout=300, cwd=ROOT, check=False)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [sys.executable, "-c", _SHARDED_RUN, TEST_CONFIG, str(tmp_path / "eight")],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    cwd=ROOT,
+    check=False,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
-  eight = json.loads(line[len("RESULT "):])
+  eight = json.loads(line[len("RESULT ") :])
   assert len(eight["errors"]) == 2
   assert "config.batch_size = 12 does not divide over the 8 devices" in eight["errors"][0]
 
-  one = train.train_and_evaluate(_config(num_train_steps=2, **{"data.val_source": "none"}),
-                                 str(tmp_path / "one"))
+  one = train.train_and_evaluate(
+    _config(num_train_steps=2, **{"data.val_source": "none"}), str(tmp_path / "one")
+  )
   assert one["train_loss"] == pytest.approx(eight["loss"], rel=1e-5)
   a, _ = _params(tmp_path / "one")
   b, _ = _params(tmp_path / "eight")
@@ -390,9 +437,16 @@ def test_eight_devices_match_one_device(tmp_path):
 # ----------------------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("name,scale,kernel,sig_max", [
-    ("x2", 2, 21, 4.0), ("x3", 3, 21, 4.0), ("x4", 4, 21, 4.0),
-    ("x2_setting2", 2, 11, 5.0), ("x4_setting2", 4, 31, 5.0)])
+@pytest.mark.parametrize(
+  "name,scale,kernel,sig_max",
+  [
+    ("x2", 2, 21, 4.0),
+    ("x3", 3, 21, 4.0),
+    ("x4", 4, 21, 4.0),
+    ("x2_setting2", 2, 11, 5.0),
+    ("x4_setting2", 4, 31, 5.0),
+  ],
+)
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_config_variants_follow_the_official_recipes(name, scale, kernel, sig_max, version):
   c = config_lib.load(str(ROOT / "configs" / f"{name}.py:{version}"))
@@ -425,7 +479,9 @@ def test_demo_and_test_configs_validate():
 # ----------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("field,value,message", [
+@pytest.mark.parametrize(
+  "field,value,message",
+  [
     ("model.scale", 5, "config.model.scale must be one of"),
     ("learning_rate", -1.0, "config.learning_rate must be a positive number"),
     ("lr_milestones", (5, 2), "config.lr_milestones must be increasing"),
@@ -435,7 +491,8 @@ def test_demo_and_test_configs_validate():
     ("max_rollbacks", -1, "config.max_rollbacks must be a non-negative integer"),
     ("collapse_psnr_drop", float("nan"), "config.collapse_psnr_drop must be a non-negative"),
     ("debug.nan_at_steps", (0, 3), "config.debug.nan_at_steps must be positive step"),
-])
+  ],
+)
 def test_bad_config_values_are_one_clear_error(tmp_path, field, value, message):
   config = _config()
   parent = config
@@ -467,15 +524,21 @@ def test_unwritable_workdir_is_an_error(tmp_path):
 def test_xla_conv_gradient_equals_gemm_in_a_train_step(version):
   """The accelerators' path (conv_backward 'xla') against the CPU's GEMM gradient, in a
   full train step (loss, gradient norm and the updated parameters)."""
-  base = _config(**({} if version == "DANv2" else {"model.version": "DANv1",
-                                                   "model.nf": 16,
-                                                   "model.estimator_nf": 32}))
+  base = _config(
+    **(
+      {}
+      if version == "DANv2"
+      else {"model.version": "DANv1", "model.nf": 16, "model.estimator_nf": 32}
+    )
+  )
   rng = np.random.default_rng(0)
   k, s = base.model.kernel_size, base.model.scale
-  batch = {"lr": rng.uniform(size=(2, 12, 10, 3)).astype(np.float32),
-           "hr": rng.uniform(size=(2, 12 * s, 10 * s, 3)).astype(np.float32),
-           "kernel": rng.dirichlet(np.ones(k * k), 2).reshape(2, k, k).astype(np.float32),
-           "code": rng.normal(size=(2, base.model.code_len)).astype(np.float32)}
+  batch = {
+    "lr": rng.uniform(size=(2, 12, 10, 3)).astype(np.float32),
+    "hr": rng.uniform(size=(2, 12 * s, 10 * s, 3)).astype(np.float32),
+    "kernel": rng.dirichlet(np.ones(k * k), 2).reshape(2, k, k).astype(np.float32),
+    "code": rng.normal(size=(2, base.model.code_len)).astype(np.float32),
+  }
   pca = np.linalg.qr(rng.normal(size=(k * k, base.model.code_len)))[0].astype(np.float32)
   results = {}
   for path in ("gemm", "xla"):
@@ -483,13 +546,14 @@ def test_xla_conv_gradient_equals_gemm_in_a_train_step(version):
     model = models.create_model(models.spec_from_config(base.model))
     variables = models.init_variables(model, 0, pca)
     # SGD with rate 1: the step's update is minus the gradient.
-    step = steps.make_train_step(model, optax.sgd(1.0), parallel.create_mesh(),
-                                 precision="highest")
+    step = steps.make_train_step(model, optax.sgd(1.0), parallel.create_mesh(), precision="highest")
     state = train_state.create_train_state(variables, optax.sgd(1.0))
-    new, m = step(parallel.to_global(state, train.NamedSharding(parallel.create_mesh(),
-                                                             train.P())), batch)
-    grads = jax.tree_util.tree_map(lambda a, b: np.asarray(a) - np.asarray(b),
-                                   variables["params"], jax.device_get(new.params))
+    new, m = step(
+      parallel.to_global(state, train.NamedSharding(parallel.create_mesh(), train.P())), batch
+    )
+    grads = jax.tree_util.tree_map(
+      lambda a, b: np.asarray(a) - np.asarray(b), variables["params"], jax.device_get(new.params)
+    )
     results[path] = (grads, float(m["loss"]), float(m["grad_norm"]))
   (g_a, loss_a, norm_a), (g_b, loss_b, norm_b) = results["gemm"], results["xla"]
   assert loss_a == pytest.approx(loss_b, rel=1e-6)
@@ -515,13 +579,19 @@ def test_matmul_precision_reaches_the_compiled_step():
   mesh = parallel.create_mesh()
   tx = optax.sgd(0.1)
   variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
-  state = train_state.create_train_state(jax.tree_util.tree_map(
-      lambda x: np.zeros(x.shape, x.dtype), variables), tx)
-  batch = {"lr": np.zeros((8, 8, 8, 3), np.float32), "hr": np.zeros((8, 16, 16, 3),
-                                                                      np.float32),
-           "kernel": np.zeros((8, 7, 7), np.float32), "code": np.zeros((8, 4), np.float32)}
-  texts = {p: steps.make_train_step(model, tx, mesh, precision=p).lower(
-      state, batch).as_text() for p in ("default", "highest")}
+  state = train_state.create_train_state(
+    jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype), variables), tx
+  )
+  batch = {
+    "lr": np.zeros((8, 8, 8, 3), np.float32),
+    "hr": np.zeros((8, 16, 16, 3), np.float32),
+    "kernel": np.zeros((8, 7, 7), np.float32),
+    "code": np.zeros((8, 4), np.float32),
+  }
+  texts = {
+    p: steps.make_train_step(model, tx, mesh, precision=p).lower(state, batch).as_text()
+    for p in ("default", "highest")
+  }
   assert "HIGHEST" in texts["highest"] and "HIGHEST" not in texts["default"]
   with pytest.raises(errors.TrainingError, match="matmul_precision"):
     train.validate_config(_config(matmul_precision="bfloat16"))

@@ -23,14 +23,25 @@ def _batch(config, b=2, h=8, w=8, seed=3):
   k = config["kernel_size"]
   kernel = rng.dirichlet(np.ones(k * k), size=b).astype(np.float32).reshape(b, k, k)
   s = config["scale"]
-  return {"lr": rng.uniform(size=(b, h, w, 3)).astype(np.float32),
-          "hr": rng.uniform(size=(b, s * h, s * w, 3)).astype(np.float32),
-          "kernel": kernel, "code": rng.normal(size=(b, config["code_len"])).astype(np.float32)}
+  return {
+    "lr": rng.uniform(size=(b, h, w, 3)).astype(np.float32),
+    "hr": rng.uniform(size=(b, s * h, s * w, 3)).astype(np.float32),
+    "kernel": kernel,
+    "code": rng.normal(size=(b, config["code_len"])).astype(np.float32),
+  }
 
 
 def _optimizer_config(**fields):
-  c = ml_collections.ConfigDict(dict(learning_rate=1e-2, lr_milestones=(), lr_gamma=0.5,
-                                     adam_b1=0.9, adam_b2=0.99, weight_decay=0.0))
+  c = ml_collections.ConfigDict(
+    dict(
+      learning_rate=1e-2,
+      lr_milestones=(),
+      lr_gamma=0.5,
+      adam_b1=0.9,
+      adam_b2=0.99,
+      weight_decay=0.0,
+    )
+  )
   c.update(fields)
   return c
 
@@ -89,19 +100,23 @@ def test_supervise_all_iterations_through_train_step():
   batch = _batch(TINY_V2)
   tx = optax.sgd(1.0)
   state = train_state.create_train_state(variables, tx)
-  new, metrics = jax.jit(functools.partial(
-      steps.train_step, model=model, tx=tx, kernel_loss_weight=0.5,
-      supervise_all=True))(state, batch)
+  new, metrics = jax.jit(
+    functools.partial(
+      steps.train_step, model=model, tx=tx, kernel_loss_weight=0.5, supervise_all=True
+    )
+  )(state, batch)
 
   def loss_fn(params):  # every iteration's L1(SR, HR) + 0.5 L1(kernel, true kernel)
     out = model.apply({"params": params, "pca": variables["pca"]}, batch["lr"])
-    per_iter = [_l1(out.sr[i], batch["hr"]) + 0.5 * _l1(out.kernel[i], batch["kernel"])
-                for i in range(TINY_V2["loops"])]
+    per_iter = [
+      _l1(out.sr[i], batch["hr"]) + 0.5 * _l1(out.kernel[i], batch["kernel"])
+      for i in range(TINY_V2["loops"])
+    ]
     return sum(per_iter)
+
   loss, grads = jax.jit(jax.value_and_grad(loss_fn))(state.params)
   np.testing.assert_allclose(metrics["loss"], loss, rtol=1e-5)
-  per_iter = [metrics[f"l_pix{i}"] + 0.5 * metrics[f"l_ker{i}"]
-              for i in range(TINY_V2["loops"])]
+  per_iter = [metrics[f"l_pix{i}"] + 0.5 * metrics[f"l_ker{i}"] for i in range(TINY_V2["loops"])]
   np.testing.assert_allclose(metrics["loss"], sum(per_iter), rtol=1e-5)
   assert metrics["loss"] > 1.5 * per_iter[-1]  # not only the last iteration
   for got, p, g in zip(_leaves(new.params), _leaves(state.params), _leaves(grads)):
@@ -118,11 +133,14 @@ def test_bfloat16_compute_is_close_to_float32():
   sr32, sr16 = (np.asarray(outs[d].sr, np.float32) for d in ("float32", "bfloat16"))
   # bfloat16 keeps 8 significant bits: ~0.4% relative error per op, a few % after the loop.
   assert np.abs(sr16 - sr32).max() < 0.05 and np.abs(sr16 - sr32).mean() < 0.01
-  np.testing.assert_allclose(np.asarray(outs["bfloat16"].kernel, np.float32),
-                             np.asarray(outs["float32"].kernel), atol=5e-3)
+  np.testing.assert_allclose(
+    np.asarray(outs["bfloat16"].kernel, np.float32), np.asarray(outs["float32"].kernel), atol=5e-3
+  )
   # The training loss (last iteration: L1 of SR plus of the kernel) agrees within 3%.
-  losses = {d: np.abs(np.asarray(o.sr[-1], np.float32) - batch["hr"]).mean()
-            + np.abs(np.asarray(o.kernel[-1], np.float32) - batch["kernel"]).mean()
-            for d, o in outs.items()}
+  losses = {
+    d: np.abs(np.asarray(o.sr[-1], np.float32) - batch["hr"]).mean()
+    + np.abs(np.asarray(o.kernel[-1], np.float32) - batch["kernel"]).mean()
+    for d, o in outs.items()
+  }
   np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.03)
   assert not np.array_equal(sr16, sr32)  # the bfloat16 path really ran

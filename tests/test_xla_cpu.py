@@ -31,16 +31,20 @@ def clean_env(monkeypatch):
 @pytest.fixture
 def fresh(clean_env):
   """configure() as in a process whose JAX backend has not started."""
-  with mock.patch("jax._src.xla_bridge.backends_are_initialized", return_value=False), \
-      mock.patch.object(platform_lib, "accelerator_plugins", return_value=[]):
+  with (
+    mock.patch("jax._src.xla_bridge.backends_are_initialized", return_value=False),
+    mock.patch.object(platform_lib, "accelerator_plugins", return_value=[]),
+  ):
     yield clean_env
 
 
 def test_appends_to_existing_flags(fresh):
   fresh.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
   assert xla_cpu.configure()
-  assert os.environ["XLA_FLAGS"].split() == ["--xla_force_host_platform_device_count=2",
-                                             xla_cpu.FLAG]
+  assert os.environ["XLA_FLAGS"].split() == [
+    "--xla_force_host_platform_device_count=2",
+    xla_cpu.FLAG,
+  ]
 
 
 def test_user_setting_wins(fresh):
@@ -67,13 +71,16 @@ def test_started_backend_is_left_alone(clean_env):
   assert "XLA_FLAGS" not in os.environ
 
 
-@pytest.mark.parametrize("plugins,platforms,applied", [
+@pytest.mark.parametrize(
+  "plugins,platforms,applied",
+  [
     (["jax-cuda12-plugin"], None, False),  # a GPU plugin parses XLA_FLAGS too
     (["libtpu"], None, False),
     (["jax-cuda12-plugin"], "cpu", True),  # asked for the CPU alone: the plugin stays off
     ([], "cuda", False),
     ([], "cpu,tpu", False),
-])
+  ],
+)
 def test_only_cpu_only_processes(fresh, plugins, platforms, applied):
   if platforms:
     fresh.setenv("JAX_PLATFORMS", platforms)
@@ -85,28 +92,41 @@ def test_only_cpu_only_processes(fresh, plugins, platforms, applied):
 def test_accelerator_plugins_reads_installed_metadata():
   # This machine has none; the names the check matches are those of real plugins.
   assert platform_lib.accelerator_plugins() == []
-  for name in ("jax-cuda12-plugin", "jax_cuda13_pjrt", "libtpu", "libtpu-nightly",
-               "jax-rocm7-plugin"):
+  for name in (
+    "jax-cuda12-plugin",
+    "jax_cuda13_pjrt",
+    "libtpu",
+    "libtpu-nightly",
+    "jax-rocm7-plugin",
+  ):
     assert platform_lib._PLUGIN_RE.match(name), name
   assert not platform_lib._PLUGIN_RE.match("jaxlib")
 
 
 def _fresh_process(code, **env_extra):
-  env = {k: v for k, v in os.environ.items()
-         if k not in ("XLA_FLAGS", "DAN_JAX_XLA_CPU_DEFAULTS", "JAX_PLATFORMS")}
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if k not in ("XLA_FLAGS", "DAN_JAX_XLA_CPU_DEFAULTS", "JAX_PLATFORMS")
+  }
   env.update(env_extra)
-  return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                        text=True, check=True).stdout
+  return subprocess.run(
+    [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+  ).stdout
 
 
 def test_import_leaves_xla_flags_alone():
-  code = ("import os, dan_jax, dan_jax.train, jax.numpy as jnp; "
-          "jnp.ones(2).block_until_ready(); print(repr(os.environ.get('XLA_FLAGS')))")
+  code = (
+    "import os, dan_jax, dan_jax.train, jax.numpy as jnp; "
+    "jnp.ones(2).block_until_ready(); print(repr(os.environ.get('XLA_FLAGS')))"
+  )
   assert _fresh_process(code).split() == ["None"]
 
 
 def test_opt_in_sets_the_flag_in_a_fresh_process():
-  code = ("import os, dan_jax.xla_cpu; dan_jax.xla_cpu.configure(); import jax.numpy as jnp; "
-          "jnp.ones(2).block_until_ready(); "
-          "print(os.environ['XLA_FLAGS'], dan_jax.xla_cpu.applied())")
+  code = (
+    "import os, dan_jax.xla_cpu; dan_jax.xla_cpu.configure(); import jax.numpy as jnp; "
+    "jnp.ones(2).block_until_ready(); "
+    "print(os.environ['XLA_FLAGS'], dan_jax.xla_cpu.applied())"
+  )
   assert _fresh_process(code).split() == [xla_cpu.FLAG, "True"]

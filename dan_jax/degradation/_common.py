@@ -31,8 +31,7 @@ def _check_odd_size(size: Any, what: str = "kernel size") -> int:
 
 def _check_scale(scale: Any) -> int:
   if isinstance(scale, bool) or scale not in SUPPORTED_SCALES:
-    raise ValueError(
-        f"scale must be one of {SUPPORTED_SCALES} (integer SR factor), got {scale!r}")
+    raise ValueError(f"scale must be one of {SUPPORTED_SCALES} (integer SR factor), got {scale!r}")
   return int(scale)
 
 
@@ -44,8 +43,9 @@ def _to_float_image(img: ArrayLike, name: str = "image") -> tf.Tensor:
     dtype = img.dtype
   if not tf.as_dtype(dtype).is_floating:
     raise ValueError(
-        f"{name} must be a floating-point array in [0, 1], got dtype {tf.as_dtype(dtype).name}; "
-        "convert integer images with `img.astype(np.float32) / 255` first")
+      f"{name} must be a floating-point array in [0, 1], got dtype {tf.as_dtype(dtype).name}; "
+      "convert integer images with `img.astype(np.float32) / 255` first"
+    )
   img = tf.convert_to_tensor(img)
   if img.shape.rank not in (3, 4):
     raise ValueError(f"{name} must be HWC or BHWC (rank 3 or 4), got shape {img.shape}")

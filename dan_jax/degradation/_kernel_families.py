@@ -23,8 +23,9 @@ from dan_jax.degradation._kernels import random_kernels
 from dan_jax.degradation._kernels import sample_kernel_params
 
 
-def generalized_gaussian_kernel(size: int, sigma_x: ArrayLike, sigma_y: ArrayLike,
-                                theta: ArrayLike, beta: ArrayLike) -> tf.Tensor:
+def generalized_gaussian_kernel(
+  size: int, sigma_x: ArrayLike, sigma_y: ArrayLike, theta: ArrayLike, beta: ArrayLike
+) -> tf.Tensor:
   """Normalized generalized Gaussian exp(-0.5 (x^T Σ^-1 x)^beta) (Real-ESRGAN).
 
   Σ = U diag(sx^2, sy^2) U^T, U = rot(theta), as `anisotropic_gaussian_kernel`
@@ -36,8 +37,9 @@ def generalized_gaussian_kernel(size: int, sigma_x: ArrayLike, sigma_y: ArrayLik
   return tf.cast(_normalize(kernel), tf.float32)
 
 
-def plateau_kernel(size: int, sigma_x: ArrayLike, sigma_y: ArrayLike, theta: ArrayLike,
-                   beta: ArrayLike) -> tf.Tensor:
+def plateau_kernel(
+  size: int, sigma_x: ArrayLike, sigma_y: ArrayLike, theta: ArrayLike, beta: ArrayLike
+) -> tf.Tensor:
   """Normalized plateau kernel 1 / (1 + (x^T Σ^-1 x)^beta) (Real-ESRGAN); Σ as above."""
   size = _check_odd_size(size)
   q = _quadratic_form(size, sigma_x, sigma_y, theta)
@@ -57,10 +59,20 @@ def _sample_beta(batch, lo: float, hi: float, seed: tf.Tensor) -> tf.Tensor:
   return tf.where(uni(seed=fold(seed, 2)) < 0.5, below, above)
 
 
-def random_shaped_kernels(batch: Union[int, tf.Tensor], kernel_size: int, family: str, *,
-                          sig_min: float, sig_max: float, rate_iso: float, beta_min: float,
-                          beta_max: float, random_disturb: bool, seed: ArrayLike,
-                          return_params: bool = False):
+def random_shaped_kernels(
+  batch: Union[int, tf.Tensor],
+  kernel_size: int,
+  family: str,
+  *,
+  sig_min: float,
+  sig_max: float,
+  rate_iso: float,
+  beta_min: float,
+  beta_max: float,
+  random_disturb: bool,
+  seed: ArrayLike,
+  return_params: bool = False,
+):
   """Random generalized-Gaussian or plateau kernels (B, k, k) float32.
 
   sigma_x, sigma_y, theta and isotropy are drawn exactly like `random_kernels`
@@ -77,10 +89,10 @@ def random_shaped_kernels(batch: Union[int, tf.Tensor], kernel_size: int, family
     raise ValueError(f"family must be 'generalized_gaussian' or 'plateau', got {family!r}")
   kernel_size = _check_odd_size(kernel_size)
   seed = tf.convert_to_tensor(seed)
-  p = sample_kernel_params(batch, sig_min=sig_min, sig_max=sig_max, rate_iso=rate_iso,
-                           seed=seed)
-  p["beta"] = _sample_beta(batch, beta_min, beta_max,
-                           tf.random.experimental.stateless_fold_in(seed, 5))
+  p = sample_kernel_params(batch, sig_min=sig_min, sig_max=sig_max, rate_iso=rate_iso, seed=seed)
+  p["beta"] = _sample_beta(
+    batch, beta_min, beta_max, tf.random.experimental.stateless_fold_in(seed, 5)
+  )
   q = _quadratic_form(kernel_size, p["sigma_x"], p["sigma_y"], p["theta"])
   qb = tf.pow(q, p["beta"][:, None, None])
   k64 = tf.exp(-0.5 * qb) if family == "generalized_gaussian" else 1.0 / (1.0 + qb)
@@ -119,14 +131,22 @@ def motion_kernel(size: int, trajectory: ArrayLike, smooth: float = 0.0) -> tf.T
   if smooth > 0:
     # Separable Gaussian blur as G K G^T (G symmetric); mass pushed past the border is
     # dropped, which `random_motion_trajectories` avoids by keeping paths inside.
-    g = tf.constant(np.exp(-(ax[:, None] - ax[None, :])**2 / (2.0 * smooth**2)))
+    g = tf.constant(np.exp(-((ax[:, None] - ax[None, :]) ** 2) / (2.0 * smooth**2)))
     kernel = tf.matmul(tf.matmul(g, kernel), g)
   return tf.cast(_normalize(kernel), tf.float32)
 
 
-def random_motion_trajectories(batch: Union[int, tf.Tensor], kernel_size: int, *,
-                               len_min: float, len_max: float, steps: int, turn: float,
-                               smooth: float = 0.0, seed: ArrayLike) -> tf.Tensor:
+def random_motion_trajectories(
+  batch: Union[int, tf.Tensor],
+  kernel_size: int,
+  *,
+  len_min: float,
+  len_max: float,
+  steps: int,
+  turn: float,
+  smooth: float = 0.0,
+  seed: ArrayLike,
+) -> tf.Tensor:
   """Random-walk camera paths (B, P, 2) float64, centred and fitted to the kernel.
 
   A path has `steps` equal segments, total arc length L ~ U(len_min, len_max),
@@ -156,10 +176,19 @@ def random_motion_trajectories(batch: Union[int, tf.Tensor], kernel_size: int, *
   return pts * shrink[:, None, None]
 
 
-def random_motion_kernels(batch: Union[int, tf.Tensor], kernel_size: int, *, len_min: float,
-                          len_max: float, steps: int, turn: float, smooth: float,
-                          random_disturb: bool = False, seed: ArrayLike,
-                          return_trajectory: bool = False):
+def random_motion_kernels(
+  batch: Union[int, tf.Tensor],
+  kernel_size: int,
+  *,
+  len_min: float,
+  len_max: float,
+  steps: int,
+  turn: float,
+  smooth: float,
+  random_disturb: bool = False,
+  seed: ArrayLike,
+  return_trajectory: bool = False,
+):
   """Random motion-blur kernels (B, k, k) float32 from `random_motion_trajectories`.
 
   With random_disturb the official multiplicative tap noise is applied (it only
@@ -168,8 +197,16 @@ def random_motion_kernels(batch: Union[int, tf.Tensor], kernel_size: int, *, len
   """
   kernel_size = _check_odd_size(kernel_size)
   seed = tf.convert_to_tensor(seed)
-  pts = random_motion_trajectories(batch, kernel_size, len_min=len_min, len_max=len_max,
-                                   steps=steps, turn=turn, smooth=smooth, seed=seed)
+  pts = random_motion_trajectories(
+    batch,
+    kernel_size,
+    len_min=len_min,
+    len_max=len_max,
+    steps=steps,
+    turn=turn,
+    smooth=smooth,
+    seed=seed,
+  )
   kernels = motion_kernel(kernel_size, pts, smooth)
   if random_disturb:
     k64 = _disturb(tf.cast(kernels, tf.float64), batch, kernel_size, seed)
@@ -179,18 +216,44 @@ def random_motion_kernels(batch: Union[int, tf.Tensor], kernel_size: int, *, len
 
 def _sample_family(batch, s: KernelSpec, name: str, seed: tf.Tensor) -> tf.Tensor:
   if name == "gaussian":
-    return random_kernels(batch, s.kernel_size, sig_min=s.sig_min, sig_max=s.sig_max,
-                          rate_iso=s.rate_iso, random_disturb=s.random_disturb, seed=seed)
+    return random_kernels(
+      batch,
+      s.kernel_size,
+      sig_min=s.sig_min,
+      sig_max=s.sig_max,
+      rate_iso=s.rate_iso,
+      random_disturb=s.random_disturb,
+      seed=seed,
+    )
   if name in ("generalized_gaussian", "plateau"):
-    lo, hi = ((s.beta_min, s.beta_max) if name == "generalized_gaussian"
-              else (s.plateau_beta_min, s.plateau_beta_max))
-    return random_shaped_kernels(batch, s.kernel_size, name, sig_min=s.sig_min,
-                                 sig_max=s.sig_max, rate_iso=s.rate_iso, beta_min=lo,
-                                 beta_max=hi, random_disturb=s.random_disturb, seed=seed)
-  return random_motion_kernels(batch, s.kernel_size, len_min=s.motion_len_min,
-                               len_max=s.motion_len_max, steps=int(s.motion_steps),
-                               turn=s.motion_turn, smooth=s.motion_smooth,
-                               random_disturb=s.random_disturb, seed=seed)
+    lo, hi = (
+      (s.beta_min, s.beta_max)
+      if name == "generalized_gaussian"
+      else (s.plateau_beta_min, s.plateau_beta_max)
+    )
+    return random_shaped_kernels(
+      batch,
+      s.kernel_size,
+      name,
+      sig_min=s.sig_min,
+      sig_max=s.sig_max,
+      rate_iso=s.rate_iso,
+      beta_min=lo,
+      beta_max=hi,
+      random_disturb=s.random_disturb,
+      seed=seed,
+    )
+  return random_motion_kernels(
+    batch,
+    s.kernel_size,
+    len_min=s.motion_len_min,
+    len_max=s.motion_len_max,
+    steps=int(s.motion_steps),
+    turn=s.motion_turn,
+    smooth=s.motion_smooth,
+    random_disturb=s.random_disturb,
+    seed=seed,
+  )
 
 
 # Salts of the mixture's per-component and component-choice streams.
@@ -201,8 +264,12 @@ def _spec(spec: Union[KernelSpec, Mapping[str, Any]]) -> KernelSpec:
   return spec if isinstance(spec, KernelSpec) else kernel_spec_from_config(spec)
 
 
-def sample_kernels(batch: Union[int, tf.Tensor], spec: Union[KernelSpec, Mapping[str, Any]],
-                   seed: ArrayLike, return_family: bool = False):
+def sample_kernels(
+  batch: Union[int, tf.Tensor],
+  spec: Union[KernelSpec, Mapping[str, Any]],
+  seed: ArrayLike,
+  return_family: bool = False,
+):
   """Random kernels (B, k, k) float32 from a KernelSpec or a `degradation` config.
 
   family "gaussian" is `random_kernels` (the official sampler, unchanged).
@@ -223,18 +290,23 @@ def sample_kernels(batch: Union[int, tf.Tensor], spec: Union[KernelSpec, Mapping
     which = tf.zeros([batch], tf.int32)
   else:
     fold = tf.random.experimental.stateless_fold_in
-    stacked = tf.stack([_sample_family(batch, s, name, fold(seed, _MIX_COMPONENT_SALT + i))
-                        for i, (name, _) in enumerate(families)], axis=1)  # (B, F, k, k)
-    u = tf.random.stateless_uniform([batch, 1], seed=fold(seed, _MIX_CHOICE_SALT),
-                                    dtype=tf.float64)
+    stacked = tf.stack(
+      [
+        _sample_family(batch, s, name, fold(seed, _MIX_COMPONENT_SALT + i))
+        for i, (name, _) in enumerate(families)
+      ],
+      axis=1,
+    )  # (B, F, k, k)
+    u = tf.random.stateless_uniform([batch, 1], seed=fold(seed, _MIX_CHOICE_SALT), dtype=tf.float64)
     bounds = tf.constant(np.cumsum([w for _, w in families])[:-1])
     which = tf.reduce_sum(tf.cast(u >= bounds[None], tf.int32), axis=1)
     kernels = tf.gather(stacked, which, axis=1, batch_dims=1)
   return (kernels, which) if return_family else kernels
 
 
-def make_kernel_sampler(spec: Union[KernelSpec, Mapping[str, Any]],
-                        chunk: int = 4096) -> Callable[[int, int], np.ndarray]:
+def make_kernel_sampler(
+  spec: Union[KernelSpec, Mapping[str, Any]], chunk: int = 4096
+) -> Callable[[int, int], np.ndarray]:
   """Returns `(n, seed) -> (n, k, k) float32 numpy` drawing from `spec` (for `build_pca`).
 
   Works for every family and mixture, so `build_pca(make_kernel_sampler(spec))`
@@ -248,4 +320,5 @@ def make_kernel_sampler(spec: Union[KernelSpec, Mapping[str, Any]],
       m = min(chunk, n - start)
       out.append(sample_kernels(m, spec, tf.constant([seed, i], tf.int64)).numpy())
     return np.concatenate(out, axis=0)
+
   return sampler

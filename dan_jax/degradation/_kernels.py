@@ -63,8 +63,9 @@ def _anisotropic_unnormalized(size: int, sigma_x, sigma_y, theta) -> tf.Tensor:
   return tf.exp(-0.5 * _quadratic_form(size, sigma_x, sigma_y, theta))
 
 
-def anisotropic_gaussian_kernel(size: int, sigma_x: ArrayLike, sigma_y: ArrayLike,
-                                theta: ArrayLike) -> tf.Tensor:
+def anisotropic_gaussian_kernel(
+  size: int, sigma_x: ArrayLike, sigma_y: ArrayLike, theta: ArrayLike
+) -> tf.Tensor:
   """Normalized anisotropic Gaussian with covariance U diag(sx^2, sy^2) U^T, U = rot(theta).
 
   Scalars give (k, k); (B,) vectors give (B, k, k). theta in radians.
@@ -101,17 +102,19 @@ def parse_family(family: str) -> tuple[tuple[str, float], ...]:
     name, sep, weight = item.partition(":")
     name = name.strip()
     if name not in KERNEL_FAMILIES:
-      raise ValueError(f"unknown kernel family {name!r} in {family!r}; "
-                       f"expected one of {KERNEL_FAMILIES} or a mixture like "
-                       "'gaussian:0.5,motion:0.5'")
+      raise ValueError(
+        f"unknown kernel family {name!r} in {family!r}; "
+        f"expected one of {KERNEL_FAMILIES} or a mixture like "
+        "'gaussian:0.5,motion:0.5'"
+      )
     try:
       w = float(weight) if sep else 1.0
     except ValueError:
-      raise ValueError(f"kernel family weight {weight.strip()!r} of {name!r} in {family!r} "
-                       "is not a number") from None
+      raise ValueError(
+        f"kernel family weight {weight.strip()!r} of {name!r} in {family!r} is not a number"
+      ) from None
     if not (math.isfinite(w) and w > 0):
-      raise ValueError(f"kernel family weight of {name!r} in {family!r} must be positive, "
-                       f"got {w}")
+      raise ValueError(f"kernel family weight of {name!r} in {family!r} must be positive, got {w}")
     if any(name == p[0] for p in parts):
       raise ValueError(f"kernel family {name!r} appears twice in {family!r}")
     parts.append((name, w))
@@ -119,13 +122,15 @@ def parse_family(family: str) -> tuple[tuple[str, float], ...]:
   return tuple((name, w / total) for name, w in parts)
 
 
-def _check_range(lo_name: str, hi_name: str, lo: float, hi: float, *, lower: float,
-                 strict: bool = True) -> None:
+def _check_range(
+  lo_name: str, hi_name: str, lo: float, hi: float, *, lower: float, strict: bool = True
+) -> None:
   ok = math.isfinite(lo) and math.isfinite(hi) and (lo > lower if strict else lo >= lower)
   if not ok or lo > hi:
     bound = f"> {lower}" if strict else f">= {lower}"
-    raise ValueError(f"{lo_name} = {lo} and {hi_name} = {hi} must satisfy "
-                     f"{bound} {lo_name} <= {hi_name}")
+    raise ValueError(
+      f"{lo_name} = {lo} and {hi_name} = {hi} must satisfy {bound} {lo_name} <= {hi_name}"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +153,7 @@ class KernelSpec:
     * a mixture "gaussian:0.5,motion:0.5": each kernel drawn from one component
       with the (normalised) probabilities; components share these fields.
   """
+
   kernel_size: int = 21
   sig_min: float = 0.2
   sig_max: float = 4.0
@@ -170,12 +176,26 @@ class KernelSpec:
     if not 0.0 <= self.rate_iso <= 1.0:
       raise ValueError(f"rate_iso must be in [0, 1], got {self.rate_iso}")
     _check_range("beta_min", "beta_max", self.beta_min, self.beta_max, lower=0.0)
-    _check_range("plateau_beta_min", "plateau_beta_max", self.plateau_beta_min,
-                 self.plateau_beta_max, lower=0.0)
-    _check_range("motion_len_min", "motion_len_max", self.motion_len_min, self.motion_len_max,
-                 lower=0.0, strict=False)
-    if (isinstance(self.motion_steps, bool) or not isinstance(self.motion_steps, (int, np.integer))
-        or self.motion_steps < 1):
+    _check_range(
+      "plateau_beta_min",
+      "plateau_beta_max",
+      self.plateau_beta_min,
+      self.plateau_beta_max,
+      lower=0.0,
+    )
+    _check_range(
+      "motion_len_min",
+      "motion_len_max",
+      self.motion_len_min,
+      self.motion_len_max,
+      lower=0.0,
+      strict=False,
+    )
+    if (
+      isinstance(self.motion_steps, bool)
+      or not isinstance(self.motion_steps, (int, np.integer))
+      or self.motion_steps < 1
+    ):
       raise ValueError(f"motion_steps must be a positive int, got {self.motion_steps!r}")
     for name in ("motion_turn", "motion_smooth"):
       value = getattr(self, name)
@@ -219,16 +239,24 @@ def kernel_space(name: str, kernel_size: int = 21) -> KernelSpec:
   """
   kernel_size = _check_odd_size(kernel_size)
   span = kernel_size - 1
-  common = dict(kernel_size=kernel_size, sig_min=0.2, sig_max=4.0, rate_iso=0.5,
-                random_disturb=False, motion_len_min=0.2 * span, motion_len_max=0.8 * span)
+  common = dict(
+    kernel_size=kernel_size,
+    sig_min=0.2,
+    sig_max=4.0,
+    rate_iso=0.5,
+    random_disturb=False,
+    motion_len_min=0.2 * span,
+    motion_len_max=0.8 * span,
+  )
   spaces = {
-      "iso": lambda: setting1_spec(kernel_size),
-      "aniso": lambda: setting2_spec(kernel_size),
-      "generalized": lambda: KernelSpec(family="generalized_gaussian", **common),
-      "plateau": lambda: KernelSpec(family="plateau", **common),
-      "motion": lambda: KernelSpec(family="motion", **common),
-      "mixed": lambda: KernelSpec(
-          family="gaussian:0.4,generalized_gaussian:0.2,plateau:0.2,motion:0.2", **common),
+    "iso": lambda: setting1_spec(kernel_size),
+    "aniso": lambda: setting2_spec(kernel_size),
+    "generalized": lambda: KernelSpec(family="generalized_gaussian", **common),
+    "plateau": lambda: KernelSpec(family="plateau", **common),
+    "motion": lambda: KernelSpec(family="motion", **common),
+    "mixed": lambda: KernelSpec(
+      family="gaussian:0.4,generalized_gaussian:0.2,plateau:0.2,motion:0.2", **common
+    ),
   }
   if name not in spaces:
     raise ValueError(f"unknown kernel space {name!r}; expected one of {KERNEL_SPACES}")
@@ -242,16 +270,18 @@ def kernel_space_overrides(name: str, kernel_size: int = 21) -> dict[str, Any]:
   return fields
 
 
-def sample_kernel_params(batch: Union[int, tf.Tensor], *, sig_min: float, sig_max: float,
-                         rate_iso: float, seed: ArrayLike) -> dict[str, tf.Tensor]:
+def sample_kernel_params(
+  batch: Union[int, tf.Tensor], *, sig_min: float, sig_max: float, rate_iso: float, seed: ArrayLike
+) -> dict[str, tf.Tensor]:
   """Draws per-kernel (sigma_x, sigma_y, theta, is_iso) float64/bool vectors of length batch."""
   seed = tf.convert_to_tensor(seed)
   sub = [tf.random.experimental.stateless_fold_in(seed, i) for i in range(4)]
   uni = functools.partial(tf.random.stateless_uniform, [batch], dtype=tf.float64)
   sx = uni(seed=sub[0], minval=sig_min, maxval=sig_max)
   if rate_iso == 1:
-    return dict(sigma_x=sx, sigma_y=sx, theta=tf.zeros_like(sx),
-                is_iso=tf.ones_like(sx, dtype=tf.bool))
+    return dict(
+      sigma_x=sx, sigma_y=sx, theta=tf.zeros_like(sx), is_iso=tf.ones_like(sx, dtype=tf.bool)
+    )
   sy = uni(seed=sub[1], minval=sig_min, maxval=sig_max)
   theta = uni(seed=sub[2], minval=-math.pi, maxval=math.pi)
   is_iso = uni(seed=sub[3]) < rate_iso
@@ -263,14 +293,26 @@ def sample_kernel_params(batch: Union[int, tf.Tensor], *, sig_min: float, sig_ma
 
 def _disturb(k64: tf.Tensor, batch, kernel_size: int, seed: tf.Tensor) -> tf.Tensor:
   noise = tf.random.stateless_uniform(
-      [batch, kernel_size, kernel_size], seed=tf.random.experimental.stateless_fold_in(seed, 4),
-      minval=0.0, maxval=0.25, dtype=tf.float64)
+    [batch, kernel_size, kernel_size],
+    seed=tf.random.experimental.stateless_fold_in(seed, 4),
+    minval=0.0,
+    maxval=0.25,
+    dtype=tf.float64,
+  )
   return k64 + noise * k64
 
 
-def random_kernels(batch: Union[int, tf.Tensor], kernel_size: int, *, sig_min: float,
-                   sig_max: float, rate_iso: float, random_disturb: bool, seed: ArrayLike,
-                   return_params: bool = False):
+def random_kernels(
+  batch: Union[int, tf.Tensor],
+  kernel_size: int,
+  *,
+  sig_min: float,
+  sig_max: float,
+  rate_iso: float,
+  random_disturb: bool,
+  seed: ArrayLike,
+  return_params: bool = False,
+):
   """Random Gaussian kernels (B, k, k) float32, as official `random_batch_kernel`.
 
   * rate_iso == 1: isotropic, sigma ~ U(sig_min, sig_max); `random_disturb` is
@@ -292,8 +334,7 @@ def random_kernels(batch: Union[int, tf.Tensor], kernel_size: int, *, sig_min: f
   """
   kernel_size = _check_odd_size(kernel_size)
   seed = tf.convert_to_tensor(seed)
-  p = sample_kernel_params(batch, sig_min=sig_min, sig_max=sig_max, rate_iso=rate_iso,
-                           seed=seed)
+  p = sample_kernel_params(batch, sig_min=sig_min, sig_max=sig_max, rate_iso=rate_iso, seed=seed)
   if rate_iso == 1:
     kernels = isotropic_gaussian_kernel(kernel_size, p["sigma_x"])
   else:
@@ -310,8 +351,13 @@ def random_kernels(batch: Union[int, tf.Tensor], kernel_size: int, *, sig_min: f
 
 # `config.degradation` keys that are not KernelSpec fields (NoiseSpec's and the
 # pipeline's). Anything else unknown is a typo and is rejected.
-NOISE_CONFIG_KEYS = ("noise_sigma", "noise_sigma_max", "jpeg_prob", "jpeg_quality_min",
-                     "jpeg_quality_max")
+NOISE_CONFIG_KEYS = (
+  "noise_sigma",
+  "noise_sigma_max",
+  "jpeg_prob",
+  "jpeg_quality_min",
+  "jpeg_quality_max",
+)
 NON_KERNEL_CONFIG_KEYS = NOISE_CONFIG_KEYS + ("quantize_lr", "pca_samples")
 
 
@@ -333,9 +379,11 @@ def _reject_unknown(items: Mapping[str, Any], known: set[str]) -> None:
     for key in unknown:
       close = difflib.get_close_matches(key, sorted(known), n=1)
       hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-    raise ValueError(f"unknown degradation config field(s) {', '.join(hints)}; kernel fields "
-                     f"are {[f.name for f in dataclasses.fields(KernelSpec)]}, other allowed "
-                     f"fields {list(NON_KERNEL_CONFIG_KEYS)}")
+    raise ValueError(
+      f"unknown degradation config field(s) {', '.join(hints)}; kernel fields "
+      f"are {[f.name for f in dataclasses.fields(KernelSpec)]}, other allowed "
+      f"fields {list(NON_KERNEL_CONFIG_KEYS)}"
+    )
 
 
 def _coerce(name: str, value: Any, kind: type) -> Any:
@@ -356,8 +404,12 @@ def _coerce(name: str, value: Any, kind: type) -> Any:
   return value
 
 
-_KERNEL_FIELD_TYPES = {"kernel_size": int, "random_disturb": bool, "family": str,
-                       "motion_steps": int}
+_KERNEL_FIELD_TYPES = {
+  "kernel_size": int,
+  "random_disturb": bool,
+  "family": str,
+  "motion_steps": int,
+}
 
 
 def kernel_spec_from_config(config: Union[Mapping[str, Any], Any]) -> KernelSpec:
@@ -371,6 +423,7 @@ def kernel_spec_from_config(config: Union[Mapping[str, Any], Any]) -> KernelSpec
   items = _config_items(config)
   fields = {f.name for f in dataclasses.fields(KernelSpec)}
   _reject_unknown(items, fields | set(NON_KERNEL_CONFIG_KEYS))
-  kwargs = {k: _coerce(k, v, _KERNEL_FIELD_TYPES.get(k, float))
-            for k, v in items.items() if k in fields}
+  kwargs = {
+    k: _coerce(k, v, _KERNEL_FIELD_TYPES.get(k, float)) for k, v in items.items() if k in fields
+  }
   return KernelSpec(**kwargs)

@@ -14,8 +14,13 @@ from dan_jax.degradation._common import _to_kernel
 from dan_jax.degradation._common import ArrayLike
 
 
-def build_pca(kernel_sampler: Callable[[int, int], Any], n: int = 30000, code_len: int = 10,
-              seed: int = 0, return_mean: bool = False):
+def build_pca(
+  kernel_sampler: Callable[[int, int], Any],
+  n: int = 30000,
+  code_len: int = 10,
+  seed: int = 0,
+  return_mean: bool = False,
+):
   """PCA projection (k*k, code_len) float32 from n sampled kernels (as creat_PCA.py).
 
   Kernels are mean-centred before the decomposition (official `PCA`), but the
@@ -64,8 +69,9 @@ def encode(kernel: ArrayLike, pca_matrix: ArrayLike) -> tf.Tensor:
   return code if kernel.shape.rank == 3 else code[0]
 
 
-def decode(code: ArrayLike, pca_matrix: ArrayLike,
-           mean_kernel: Optional[ArrayLike] = None) -> tf.Tensor:
+def decode(
+  code: ArrayLike, pca_matrix: ArrayLike, mean_kernel: Optional[ArrayLike] = None
+) -> tf.Tensor:
   """Kernel(s) (B, k, k) ((k, k) for a (code_len,) code) from `encode` codes.
 
   Because codes project the uncentred kernel, the reconstruction is

@@ -61,7 +61,7 @@ def _blur_fft(xp: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
   spec = tf.signal.rfft2d(tf.transpose(xp, [0, 3, 1, 2]), fft_length=tf.stack([nh, nw]))
   kspec = tf.signal.rfft2d(kernel, fft_length=tf.stack([nh, nw]))
   y = tf.signal.irfft2d(spec * tf.math.conj(kspec)[:, None], fft_length=tf.stack([nh, nw]))
-  y = y[:, :, :hp - k + 1, :wp - k + 1]
+  y = y[:, :, : hp - k + 1, : wp - k + 1]
   return tf.transpose(y, [0, 2, 3, 1])
 
 
@@ -107,9 +107,15 @@ def blur(img: ArrayLike, kernel: ArrayLike, method: str = "auto") -> tf.Tensor:
   return y if batched else y[0]
 
 
-def degrade(hr: ArrayLike, kernel: ArrayLike, scale: int,
-            noise_sigma: Union[float, ArrayLike] = 0.0, seed: Optional[ArrayLike] = None,
-            clip: Optional[bool] = None, method: str = "auto") -> tf.Tensor:
+def degrade(
+  hr: ArrayLike,
+  kernel: ArrayLike,
+  scale: int,
+  noise_sigma: Union[float, ArrayLike] = 0.0,
+  seed: Optional[ArrayLike] = None,
+  clip: Optional[bool] = None,
+  method: str = "auto",
+) -> tf.Tensor:
   """HR -> LR as official `SRMDPreprocessing`: blur, imresize(1/scale), optional noise.
 
   Args:
@@ -155,7 +161,8 @@ def quantize_8bit(img: ArrayLike) -> tf.Tensor:
   dtype = img.dtype if hasattr(img, "dtype") else np.asarray(img).dtype
   if not tf.as_dtype(dtype).is_floating:
     raise ValueError(
-        f"quantize_8bit expects a float image in [0, 1], got {tf.as_dtype(dtype).name}")
+      f"quantize_8bit expects a float image in [0, 1], got {tf.as_dtype(dtype).name}"
+    )
   x = tf.cast(tf.convert_to_tensor(img), tf.float32)
   return tf.round(x * 255.0) / 255.0
 
@@ -173,6 +180,7 @@ class NoiseSpec:
   sigma_max: a fixed level). Then, with probability jpeg_prob per image, JPEG
   compression with an integer quality ~ U{jpeg_quality_min..jpeg_quality_max}.
   """
+
   sigma_min: float = 0.0
   sigma_max: float = 0.0
   jpeg_prob: float = 0.0
@@ -180,15 +188,18 @@ class NoiseSpec:
   jpeg_quality_max: int = 95
 
   def __post_init__(self):
-    _check_range("sigma_min", "sigma_max", self.sigma_min, self.sigma_max, lower=0.0,
-                 strict=False)
+    _check_range("sigma_min", "sigma_max", self.sigma_min, self.sigma_max, lower=0.0, strict=False)
     if not 0.0 <= self.jpeg_prob <= 1.0:
       raise ValueError(f"jpeg_prob must be in [0, 1], got {self.jpeg_prob}")
     qs = (self.jpeg_quality_min, self.jpeg_quality_max)
-    if (any(isinstance(q, bool) or not isinstance(q, (int, np.integer)) for q in qs)
-        or not 1 <= qs[0] <= qs[1] <= 100):
-      raise ValueError(f"jpeg_quality_min = {qs[0]!r} and jpeg_quality_max = {qs[1]!r} must be "
-                       "ints with 1 <= jpeg_quality_min <= jpeg_quality_max <= 100")
+    if (
+      any(isinstance(q, bool) or not isinstance(q, (int, np.integer)) for q in qs)
+      or not 1 <= qs[0] <= qs[1] <= 100
+    ):
+      raise ValueError(
+        f"jpeg_quality_min = {qs[0]!r} and jpeg_quality_max = {qs[1]!r} must be "
+        "ints with 1 <= jpeg_quality_min <= jpeg_quality_max <= 100"
+      )
 
 
 def noise_spec_from_config(config: Union[Mapping[str, Any], Any]) -> NoiseSpec:
@@ -199,31 +210,45 @@ def noise_spec_from_config(config: Union[Mapping[str, Any], Any]) -> NoiseSpec:
   and pipeline keys are ignored, unknown keys raise ValueError.
   """
   items = _config_items(config)
-  _reject_unknown(items, {f.name for f in dataclasses.fields(KernelSpec)}
-                  | set(NON_KERNEL_CONFIG_KEYS))
+  _reject_unknown(
+    items, {f.name for f in dataclasses.fields(KernelSpec)} | set(NON_KERNEL_CONFIG_KEYS)
+  )
   get = lambda key, kind, default: _coerce(key, items.get(key, default), kind)
   lo = get("noise_sigma", float, 0.0)
   hi = max(lo, get("noise_sigma_max", float, 0.0))
-  return NoiseSpec(lo, hi, get("jpeg_prob", float, 0.0), get("jpeg_quality_min", int, 30),
-                   get("jpeg_quality_max", int, 95))
+  return NoiseSpec(
+    lo,
+    hi,
+    get("jpeg_prob", float, 0.0),
+    get("jpeg_quality_min", int, 30),
+    get("jpeg_quality_max", int, 95),
+  )
 
 
-def sample_noise_sigma(batch: Union[int, tf.Tensor], spec: NoiseSpec,
-                       seed: ArrayLike) -> tf.Tensor:
+def sample_noise_sigma(batch: Union[int, tf.Tensor], spec: NoiseSpec, seed: ArrayLike) -> tf.Tensor:
   """Per-image noise std (B,) float32 ~ U(spec.sigma_min, spec.sigma_max)."""
-  return tf.random.stateless_uniform([batch], seed=tf.convert_to_tensor(seed),
-                                     minval=spec.sigma_min, maxval=spec.sigma_max,
-                                     dtype=tf.float32)
+  return tf.random.stateless_uniform(
+    [batch],
+    seed=tf.convert_to_tensor(seed),
+    minval=spec.sigma_min,
+    maxval=spec.sigma_max,
+    dtype=tf.float32,
+  )
 
 
-def sample_jpeg_quality(batch: Union[int, tf.Tensor], spec: NoiseSpec,
-                        seed: ArrayLike) -> tf.Tensor:
+def sample_jpeg_quality(
+  batch: Union[int, tf.Tensor], spec: NoiseSpec, seed: ArrayLike
+) -> tf.Tensor:
   """Per-image JPEG quality (B,) int32: U{min..max} with probability jpeg_prob, else 0 (none)."""
   seed = tf.convert_to_tensor(seed)
   fold = tf.random.experimental.stateless_fold_in
-  quality = tf.random.stateless_uniform([batch], seed=fold(seed, 0),
-                                        minval=spec.jpeg_quality_min,
-                                        maxval=spec.jpeg_quality_max + 1, dtype=tf.int32)
+  quality = tf.random.stateless_uniform(
+    [batch],
+    seed=fold(seed, 0),
+    minval=spec.jpeg_quality_min,
+    maxval=spec.jpeg_quality_max + 1,
+    dtype=tf.int32,
+  )
   apply = tf.random.stateless_uniform([batch], seed=fold(seed, 1)) < spec.jpeg_prob
   return tf.where(apply, quality, tf.zeros_like(quality))
 
@@ -251,17 +276,22 @@ def apply_jpeg(lr: ArrayLike, quality: Union[int, ArrayLike]) -> tf.Tensor:
   def one(args):
     img, qi = args
     u8 = tf.cast(tf.round(tf.clip_by_value(img, 0.0, 1.0) * 255.0), tf.uint8)
-    return tf.cond(qi > 0,
-                   lambda: tf.cast(tf.image.adjust_jpeg_quality(u8, qi), tf.float32) / 255.0,
-                   lambda: img)
+    return tf.cond(
+      qi > 0, lambda: tf.cast(tf.image.adjust_jpeg_quality(u8, qi), tf.float32) / 255.0, lambda: img
+    )
 
   y = tf.map_fn(one, (x, q), fn_output_signature=tf.TensorSpec(x.shape[1:], tf.float32))
   return y if batched else y[0]
 
 
-def synthesize(hr: ArrayLike, kernel_spec: Union[KernelSpec, Mapping[str, Any]],
-               noise_spec: NoiseSpec, scale: int, seed: ArrayLike,
-               method: str = "auto") -> dict[str, tf.Tensor]:
+def synthesize(
+  hr: ArrayLike,
+  kernel_spec: Union[KernelSpec, Mapping[str, Any]],
+  noise_spec: NoiseSpec,
+  scale: int,
+  seed: ArrayLike,
+  method: str = "auto",
+) -> dict[str, tf.Tensor]:
   """HR batch -> random kernels, blur, imresize(1/scale), noise, JPEG (eager or tf.data).
 
   Args:
@@ -286,8 +316,14 @@ def synthesize(hr: ArrayLike, kernel_spec: Union[KernelSpec, Mapping[str, Any]],
   kernels = sample_kernels(batch, kernel_spec, fold(seed, 0))
   sigma = sample_noise_sigma(batch, noise_spec, fold(seed, 1))
   # A Python 0 keeps `degrade` noise- and clip-free, exactly like the default pipeline.
-  lr = degrade(x, kernels, scale, noise_sigma=sigma if noise_spec.sigma_max > 0 else 0.0,
-               seed=fold(seed, 2), method=method)
+  lr = degrade(
+    x,
+    kernels,
+    scale,
+    noise_sigma=sigma if noise_spec.sigma_max > 0 else 0.0,
+    seed=fold(seed, 2),
+    method=method,
+  )
   if noise_spec.jpeg_prob > 0:
     quality = sample_jpeg_quality(batch, noise_spec, fold(seed, 3))
     lr = apply_jpeg(lr, quality)

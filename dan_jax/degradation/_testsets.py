@@ -18,6 +18,7 @@ from dan_jax.degradation._synthesis import degrade
 # The image files a Gaussian8 set is built from (what tf.io.decode_image reads).
 _IMAGE_EXTENSIONS = image_io.TF_IMAGE_EXTENSIONS
 
+
 def gaussian8_sigmas(scale: int) -> np.ndarray:
   """The 8 isotropic kernel widths of the Gaussian8 benchmark for x2/x3/x4."""
   scale = _check_scale(scale)
@@ -47,8 +48,9 @@ def _u8_or_float(img: Any) -> np.ndarray:
   raise ValueError(f"expected a uint8 [0, 255] or float [0, 1] image, got dtype {img.dtype}")
 
 
-def make_gaussian8_lr(hr: Any, scale: int, kernel_size: int = 21,
-                      sigmas: Optional[Sequence[float]] = None) -> np.ndarray:
+def make_gaussian8_lr(
+  hr: Any, scale: int, kernel_size: int = 21, sigmas: Optional[Sequence[float]] = None
+) -> np.ndarray:
   """The 8 Gaussian8 LR images (8, h, w[, C]) uint8 of one HR image.
 
   As `generate_mod_blur_LR_bic.py`: modcrop(hr, scale), isotropic kernel per
@@ -72,8 +74,13 @@ def make_gaussian8_lr(hr: Any, scale: int, kernel_size: int = 21,
   return lr[..., 0] if gray else lr
 
 
-def write_gaussian8_set(hr_dir: str, out_dir: str, scale: int, kernel_size: int = 21,
-                        sigmas: Optional[Sequence[float]] = None) -> dict[float, str]:
+def write_gaussian8_set(
+  hr_dir: str,
+  out_dir: str,
+  scale: int,
+  kernel_size: int = 21,
+  sigmas: Optional[Sequence[float]] = None,
+) -> dict[float, str]:
   """Writes a Gaussian8 test set for every image in hr_dir (png/jpg/bmp, read as RGB).
 
   Layout (one sub-folder per sigma, each a self-contained paired set):
@@ -84,8 +91,11 @@ def write_gaussian8_set(hr_dir: str, out_dir: str, scale: int, kernel_size: int 
   scale = _check_scale(scale)
   sigmas = gaussian8_sigmas(scale) if sigmas is None else np.asarray(sigmas, np.float64)
   # Files through epath (local or gs://...), as every workdir path (dan_jax.storage).
-  names = sorted(f.name for f in storage.path(hr_dir).iterdir()
-                 if os.path.splitext(f.name)[1].lower() in _IMAGE_EXTENSIONS)
+  names = sorted(
+    f.name
+    for f in storage.path(hr_dir).iterdir()
+    if os.path.splitext(f.name)[1].lower() in _IMAGE_EXTENSIONS
+  )
   if not names:
     raise ValueError(f"no .png/.jpg/.bmp images in {hr_dir}")
   dirs = {float(s): storage.join(out_dir, f"x{scale}", f"sig{s:.2f}") for s in sigmas}
@@ -103,6 +113,5 @@ def write_gaussian8_set(hr_dir: str, out_dir: str, scale: int, kernel_size: int 
     hr_png = tf.io.encode_png(hr).numpy()
     for d, lr in zip(dirs.values(), lrs):
       storage.write_bytes(storage.join(d, "HR", stem), hr_png, overwrite=True)
-      storage.write_bytes(storage.join(d, "LR", stem), tf.io.encode_png(lr).numpy(),
-                          overwrite=True)
+      storage.write_bytes(storage.join(d, "LR", stem), tf.io.encode_png(lr).numpy(), overwrite=True)
   return dirs

@@ -22,14 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from dan_jax.models import layers
+from dan_jax.models.layers import _opts
+
 # The shared layers, importable from here too (as before they moved to `layers`).
 from dan_jax.models.layers import Conv2d
-from dan_jax.models.layers import Upsampler
-from dan_jax.models.layers import _opts
-from dan_jax.models.layers import constant_channels_conv  # pylint: disable=unused-import
-from dan_jax.models.layers import conv_gemm_grad  # pylint: disable=unused-import
 from dan_jax.models.layers import leaky_relu
-from dan_jax.models.layers import pixel_shuffle  # pylint: disable=unused-import
+from dan_jax.models.layers import Upsampler
 
 Array = jax.Array
 
@@ -90,8 +88,9 @@ class CRB(nn.Module):
   @nn.compact
   def __call__(self, f1: Array, f2: Array) -> Array:
     nf1 = f1.shape[-1]
-    conv1 = lambda width: Conv2d(width, 3, padding=1, dtype=self.dtype,
-                                 gemm_grad=self.gemm_grad, name="conv1")
+    conv1 = lambda width: Conv2d(
+      width, 3, padding=1, dtype=self.dtype, gemm_grad=self.gemm_grad, name="conv1"
+    )
     if f2.ndim == 2:  # [B, c]: constant over space (the Restorer's stretched code)
       y = conv1(nf1 + f2.shape[-1])(f1, const=f2)
     else:
@@ -118,8 +117,7 @@ class RestorerV1(nn.Module):
     for i in range(self.nb):
       f = CRB(**_opts(self), name=f"block{i}")(f, code)
     f = Conv2d(self.nf, 3, padding=1, **_opts(self), name="fusion")(f)
-    return Upsampler(self.nf, self.scale, self.out_nc, **_opts(self),
-                     name="upsample")(f)
+    return Upsampler(self.nf, self.scale, self.out_nc, **_opts(self), name="upsample")(f)
 
 
 class EstimatorV1(nn.Module):
@@ -135,8 +133,7 @@ class EstimatorV1(nn.Module):
   @nn.compact
   def __call__(self, sr: Array, lr: Array) -> Array:
     lrf = Conv2d(self.nf // 2, 1, **_opts(self), name="head_lr")(lr)
-    hrf = Conv2d(self.nf // 2, 9, stride=self.scale, padding=4, **_opts(self),
-                 name="head_sr")(sr)
+    hrf = Conv2d(self.nf // 2, 9, stride=self.scale, padding=4, **_opts(self), name="head_sr")(sr)
     f = lrf
     for i in range(self.nb):
       f = CRB(**_opts(self), name=f"block{i}")(f, hrf)
@@ -203,8 +200,7 @@ class RestorerV2(nn.Module):
     for g in range(self.ng):
       f1, f2 = DPCG(self.nb, 3, 1, self.dtype, self.gemm_grad, name=f"group{g}")(f1, f2)
     f = Conv2d(self.nf, 3, padding=1, **_opts(self), name="fusion")(f1)
-    return Upsampler(self.nf, self.scale, self.out_nc, **_opts(self),
-                     name="upsample")(f)
+    return Upsampler(self.nf, self.scale, self.out_nc, **_opts(self), name="upsample")(f)
 
 
 class EstimatorV2(nn.Module):
@@ -221,8 +217,9 @@ class EstimatorV2(nn.Module):
   def __call__(self, sr: Array, lr: Array) -> Array:
     s = self.scale
     lrf = Conv2d(self.nf // 2, 5, padding=2, **_opts(self), name="head_lr")(lr)
-    hrf = Conv2d(self.nf // 2, 4 * s + 1, stride=s, padding=2 * s, **_opts(self),
-                 name="head_sr")(sr)
+    hrf = Conv2d(self.nf // 2, 4 * s + 1, stride=s, padding=2 * s, **_opts(self), name="head_sr")(
+      sr
+    )
     f, _ = DPCG(self.nb, 3, 3, self.dtype, self.gemm_grad, name="body")(lrf, hrf)
     f = Conv2d(self.nf, 3, padding=1, **_opts(self), name="tail_conv")(f)
     f = jnp.mean(f, axis=(1, 2), keepdims=True)
@@ -246,17 +243,21 @@ class AlternatingStep(nn.Module):
     if c.conv_backward == "gemm" and not on_cpu:
       # The GEMM gradient is a convolution whose window is the whole activation map:
       # fast with XLA:CPU's dot emitter, pathological on GPU/TPU convolution units.
-      raise ValueError(f"model.conv_backward = 'gemm' is for the CPU only (backend "
-                       f"{jax.default_backend()}): use 'auto' or 'xla'")
+      raise ValueError(
+        f"model.conv_backward = 'gemm' is for the CPU only (backend "
+        f"{jax.default_backend()}): use 'auto' or 'xla'"
+      )
     gemm_grad = c.conv_backward == "gemm" or (c.conv_backward == "auto" and on_cpu)
     if c.version == "DANv1":
       self.restorer = RestorerV1(c.nf, c.nb, c.scale, c.in_nc, c.dtype, gemm_grad)
-      self.estimator = EstimatorV1(c.estimator_nf, c.estimator_nb, c.scale, c.code_len,
-                                   c.dtype, gemm_grad)
+      self.estimator = EstimatorV1(
+        c.estimator_nf, c.estimator_nb, c.scale, c.code_len, c.dtype, gemm_grad
+      )
     else:
       self.restorer = RestorerV2(c.nf, c.nb, c.ng, c.scale, c.in_nc, c.dtype, gemm_grad)
-      self.estimator = EstimatorV2(c.estimator_nf, c.estimator_nb, c.scale, c.kernel_size,
-                                   c.dtype, gemm_grad)
+      self.estimator = EstimatorV2(
+        c.estimator_nf, c.estimator_nb, c.scale, c.kernel_size, c.dtype, gemm_grad
+      )
 
   def __call__(self, code: Array, lr: Array, pca: Array):
     sr = self.restorer(lr, jax.lax.stop_gradient(code)).astype(jnp.float32)
@@ -322,31 +323,33 @@ class DAN(nn.Module):
   spec: ModelSpec
 
   @nn.compact
-  def __call__(self, lr: Array, initial_code: Optional[Array] = None,
-               iterations: Optional[int] = None) -> DANOutput:
+  def __call__(
+    self, lr: Array, initial_code: Optional[Array] = None, iterations: Optional[int] = None
+  ) -> DANOutput:
     s = self.spec
     if lr.ndim != 4 or lr.shape[-1] != s.in_nc:
       raise ValueError(f"lr must be [B, H, W, {s.in_nc}], got shape {lr.shape}")
-    pca = self.variable("pca", "matrix", jnp.zeros,
-                        (s.kernel_size**2, s.code_len), jnp.float32).value
+    pca = self.variable(
+      "pca", "matrix", jnp.zeros, (s.kernel_size**2, s.code_len), jnp.float32
+    ).value
     lr = lr.astype(jnp.float32)
     if initial_code is None:
-      initial_code = jnp.broadcast_to(delta_code(pca, s.kernel_size),
-                                      (lr.shape[0], s.code_len))
+      initial_code = jnp.broadcast_to(delta_code(pca, s.kernel_size), (lr.shape[0], s.code_len))
     n = s.loops if iterations is None else iterations
     if n == 1:
       # One iteration (the differentiated last iteration of a train step): called directly,
       # as flax's scan would trace its body twice. Same parameter tree ("alternate/...").
       _, (sr, code, kernel) = AlternatingStep(s, name="alternate")(initial_code, lr, pca)
-      return DANOutput(sr=sr[None], code=code[None],
-                       kernel=None if kernel is None else kernel[None])
+      return DANOutput(
+        sr=sr[None], code=code[None], kernel=None if kernel is None else kernel[None]
+      )
     scan = nn.scan(
-        AlternatingStep,
-        variable_broadcast="params",
-        split_rngs={"params": False},
-        in_axes=(nn.broadcast, nn.broadcast),
-        length=n,
-        unroll=max(1, min(s.scan_unroll, n)),
+      AlternatingStep,
+      variable_broadcast="params",
+      split_rngs={"params": False},
+      in_axes=(nn.broadcast, nn.broadcast),
+      length=n,
+      unroll=max(1, min(s.scan_unroll, n)),
     )
     _, (sr, code, kernel) = scan(s, name="alternate")(initial_code, lr, pca)
     return DANOutput(sr=sr, code=code, kernel=kernel)
@@ -393,8 +396,17 @@ def spec_from_config(model_config: Any) -> ModelSpec:
     raise ValueError(f"model.version must be one of {VERSIONS}, got {spec.version!r}")
   if spec.scale not in SCALES:
     raise ValueError(f"model.scale must be one of {SCALES}, got {spec.scale!r}")
-  for name in ("nf", "nb", "in_nc", "loops", "kernel_size", "code_len", "estimator_nf",
-               "estimator_nb", "scan_unroll"):
+  for name in (
+    "nf",
+    "nb",
+    "in_nc",
+    "loops",
+    "kernel_size",
+    "code_len",
+    "estimator_nf",
+    "estimator_nb",
+    "scan_unroll",
+  ):
     v = getattr(spec, name)
     if not isinstance(v, (int, np.integer)) or v < 1:
       raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
@@ -405,39 +417,49 @@ def spec_from_config(model_config: Any) -> ModelSpec:
   if spec.remat not in REMAT_MODES:
     raise ValueError(f"model.remat must be one of {REMAT_MODES}, got {spec.remat!r}")
   if spec.remat != "none" and spec.version != "DCLS":
-    raise ValueError(f"model.remat is for DCLS only (version {spec.version!r}), got "
-                     f"{spec.remat!r}; use 'none'")
+    raise ValueError(
+      f"model.remat is for DCLS only (version {spec.version!r}), got {spec.remat!r}; use 'none'"
+    )
   if spec.conv_backward not in ("auto", "gemm", "xla"):
-    raise ValueError(f"model.conv_backward must be 'auto', 'gemm' or 'xla', got "
-                     f"{spec.conv_backward!r}")
+    raise ValueError(
+      f"model.conv_backward must be 'auto', 'gemm' or 'xla', got {spec.conv_backward!r}"
+    )
   if spec.kernel_size % 2 == 0:
     raise ValueError(f"model.kernel_size must be odd, got {spec.kernel_size}")
   if spec.version == "DANv1" and spec.nf < 16:
-    raise ValueError(f"model.nf must be >= 16 for DANv1 (channel attention divides by 16), "
-                     f"got {spec.nf}")
+    raise ValueError(
+      f"model.nf must be >= 16 for DANv1 (channel attention divides by 16), got {spec.nf}"
+    )
   if spec.estimator_nf % 2:
     raise ValueError(f"model.estimator_nf must be even, got {spec.estimator_nf}")
   if spec.version == "DANv1" and spec.estimator_nf < 32:
-    raise ValueError(f"model.estimator_nf must be >= 32 for DANv1 (channel attention over "
-                     f"estimator_nf/2 channels divides by 16), got {spec.estimator_nf}")
+    raise ValueError(
+      f"model.estimator_nf must be >= 32 for DANv1 (channel attention over "
+      f"estimator_nf/2 channels divides by 16), got {spec.estimator_nf}"
+    )
   return spec
 
 
 def _validate_dcls(spec: ModelSpec) -> None:
   from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top (dcls imports dan)
+
   if spec.loops != 1:
     raise ValueError(f"model.loops must be 1 for DCLS (one pass), got {spec.loops!r}")
   if spec.kernel_size not in dcls.FILTER_STRUCTURES:
-    raise ValueError(f"model.kernel_size must be one of {sorted(dcls.FILTER_STRUCTURES)} "
-                     f"for DCLS (its filter stacks), got {spec.kernel_size}")
+    raise ValueError(
+      f"model.kernel_size must be one of {sorted(dcls.FILTER_STRUCTURES)} "
+      f"for DCLS (its filter stacks), got {spec.kernel_size}"
+    )
   for name in ("ng", "input_para", "reduction"):
     v = getattr(spec, name)
     if not isinstance(v, (int, np.integer)) or v < 1:
       raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
   if spec.nf % spec.reduction or spec.nf // spec.reduction < spec.reduction:
-    raise ValueError(f"model.nf must be a multiple of model.reduction with nf/reduction >= "
-                     f"reduction (channel attention), got nf={spec.nf}, "
-                     f"reduction={spec.reduction}")
+    raise ValueError(
+      f"model.nf must be a multiple of model.reduction with nf/reduction >= "
+      f"reduction (channel attention), got nf={spec.nf}, "
+      f"reduction={spec.reduction}"
+    )
 
 
 def create_model(model_config: Any) -> nn.Module:
@@ -448,6 +470,7 @@ def create_model(model_config: Any) -> nn.Module:
   spec = spec_from_config(model_config)
   if spec.version == "DCLS":
     from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top (dcls imports dan)
+
     return dcls.DCLS(spec)
   return DAN(spec)
 
@@ -465,9 +488,11 @@ def init_variables(model: DAN, rng: Any, pca_matrix: Any) -> dict:
   s = model.spec
   pca_matrix = np.asarray(pca_matrix, np.float32)
   if pca_matrix.shape != (s.kernel_size**2, s.code_len):
-    raise ValueError(f"pca_matrix must have shape {(s.kernel_size**2, s.code_len)} for "
-                     f"kernel_size {s.kernel_size} and code_len {s.code_len}, got "
-                     f"{pca_matrix.shape}")
+    raise ValueError(
+      f"pca_matrix must have shape {(s.kernel_size**2, s.code_len)} for "
+      f"kernel_size {s.kernel_size} and code_len {s.code_len}, got "
+      f"{pca_matrix.shape}"
+    )
   if not isinstance(rng, (int, np.integer)):
     rng = np.asarray(jax.random.key_data(rng)).astype(np.uint64)
     rng = int(rng.reshape(-1)[-1] + (rng.reshape(-1)[0] << np.uint64(32)))
@@ -476,6 +501,7 @@ def init_variables(model: DAN, rng: Any, pca_matrix: Any) -> dict:
   params = layers.torch_default_params(flax.core.unfreeze(shapes["params"]), rng)
   if s.version == "DCLS":  # the official DCLS constructors re-draw some layers
     from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top (dcls imports dan)
+
     params = dcls.official_init(params, rng)
   return {"params": params, "pca": {"matrix": pca_matrix}}
 

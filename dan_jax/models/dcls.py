@@ -23,8 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from dan_jax.models import dft
-from dan_jax.models.dan import DANOutput, ModelSpec
-from dan_jax.models.layers import Conv2d, Upsampler, _opts, torch_uniform
+from dan_jax.models.dan import DANOutput
+from dan_jax.models.dan import ModelSpec
+from dan_jax.models.layers import _opts
+from dan_jax.models.layers import Conv2d
+from dan_jax.models.layers import torch_uniform
+from dan_jax.models.layers import Upsampler
 
 Array = jax.Array
 
@@ -113,10 +117,17 @@ def _replicate_pad(x: Array, k: int) -> Array:
   mis-sizes the concatenation it lowers that one to (onnxruntime refuses the graph).
   """
   b, h, w, c = x.shape
-  x = jnp.concatenate([jnp.broadcast_to(x[:, :1], (b, k, w, c)), x,
-                       jnp.broadcast_to(x[:, -1:], (b, k, w, c))], axis=1)
-  return jnp.concatenate([jnp.broadcast_to(x[:, :, :1], (b, h + 2 * k, k, c)), x,
-                          jnp.broadcast_to(x[:, :, -1:], (b, h + 2 * k, k, c))], axis=2)
+  x = jnp.concatenate(
+    [jnp.broadcast_to(x[:, :1], (b, k, w, c)), x, jnp.broadcast_to(x[:, -1:], (b, k, w, c))], axis=1
+  )
+  return jnp.concatenate(
+    [
+      jnp.broadcast_to(x[:, :, :1], (b, h + 2 * k, k, c)),
+      x,
+      jnp.broadcast_to(x[:, :, -1:], (b, h + 2 * k, k, c)),
+    ],
+    axis=2,
+  )
 
 
 def cls_deconvolution(x: Array, kernel: Array, smooth: Array) -> Array:
@@ -300,11 +311,16 @@ class Estimator(nn.Module):
       # convolution with fixed weights) and a dot with the image's weights are the same sum.
       s = w.shape[-1]
       patches = jax.lax.conv_general_dilated_patches(
-          x, (s, s), (1, 1), ((pad, pad), (pad, pad)),
-          dimension_numbers=("NCHW", "OIHW", "NCHW"),
-          precision=jax.lax.Precision.HIGHEST)  # [1, Cin*s*s, H, W], (c, kh, kw) order
-      x = jnp.einsum("npyx,op->noyx", patches, w.reshape(w.shape[0], -1),
-                     precision=jax.lax.Precision.HIGHEST)
+        x,
+        (s, s),
+        (1, 1),
+        ((pad, pad), (pad, pad)),
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        precision=jax.lax.Precision.HIGHEST,
+      )  # [1, Cin*s*s, H, W], (c, kh, kw) order
+      x = jnp.einsum(
+        "npyx,op->noyx", patches, w.reshape(w.shape[0], -1), precision=jax.lax.Precision.HIGHEST
+      )
     kernel = jnp.mean(x[0, :, ::-1, ::-1], axis=0)  # flip, then average the channels
     return kernel / jnp.sum(kernel)
 
@@ -332,12 +348,21 @@ class Restorer(nn.Module):
     x1 = Conv2d(nf2, 3, padding=1, **_opts(self), name="head1")(feature)
     x0 = CLS(self.reduction, **_opts(self), name="cls")(feature, kernel)
     for g in range(self.ng):
-      group = DPCAG(self.nb, self.reduction, **_opts(self),
-                    remat_blocks=self.remat == "blocks", name=f"group{g}")
+      group = DPCAG(
+        self.nb,
+        self.reduction,
+        **_opts(self),
+        remat_blocks=self.remat == "blocks",
+        name=f"group{g}",
+      )
       x0, x1 = rematerialised(group, x0, x1) if self.remat == "groups" else group(x0, x1)
     # The official concatenates (head1 path, CLS path) in this order.
-    f = Conv2d(self.nf, 3, padding=1, **_opts(self),
-               name="fusion")(jnp.concatenate([x1, x0], axis=-1)) + f
+    f = (
+      Conv2d(self.nf, 3, padding=1, **_opts(self), name="fusion")(
+        jnp.concatenate([x1, x0], axis=-1)
+      )
+      + f
+    )
     out = Upsampler(self.nf, self.scale, self.out_nc, **_opts(self), name="upsample")(f)
     return jnp.clip(out.astype(jnp.float32), 0.0, 1.0)
 
@@ -352,8 +377,9 @@ class DCLS(nn.Module):
   spec: ModelSpec
 
   @nn.compact
-  def __call__(self, lr: Array, initial_code: Optional[Array] = None,
-               iterations: Optional[int] = None) -> DANOutput:
+  def __call__(
+    self, lr: Array, initial_code: Optional[Array] = None, iterations: Optional[int] = None
+  ) -> DANOutput:
     del initial_code  # one pass: nothing to resume from
     s = self.spec
     if lr.ndim != 4 or lr.shape[-1] != s.in_nc:
@@ -362,22 +388,27 @@ class DCLS(nn.Module):
       raise ValueError(f"DCLS needs lr of at least 7x7 pixels, got {lr.shape[1:3]}")
     if iterations not in (None, 1):
       raise ValueError(f"DCLS runs one pass; iterations must be 1, got {iterations}")
-    pca = self.variable("pca", "matrix", jnp.zeros,
-                        (s.kernel_size**2, s.code_len), jnp.float32).value
-    gemm_grad = s.conv_backward == "gemm" or (s.conv_backward == "auto" and
-                                              jax.default_backend() == "cpu")
+    pca = self.variable(
+      "pca", "matrix", jnp.zeros, (s.kernel_size**2, s.code_len), jnp.float32
+    ).value
+    gemm_grad = s.conv_backward == "gemm" or (
+      s.conv_backward == "auto" and jax.default_backend() == "cpu"
+    )
     opts = dict(dtype=s.dtype, gemm_grad=gemm_grad)
     lr = lr.astype(jnp.float32)
-    kernel = Estimator(s.estimator_nf, s.estimator_nb, s.input_para, s.kernel_size,
-                       **opts, name="estimator")(lr)
-    sr = Restorer(s.nf, s.nb, s.ng, s.scale, s.in_nc, s.reduction, **opts, remat=s.remat,
-                  name="restorer")(lr, jax.lax.stop_gradient(kernel))
+    kernel = Estimator(
+      s.estimator_nf, s.estimator_nb, s.input_para, s.kernel_size, **opts, name="estimator"
+    )(lr)
+    sr = Restorer(
+      s.nf, s.nb, s.ng, s.scale, s.in_nc, s.reduction, **opts, remat=s.remat, name="restorer"
+    )(lr, jax.lax.stop_gradient(kernel))
     code = kernel.reshape(kernel.shape[0], -1) @ pca
     return DANOutput(sr=sr[None], code=code[None], kernel=kernel[None])
 
 
-def reformulated_kernel(lr_blurred: Array, lr_clean: Array, kernel_size: int,
-                        eps: float = 1e-20, keep: int = 40) -> Array:
+def reformulated_kernel(
+  lr_blurred: Array, lr_clean: Array, kernel_size: int, eps: float = 1e-20, keep: int = 40
+) -> Array:
   """The DCLS kernel-loss target (official `CorrectionLoss`), from one training pair.
 
   Per channel, the kernel that maps the bicubic-downsampled HR to the bicubic-downsampled
@@ -402,8 +433,8 @@ def reformulated_kernel(lr_blurred: Array, lr_clean: Array, kernel_size: int,
   psf = dft.irfft2(re / denom, im / denom, *lr_clean.shape[1:3])  # [B, C, h, w]
   # Undo the psf2otf shift: the last c rows/columns, then the first c+1 (as official, which
   # reuses a row/column when the LR is smaller than the kernel).
-  psf = jnp.concatenate([psf[..., -c:, :], psf[..., :c + 1, :]], axis=-2)
-  per_channel = jnp.concatenate([psf[..., -c:], psf[..., :c + 1]], axis=-1)
+  psf = jnp.concatenate([psf[..., -c:, :], psf[..., : c + 1, :]], axis=-2)
+  per_channel = jnp.concatenate([psf[..., -c:], psf[..., : c + 1]], axis=-1)
   mask = jnp.prod(per_channel, axis=1) > 0
   kern = jnp.mean(per_channel, axis=1) * mask  # [B, k, k]
   flat = kern.reshape(kern.shape[0], -1)
@@ -427,8 +458,10 @@ def official_init(params: Any, seed: int) -> dict:
   def kaiming(layer, scale):
     shape = layer["kernel"].shape
     std = np.sqrt(2.0 / np.prod(shape[:-1]))  # fan_in: all but the output axis
-    return {"kernel": (rng.normal(0.0, std, shape) * scale).astype(np.float32),
-            "bias": np.zeros(layer["bias"].shape, np.float32)}
+    return {
+      "kernel": (rng.normal(0.0, std, shape) * scale).astype(np.float32),
+      "bias": np.zeros(layer["bias"].shape, np.float32),
+    }
 
   def walk(node, scale):
     if "kernel" in node and "bias" in node:

@@ -53,16 +53,19 @@ def _inverse_real_matrix(n: int) -> tuple[np.ndarray, np.ndarray]:
   if n % 2 == 0:
     weight[-1] = 1.0
   angle = 2.0 * np.pi * ((np.arange(freqs)[:, None] * np.arange(n)[None, :]) % n) / n
-  return ((weight * np.cos(angle) / n).astype(np.float32),
-          (-weight * np.sin(angle) / n).astype(np.float32))
+  return (
+    (weight * np.cos(angle) / n).astype(np.float32),
+    (-weight * np.sin(angle) / n).astype(np.float32),
+  )
 
 
 def _mm(spec: str, x: Array, m: np.ndarray) -> Array:
   return jnp.einsum(spec, x, jnp.asarray(m), precision=_HIGHEST)
 
 
-def rfft2(x: Array, height: int | None = None, width: int | None = None,
-          shift: int = 0) -> tuple[Array, Array]:
+def rfft2(
+  x: Array, height: int | None = None, width: int | None = None, shift: int = 0
+) -> tuple[Array, Array]:
   """`jnp.fft.rfft2` of x [..., h, w] over its last two axes, as (real, imaginary) parts,
   each [..., height, width//2+1].
 

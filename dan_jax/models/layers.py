@@ -38,9 +38,13 @@ _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
 
 def _conv(x: Array, kernel: Array, stride: int, padding: int) -> Array:
-  return jax.lax.conv_general_dilated(x, kernel, (stride, stride),
-                                      ((padding, padding), (padding, padding)),
-                                      dimension_numbers=_DIMENSIONS)
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    (stride, stride),
+    ((padding, padding), (padding, padding)),
+    dimension_numbers=_DIMENSIONS,
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -71,9 +75,14 @@ def _conv_gemm_grad_bwd(padding, stride, residuals, g):
   # a convolution of x as [c, H, W, B] with g as an s-dilated [H', W', B, o] "kernel".
   x_t = jnp.transpose(x, (3, 1, 2, 0))
   g_t = jnp.transpose(g.astype(x.dtype), (1, 2, 0, 3))
-  dk = jax.lax.conv_general_dilated(x_t, g_t, (1, 1), ((padding, padding),) * 2,
-                                    rhs_dilation=(stride, stride),
-                                    dimension_numbers=_DIMENSIONS)
+  dk = jax.lax.conv_general_dilated(
+    x_t,
+    g_t,
+    (1, 1),
+    ((padding, padding),) * 2,
+    rhs_dilation=(stride, stride),
+    dimension_numbers=_DIMENSIONS,
+  )
   dk = jnp.transpose(dk[:, :k, :k], (1, 2, 0, 3))  # [c, k, k, o] -> HWIO
   return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
@@ -106,8 +115,9 @@ def _add_bias_bwd(_, g):
 add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
-def constant_channels_conv(const: Array, kernel: Array, height: int, width: int,
-                           padding: int) -> Array:
+def constant_channels_conv(
+  const: Array, kernel: Array, height: int, width: int, padding: int
+) -> Array:
   """Stride-1 convolution of inputs that are constant over space, zero padded.
 
   Equals `conv(broadcast(const, [B, H, W, c]), kernel)` exactly: in the interior every
@@ -124,8 +134,11 @@ def constant_channels_conv(const: Array, kernel: Array, height: int, width: int,
 
   def inside(n):  # [n, k]: does tap i of output position y read a real pixel?
     # iota rather than np.arange: n may be a symbolic dimension (jax.export, dan_jax.export).
-    pos = (jax.lax.broadcasted_iota(jnp.int32, (n, k), 0) +
-           jax.lax.broadcasted_iota(jnp.int32, (n, k), 1) - padding)
+    pos = (
+      jax.lax.broadcasted_iota(jnp.int32, (n, k), 0)
+      + jax.lax.broadcasted_iota(jnp.int32, (n, k), 1)
+      - padding
+    )
     return ((pos >= 0) & (pos < n)).astype(const.dtype)
 
   per_tap = jnp.einsum("bc,ijco->bijo", const, kernel.astype(const.dtype))
@@ -160,8 +173,9 @@ class Conv2d(nn.Module):
       if self.stride != 1:
         raise ValueError("constant input channels need a stride-1 convolution")
       c = x.shape[-1]
-      y = constant_channels_conv(const.astype(self.dtype), kernel[:, :, c:], x.shape[1],
-                                 x.shape[2], p)
+      y = constant_channels_conv(
+        const.astype(self.dtype), kernel[:, :, c:], x.shape[1], x.shape[2], p
+      )
       kernel = kernel[:, :, :c]
       return self._add_bias(self._conv(x, kernel) + y, bias)
     return self._add_bias(self._conv(x, kernel), bias)
@@ -232,8 +246,8 @@ def torch_default_params(shapes: Any, seed: int) -> dict:
         k_shape = child["kernel"].shape
         bound = torch_default_bound(int(np.prod(k_shape[:-1])))  # fan_in: all but out
         out[name] = {
-            "kernel": rng.uniform(-bound, bound, k_shape).astype(np.float32),
-            "bias": rng.uniform(-bound, bound, child["bias"].shape).astype(np.float32),
+          "kernel": rng.uniform(-bound, bound, k_shape).astype(np.float32),
+          "bias": rng.uniform(-bound, bound, child["bias"].shape).astype(np.float32),
         }
       elif isinstance(child, Mapping):
         out[name] = walk(child)
