@@ -146,8 +146,8 @@ def _parity_errors(name: str, data, precision: str) -> tuple[float, float]:
   """Max relative errors (SR, code or kernel) of one fixture's outputs at `precision`."""
   if name.startswith("dcls_"):  # NHWC fixtures with the kernel estimate (tests/test_dcls.py)
     state_dict = {k[2:]: data[k].astype(np.float32) for k in data.files if k.startswith("w/")}
-    config = convert.infer_dcls_config(state_dict)
-    variables = convert.dcls_params_from_torch(state_dict, config)
+    config = convert.model_config_from_state_dict(state_dict)
+    variables = convert.params_from_torch(state_dict, config)
     with precision_lib.precision_scope(precision):
       out = jax.jit(models.create_model(config).apply)(variables, jnp.asarray(data["lr"]))
     return _rel(out.sr[0], data["sr"]), _rel(out.kernel[0], data["kernel"])

@@ -8,6 +8,7 @@ github greatlog/DAN (nothing of it is part of this repository):
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import statistics
@@ -62,6 +63,8 @@ def main() -> None:
 
   torch.set_num_threads(os.cpu_count() or 1)
   arch = _load_arch(args.checkout, args.version)
+  # DANv2's constructor takes groups (ng) and its Estimator predicts the kernel itself.
+  grouped = "ng" in inspect.signature(arch.DAN.__init__).parameters
   k, scale = 21, 4
   with tempfile.TemporaryDirectory() as tmp:
     pca_path = os.path.join(tmp, "pca.pth")
@@ -75,7 +78,7 @@ def main() -> None:
       loop=args.loops,
       pca_matrix_path=pca_path,
     )
-    if args.version == "DANv2":
+    if grouped:
       kwargs["ng"] = args.ng
     net = arch.DAN(**kwargs)
   result = {"version": args.version, "torch": torch.__version__, "threads": torch.get_num_threads()}
@@ -92,7 +95,7 @@ def main() -> None:
     opt.zero_grad()
     out = net(lr)
     loss = torch.nn.functional.l1_loss(out[0][-1], hr)
-    if args.version == "DANv2":
+    if grouped:
       loss = loss + torch.nn.functional.l1_loss(out[2][-1], ker)
     else:
       loss = loss + torch.nn.functional.l1_loss(out[1][-1], code)

@@ -43,6 +43,7 @@ import numpy as np
 from dan_jax import errors
 from dan_jax import models
 from dan_jax import steps
+from dan_jax.models import spec as spec_lib
 
 import timing  # beside this script
 
@@ -52,6 +53,15 @@ MODELS = {
   "DCLS": dict(
     version="DCLS", scale=4, nf=64, nb=10, ng=5, input_para=256, kernel_size=21, loops=1
   ),
+}
+# What else a model's row measures: "remat" takes --remat, "memory" the peak resident set
+# of a train step (a child process), "cls_fft" DCLS's Fourier deconvolution alone.
+EXTRAS = {"DCLS": ("remat", "memory", "cls_fft")}
+# The script that runs the official PyTorch side of a model, and its checkout flag.
+OFFICIAL_SIDE = {
+  "DANv1": ("official_side.py", "official_checkout"),
+  "DANv2": ("official_side.py", "official_checkout"),
+  "DCLS": ("official_dcls_side.py", "official_dcls_checkout"),
 }
 
 
@@ -147,7 +157,7 @@ def _flops(compiled) -> float:
 def bench_model(name: str, args: argparse.Namespace) -> dict:
   """Train step, inference and compile times of one model."""
   cfg = dict(MODELS[name], dtype=args.dtype, scan_unroll=args.scan_unroll)
-  if name == "DCLS" and args.remat:
+  if "remat" in EXTRAS.get(name, ()) and args.remat:
     cfg["remat"] = args.remat
   model = models.create_model(cfg)
   k = model.spec.kernel_size
@@ -161,7 +171,7 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
     "kernel": rng.dirichlet(np.ones(k * k), size=b).reshape(b, k, k).astype(np.float32),
     "code": rng.normal(size=(b, 10)).astype(np.float32),
   }
-  if name == "DCLS":  # the reformulated-kernel loss needs the noise-free blurred/clean LR
+  if models.family(model.spec).needs_clean_lr(model.spec):  # e.g. DCLS's kernel loss
     batch["lr_clean"] = batch["lr"]
     batch["lr_blurred"] = np.clip(
       batch["lr"] + 0.01 * rng.uniform(size=batch["lr"].shape), 0, 1
@@ -205,8 +215,9 @@ def bench_model(name: str, args: argparse.Namespace) -> dict:
   mem = compiled.memory_analysis()
   if mem is not None:  # XLA's own figure: temporaries of one step (buffers it allocates)
     out["train_step_xla_temp_bytes"] = int(mem.temp_size_in_bytes)
-  if name == "DCLS":
+  if "memory" in EXTRAS.get(name, ()):
     out["train_step_peak_bytes"] = _memory_child(args, name)
+  if "cls_fft" in EXTRAS.get(name, ()):
     out.update(bench_cls_fft(args, model.spec.nf // 4, k))
 
   infer = {}
@@ -261,10 +272,11 @@ def bench_pipeline(setting: int, threads: int, batches: int) -> float:
 
 def official(args: argparse.Namespace, name: str) -> dict:
   cfg = MODELS[name]
-  if name == "DCLS":
+  script = OFFICIAL_SIDE[name][0]
+  if script == "official_dcls_side.py":
     cmd = [
       args.official_python,
-      os.path.join(os.path.dirname(__file__), "official_dcls_side.py"),
+      os.path.join(os.path.dirname(__file__), script),
       "--checkout",
       args.official_dcls_checkout,
       "--nf",
@@ -347,7 +359,7 @@ def main() -> None:
   ap.add_argument(
     "--remat",
     default="",
-    choices=("",) + models.REMAT_MODES,
+    choices=("",) + spec_lib.REMAT_MODES,
     help="DCLS model.remat: what its backward pass recomputes (default: the "
     "model's, 'groups'; see RESULTS.md)",
   )
@@ -396,7 +408,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in args.models.split(","):
       r = bench_model(name, args)
-      if args.official_dcls_checkout if name == "DCLS" else args.official_checkout:
+      if getattr(args, OFFICIAL_SIDE[name][1]):
         r["official"] = official(args, name)
       results["models"].append(r)
       first = args.infer_sizes.split(",")[0]

@@ -11,7 +11,7 @@ commented; `--config.a.b=value` overrides any.
 
 import ml_collections
 
-VERSIONS = {"v1": "DANv1", "v2": "DANv2", "dcls": "DCLS"}
+VERSIONS = {"v1": "DANv1", "v2": "DANv2", "dcls": "DCLS", "baseline": "baseline"}
 # Official GT_size (HR crop) per scale; the LR crop is 64 px in every official YAML.
 HR_CROP = {2: 128, 3: 192, 4: 256}
 # Validation blur: the 5th of the 8 Gaussian8 widths of each scale (x4: 2.6, as default).
@@ -19,11 +19,13 @@ VAL_SIGMA = {2: 1.26, 3: 1.95, 4: 2.6}
 
 
 def version_from_arg(arg: str, default: str = "v2") -> str:
-  """'v1'/'DANv1' -> 'DANv1', 'v2'/'DANv2'/'' -> 'DANv2', 'dcls' -> 'DCLS' (`FILE:ARG`)."""
+  """'v1'/'DANv1' -> 'DANv1', 'v2'/'DANv2'/'' -> 'DANv2', 'dcls' -> 'DCLS', 'baseline'
+  -> 'baseline' (`FILE:ARG`)."""
   key = (arg or default).strip().lower().replace("dan", "")
   if key not in VERSIONS:
     raise ValueError(
-      f"config argument must be v1, v2 or dcls (e.g. --config=configs/x4.py:v1), got {arg!r}"
+      f"config argument must be v1, v2, dcls or baseline (e.g. --config=configs/x4.py:v1), "
+      f"got {arg!r}"
     )
   return VERSIONS[key]
 
@@ -34,7 +36,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
     return official(version_from_arg(arg), scale=4, setting=1)
   config = ml_collections.ConfigDict()
 
-  # ---- Model (dan_jax.models.ModelSpec) ----
+  # ---- Model (dan_jax.models.spec.ModelSpec) ----
   config.model = model = ml_collections.ConfigDict()
   model.version = "DANv2"  # "DANv1" or "DANv2"
   model.scale = 4  # upscaling factor: 2, 3 or 4
@@ -179,9 +181,11 @@ def official(version: str = "DANv2", scale: int = 4, setting: int = 1) -> ml_col
   4 iterations, code length 10.
   """
   if version not in VERSIONS.values():
-    raise ValueError(f"version must be DANv1, DANv2 or DCLS, got {version!r}")
+    raise ValueError(f"version must be DANv1, DANv2, DCLS or baseline, got {version!r}")
   if version == "DCLS":
     return official_dcls(scale, setting)
+  if version == "baseline":
+    return baseline(scale, setting)
   if scale not in HR_CROP:
     raise ValueError(f"scale must be 2, 3 or 4, got {scale!r}")
   if setting not in (1, 2) or (setting == 2 and scale == 3):
@@ -247,4 +251,15 @@ def official_dcls(scale: int = 4, setting: int = 1) -> ml_collections.ConfigDict
   config.num_train_steps = 500_000  # official niter
   config.lr_milestones = (200_000, 400_000)  # official lr_steps
   config.kernel_loss_weight = 1.0  # official: d_kr + d_sr
+  return config
+
+
+def baseline(scale: int = 4, setting: int = 1) -> ml_collections.ConfigDict:
+  """The plain SR control (EDSR baseline: nf 64, 16 residual blocks, no kernel estimate)
+  on DANv2's data, degradations and schedule: the SR loss only, one pass."""
+  config = official("DANv2", scale, setting)
+  model = config.model
+  model.version = "baseline"
+  model.nf, model.nb = 64, 16
+  model.loops = 1
   return config

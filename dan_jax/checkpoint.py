@@ -26,6 +26,7 @@ from dan_jax import parallel
 from dan_jax import storage
 from dan_jax.errors import CheckpointError
 from dan_jax.errors import TrainingError
+from dan_jax.models.spec import ModelSpec
 from dan_jax.train_state import COUNTERS
 from dan_jax.train_state import TrainState
 
@@ -217,40 +218,18 @@ def check_variables(variables: dict, model_config: Any, where: str = "checkpoint
 # Training checkpoints: compatibility, restore, latest and best saves
 # ---------------------------------------------------------------------------------------
 
-# Fields whose change makes a checkpoint another model (not: dtype, scan_unroll, ...).
-ARCH_FIELDS = (
-  "version",
-  "scale",
-  "nf",
-  "nb",
-  "ng",
-  "in_nc",
-  "loops",
-  "kernel_size",
-  "code_len",
-  "estimator_nf",
-  "estimator_nb",
-  "input_para",
-  "reduction",
-)
-
 
 def _arch(model_config: Any) -> dict:
+  """The fields whose change makes a checkpoint another model (not: dtype, scan_unroll, ...)."""
   d = model_config_to_dict(model_config)
-  if d["version"] == "DANv1":
-    d.pop("ng")  # unused by DANv1
-  if d["version"] != "DCLS":
-    d.pop("input_para", None), d.pop("reduction", None)  # DCLS-only fields
-  return {k: d[k] for k in ARCH_FIELDS if k in d}
+  return {k: d[k] for k in models.family(d["version"]).arch_fields(d["version"])}
 
 
 def _describe(arch: dict) -> str:
   return f"{arch['version']} x{arch['scale']}"
 
 
-def check_compatible(
-  stored_model_config: dict, spec: models.ModelSpec, where: str, what: str
-) -> None:
+def check_compatible(stored_model_config: dict, spec: ModelSpec, where: str, what: str) -> None:
   """Raises TrainingError unless the stored model config is the same model as `spec`.
 
   `where` names the checkpoint in the message, `what` says what to do about it.
@@ -276,7 +255,7 @@ def _abstract(tree: Any, sharding: NamedSharding) -> Any:
   )
 
 
-def read_info(manager: ocp.CheckpointManager, step: int, spec: models.ModelSpec) -> dict:
+def read_info(manager: ocp.CheckpointManager, step: int, spec: ModelSpec) -> dict:
   """The `meta` of a checkpoint, after checking that it holds the same model."""
   where = f"{manager.directory}/{step}"
   try:
@@ -321,7 +300,7 @@ def restore_state(
 
 
 def save_state(
-  manager: ocp.CheckpointManager, step: int, state: TrainState, spec: models.ModelSpec, meta: dict
+  manager: ocp.CheckpointManager, step: int, state: TrainState, spec: ModelSpec, meta: dict
 ) -> None:
   """Saves `step`; a checkpoint of that step already there (a rerun) is replaced."""
   if step in manager.all_steps():
@@ -335,7 +314,7 @@ def save_best(
   manager: ocp.CheckpointManager,
   step: int,
   state: TrainState,
-  spec: models.ModelSpec,
+  spec: ModelSpec,
   meta: dict,
 ) -> None:
   """Saves the best checkpoint of `step`, after the latest checkpoint is complete on disk.

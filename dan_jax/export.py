@@ -110,16 +110,16 @@ def serving_fn(
 def _pointwise_as_conv(next_fun, args, kwargs, context):
   """Flax interceptor: 1x1 convolutions as convolutions (TFLite only).
 
-  `models.Conv2d` runs a 1x1 convolution as a rank-4 dot_general (cheaper on XLA:CPU); the
+  `layers.Conv2d` runs a 1x1 convolution as a rank-4 dot_general (cheaper on XLA:CPU); the
   TFLite converter lowers that to a `batch_matmul` it then rejects ("invalid output
   rank"). The convolution op gives the same values and converts.
   """
-  from dan_jax import models
+  from dan_jax.models import layers
 
   m = context.module
   if (
     context.method_name == "_conv"
-    and isinstance(m, models.Conv2d)
+    and isinstance(m, layers.Conv2d)
     and m.kernel_size == 1
     and m.stride == 1
     and m.padding == 0
@@ -459,12 +459,10 @@ def _check_request(
 
 
 def fixed_image_size(spec: Any) -> bool:
-  """Whether the model's artifacts take one LR size only (symbolic batch at most).
+  """Whether the model's artifacts take one LR size only (symbolic batch at most; DCLS)."""
+  from dan_jax import models
 
-  DCLS deconvolves in the Fourier domain with DFT matrices built for the image size
-  (`models/dft.py`); an FFT would need static lengths as well.
-  """
-  return spec.version == "DCLS"
+  return models.family(spec).fixed_image_size(spec)
 
 
 def _conventions(spec: Any, names: Sequence[str], input_dtype: str, size) -> dict:

@@ -22,7 +22,6 @@ from dan_jax import checkpoint as checkpoint_lib
 from dan_jax import exported
 from dan_jax import image_io
 from dan_jax import parallel
-from dan_jax import predict
 from dan_jax import prediction_io
 from dan_jax import runtime
 from dan_jax import storage
@@ -185,19 +184,13 @@ def _setup(args) -> tuple[list[str], list[str], SRPredictor, int]:
 
 def _print_notes(args, predictor: SRPredictor, skipped: list[str]) -> None:
   """Skipped files and the approximations the chosen flags make."""
-  spec = predictor.spec
   for f in skipped:
     print(
       f"note: skipping {f}: not an image file (supported: {', '.join(image_io.IMAGE_EXTENSIONS)})",
       file=sys.stderr,
     )
   if args.tile and not predictor.tiled_is_exact:
-    why = (
-      "DANv1's channel attention pools over the whole image"
-      if spec.version == "DANv1"
-      else f"--tile_overlap {predictor.tile_overlap} < "
-      f"{predict.default_tile_overlap(spec)} (2x the receptive-field radius)"
-    )
+    why = predictor.tiled_approximation
     print(f"note: tiled results are approximate: {why}", file=sys.stderr)
   if args.pad_to_multiple > 1:
     print(

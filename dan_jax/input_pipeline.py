@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from dan_jax import degradation
+from dan_jax import models
 from dan_jax.errors import DataError
 from dan_jax.image_sources import demo_images
 from dan_jax.image_sources import DEMO_VAL_NAMES
@@ -132,7 +133,7 @@ def _example_fn(
   widths = tf.constant(plan.store.widths, tf.int64)
   pca = tf.constant(np.asarray(pca_matrix, np.float32))
   fold = tf.random.experimental.stateless_fold_in
-  dcls_pair = config.model.version == "DCLS"
+  clean_pair = models.family(config.model.version).needs_clean_lr(config.model)
 
   def make(n):
     _, _, seed, idx = plan.locate(n)
@@ -164,7 +165,7 @@ def _example_fn(
     if deg.quantize_lr:
       lr = degradation.quantize_8bit(lr)
     out = dict(lr=lr, hr=hr, kernel=kernel[0], code=degradation.encode(kernel, pca)[0])
-    if dcls_pair:  # DCLS's kernel loss: noise-free bicubic LR of the blurred and clean HR
+    if clean_pair:  # DCLS's kernel loss: noise-free bicubic LR of the blurred and clean HR
       out["lr_blurred"] = degradation.degrade(hr[None], kernel, scale)[0]
       out["lr_clean"] = degradation.imresize(hr, 1.0 / scale)
     return out

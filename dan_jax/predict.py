@@ -1,4 +1,4 @@
-"""The predictor: a DAN/DCLS model run on LR images, whole or tiled, with self-ensemble.
+"""The predictor: a model of any family run on LR images, whole or tiled, with self-ensemble.
 
 `Predictor` is the inference engine behind `python -m dan_jax.infer` (whose docstring
 describes the modes: whole-image, tiled with exact receptive-field margins, and the
@@ -9,7 +9,6 @@ It works on arrays; reading and writing files is `infer`'s.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -20,32 +19,13 @@ from dan_jax import models
 from dan_jax import parallel
 from dan_jax import precision as precision_lib
 from dan_jax.errors import InferenceError
+from dan_jax.models.spec import ModelSpec
 from dan_jax.prediction import Prediction
 
 
-def receptive_fields(spec: models.ModelSpec) -> tuple[int, int]:
-  """(Restorer, Estimator-features) receptive-field radii in LR pixels, rounded up.
-
-  Restorer: 3x3 head, two 3x3 convs per block, 3x3 fusion, then the upsampler's convs
-  (the ones after a PixelShuffle count a fraction of an LR pixel); +1 covers the SR-to-LR
-  pixel-centre offset. Estimator (up to its global pool): LR head (5x5 in v2, 1x1 in v1)
-  and the strided SR head (radius 2 LR pixels), two 3x3 convs per block, a 3x3 tail.
-  """
-  if spec.version == "DANv2":
-    restorer = 1 + 2 * spec.nb * spec.ng + 1 + 2 + 1
-    estimator = 2 + 2 * spec.estimator_nb + 1 + 1
-  elif spec.version == "DCLS":  # convolutions only: its Fourier deconvolution is global
-    restorer = 1 + 6 + 3 * spec.nb * spec.ng + 1 + 2 + 1
-    estimator = 3 + 2 * spec.estimator_nb + 2
-  else:
-    restorer = 1 + 2 * spec.nb + 1 + 2 + 1
-    estimator = math.ceil(4 / spec.scale) + 1 + 2 * spec.estimator_nb + 1 + 1
-  return restorer, estimator
-
-
-def default_tile_overlap(spec: models.ModelSpec) -> int:
-  """The smallest overlap for which tiled DANv2 equals whole-image inference."""
-  return 2 * receptive_fields(spec)[0]
+def default_tile_overlap(spec: ModelSpec) -> int:
+  """The smallest overlap for which exact families' tiles equal whole-image inference."""
+  return 2 * models.family(spec).receptive_fields(spec)[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,7 +103,7 @@ def _margin_and_width(overlap: int, radius: int) -> tuple[int, int]:
 
 
 class Predictor:
-  """Runs a DAN model on images: whole-image (batched, jitted per shape) or tiled.
+  """Runs a model on images: whole-image (batched, jitted per shape) or tiled.
 
   Args:
     model_config: the model config (as stored with checkpoints).
@@ -177,13 +157,14 @@ class Predictor:
         raise InferenceError(f"{name} must be a non-negative integer, got {value!r}")
     if batch_size < 1:
       raise InferenceError(f"batch_size must be at least 1, got {batch_size}")
-    if tile and self.spec.version == "DCLS":
-      raise InferenceError(
-        "tiled inference is not available for DCLS: its Fourier "
-        "deconvolution and kernel estimate see the whole image; run "
-        "whole images (--tile 0)"
-      )
-    self.rf_restorer, self.rf_estimator = receptive_fields(self.spec)
+    self.family = models.family(self.spec)
+    self.tiling = None
+    if tile:
+      try:
+        self.tiling = self.family.tiling(self.spec)
+      except ValueError as e:
+        raise InferenceError(str(e)) from e
+    self.rf_restorer, self.rf_estimator = self.family.receptive_fields(self.spec)
     if tile_overlap is None:
       tile_overlap = default_tile_overlap(self.spec) if tile else 0
     if tile and not 0 <= tile_overlap < tile:
@@ -201,8 +182,12 @@ class Predictor:
     rep, data = parallel.replicated(self.mesh), parallel.data_sharded(self.mesh)
     self.variables = jax.device_put(variables, rep)
     self._whole = jax.jit(self._whole_fn, in_shardings=(rep, data), out_shardings=data)
-    self._restore = jax.jit(self._restore_fn, in_shardings=(rep, data, rep), out_shardings=data)
-    self._pool = jax.jit(self._pool_fn, in_shardings=(rep, data, data, data), out_shardings=rep)
+    if self.tiling is not None:
+      t = self.tiling
+      self._restore = jax.jit(t.restore, in_shardings=(rep, data, rep), out_shardings=data)
+      if t.features is not None:
+        self._pool = jax.jit(self._pool_fn, in_shardings=(rep, data, data, data), out_shardings=rep)
+        self._head = jax.jit(t.head)
 
   @property
   def scale(self) -> int:
@@ -210,12 +195,25 @@ class Predictor:
 
   @property
   def has_kernel(self) -> bool:
-    return self.spec.version in ("DANv2", "DCLS")
+    return self.family.has_kernel(self.spec)
 
   @property
   def tiled_is_exact(self) -> bool:
     """Whether tiled inference equals whole-image inference (to float rounding)."""
-    return self.spec.version == "DANv2" and self.tile_overlap >= 2 * self.rf_restorer
+    t = self.tiling
+    return t is not None and t.exact and self.tile_overlap >= 2 * self.rf_restorer
+
+  @property
+  def tiled_approximation(self) -> str:
+    """Why tiled results are approximate ("" when they are exact)."""
+    if self.tiled_is_exact:
+      return ""
+    if self.tiling is not None and not self.tiling.exact:
+      return self.tiling.approximate_why
+    return (
+      f"--tile_overlap {self.tile_overlap} < {default_tile_overlap(self.spec)} "
+      "(2x the receptive-field radius)"
+    )
 
   # ---- jitted pieces ----
 
@@ -224,53 +222,10 @@ class Predictor:
     kernel = None if out.kernel is None else out.kernel[-1]
     return out.sr[-1], out.code[-1], kernel
 
-  def _step(self):
-    return models.AlternatingStep(self.spec)
-
-  def _restore_fn(self, variables, lr, code):
-    code = jnp.broadcast_to(code, (lr.shape[0], code.shape[-1]))
-    return self._step().apply(
-      {"params": variables["params"]["alternate"]},
-      lr,
-      code,
-      method=lambda m, x, c: m.restorer(x, c).astype(jnp.float32),
-    )
-
   def _pool_fn(self, variables, sr, lr, weights):
     """Sum over tiles of weights * the Estimator's features before its global pool."""
-    feature = "tail_conv" if self.spec.version == "DANv2" else "out"
-
-    def capture(mdl, method_name):
-      return (
-        method_name == "__call__"
-        and mdl.name == feature
-        and mdl.parent is not None
-        and getattr(mdl.parent, "name", None) == "estimator"
-      )
-
-    _, state = self._step().apply(
-      {"params": variables["params"]["alternate"]},
-      sr,
-      lr,
-      method=lambda m, s, x: m.estimator(s, x),
-      capture_intermediates=capture,
-    )
-    f = state["intermediates"]["estimator"][feature]["__call__"][0]
+    f = self.tiling.features(variables, sr, lr)
     return jnp.einsum("bhw,bhwc->c", weights, f.astype(jnp.float32))
-
-  def _head(self, pooled: np.ndarray) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """Code (and kernel) from globally pooled Estimator features, as the model's head."""
-    if self.spec.version == "DANv1":
-      return pooled.astype(np.float32), None
-    tail = self.variables["params"]["alternate"]["estimator"]["tail_kernel"]
-    logits = pooled @ np.asarray(tail["kernel"], np.float64)[0, 0] + np.asarray(
-      tail["bias"], np.float64
-    )
-    kernel = np.exp(logits - logits.max())
-    kernel /= kernel.sum()
-    code = kernel @ np.asarray(self.variables["pca"]["matrix"], np.float64)
-    k = self.spec.kernel_size
-    return code.astype(np.float32), kernel.reshape(k, k).astype(np.float32)
 
   # ---- whole images ----
 
@@ -341,16 +296,16 @@ class Predictor:
 
   def _run_tiled(self, lr: np.ndarray) -> Prediction:
     h, w, _ = lr.shape
-    s = self.scale
+    s, t = self.scale, self.tiling
     th, tw, boxes = self._tiles(h, w)
     size = parallel.round_up(min(self.batch_size, len(boxes)), self.num_devices)
-    sr_win = self._windows(h, w, th, tw, boxes, s, self.rf_restorer)
-    lr_win = self._windows(h, w, th, tw, boxes, 1, self.rf_estimator)
+    sr_win = self._windows(h, w, th, tw, boxes, s, t.restorer_radius)
+    if t.features is not None:
+      lr_win = self._windows(h, w, th, tw, boxes, 1, t.estimator_radius)
     lr_tile = lambda y, x: lr[y : y + th, x : x + tw]
-    pca = np.asarray(self.variables["pca"]["matrix"])
-    code = np.asarray(models.delta_code(pca, self.spec.kernel_size))[None]
+    code = np.asarray(t.initial_code(self.variables))
     kernel = None
-    for _ in range(self.spec.loops):
+    for _ in range(t.loops):
       sr = np.zeros((h * s, w * s, 3), np.float32)
       for i, group in self._batches(boxes):
         tiles = self._pad_batch([lr_tile(y, x) for y, x in group], size)
@@ -358,6 +313,8 @@ class Predictor:
           out = np.asarray(self._restore(self.variables, tiles, code))
         for j, (y, x) in enumerate(group):
           sr[y * s : (y + th) * s, x * s : (x + tw) * s] += out[j] * sr_win(i + j)[..., None]
+      if t.features is None:  # no kernel estimate: one pass of the Restorer
+        continue
       pooled = 0.0
       for i, group in self._batches(boxes):
         sr_tiles = self._pad_batch(
@@ -368,8 +325,10 @@ class Predictor:
         with precision_lib.precision_scope(self.precision):
           part = self._pool(self.variables, sr_tiles, lr_tiles, weights)
         pooled = pooled + np.asarray(part, np.float64)
-      code_1d, kernel = self._head(pooled)
-      code = code_1d[None]
+      with precision_lib.precision_scope(self.precision):
+        code_1d, kernel = jax.device_get(self._head(self.variables, pooled.astype(np.float32)))
+      code = np.asarray(code_1d, np.float32)[None]
+      kernel = None if kernel is None else np.asarray(kernel, np.float32)
     return Prediction(sr, code[0], kernel)
 
   # ---- public ----

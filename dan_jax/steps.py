@@ -16,6 +16,7 @@ import dataclasses
 import functools
 from typing import Any, Callable, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import Mesh
@@ -27,6 +28,9 @@ import optax
 from dan_jax import models
 from dan_jax import parallel
 from dan_jax import precision as precision_lib
+from dan_jax.models import spec as spec_lib
+from dan_jax.models.spec import ModelOutput
+from dan_jax.models.spec import ModelSpec
 from dan_jax.train_state import create_train_state
 from dan_jax.train_state import TrainState
 
@@ -103,32 +107,15 @@ def create_optimizer(
   return optax.chain(*parts)
 
 
-def _l1(a: jax.Array, b: jax.Array) -> jax.Array:
-  return jnp.mean(jnp.abs(a.astype(jnp.float32) - b.astype(jnp.float32)))
-
-
-def _iteration_losses(out: models.DANOutput, batch: dict) -> tuple[jax.Array, jax.Array]:
-  """Per-iteration ([n],[n]) L1 of SR vs HR and of the kernel term (official nn.L1Loss).
-
-  The kernel term is L1(kernel, true kernel) for DANv2 (official `cri_pix(kernels[i],
-  real_kernel)`), L1(code, true code) for DANv1, whose Estimator predicts the code, and
-  L1(kernel, reformulated kernel) for DCLS (batch 'lr_blurred', 'lr_clean').
-  """
-  pix = jax.vmap(lambda sr: _l1(sr, batch["hr"]))(out.sr)
-  if "lr_blurred" in batch:  # DCLS: L1 to the reformulated kernel (official CorrectionLoss)
-    target = models.reformulated_kernel(
-      batch["lr_blurred"], batch["lr_clean"], out.kernel.shape[-1]
-    )
-    ker = jax.vmap(lambda k: _l1(k, target))(out.kernel)
-  elif out.kernel is not None:
-    ker = jax.vmap(lambda k: _l1(k, batch["kernel"]))(out.kernel)
-  else:
-    ker = jax.vmap(lambda c: _l1(c, batch["code"]))(out.code)
-  return pix, ker
+def _iteration_losses(model: nn.Module, out: ModelOutput, batch: dict) -> tuple:
+  """Per-iteration ([n],[n]) L1 of SR vs HR (official nn.L1Loss) and the family's kernel
+  term (`kernel_loss` of the model's family)."""
+  pix = jax.vmap(lambda sr: spec_lib.l1(sr, batch["hr"]))(out.sr)
+  return pix, models.family(model.spec).kernel_loss(out, batch)
 
 
 def compute_losses(
-  model: models.DAN,
+  model: nn.Module,
   params: Any,
   pca: Any,
   batch: dict,
@@ -153,16 +140,16 @@ def compute_losses(
   variables = lambda p: {"params": p, "pca": pca}
   if supervise_all or not cheap_gradient or n == 1:
     out = model.apply(variables(params), batch["lr"])
-    pix, ker = _iteration_losses(out, batch)
+    pix, ker = _iteration_losses(model, out, batch)
     per_iter = pix + kernel_loss_weight * ker
     loss = jnp.sum(per_iter) if supervise_all else per_iter[-1]
     return loss, {"l_pix": pix, "l_ker": ker}
   prev = model.apply(variables(jax.lax.stop_gradient(params)), batch["lr"], iterations=n - 1)
-  prev_pix, prev_ker = _iteration_losses(prev, batch)
+  prev_pix, prev_ker = _iteration_losses(model, prev, batch)
   last = model.apply(
     variables(params), batch["lr"], initial_code=jax.lax.stop_gradient(prev.code[-1]), iterations=1
   )
-  pix, ker = _iteration_losses(last, batch)
+  pix, ker = _iteration_losses(model, last, batch)
   loss = pix[-1] + kernel_loss_weight * ker[-1]
   return loss, {
     "l_pix": jnp.concatenate([jax.lax.stop_gradient(prev_pix), pix]),
@@ -178,7 +165,7 @@ def train_step(
   state: TrainState,
   batch: dict,
   *,
-  model: models.DAN,
+  model: nn.Module,
   tx: optax.GradientTransformation,
   kernel_loss_weight: float = 1.0,
   supervise_all: bool = False,
@@ -240,7 +227,7 @@ def train_step(
 
 
 def eval_step(
-  variables: dict, lr: jax.Array, *, model: models.DAN
+  variables: dict, lr: jax.Array, *, model: nn.Module
 ) -> tuple[jax.Array, jax.Array, Optional[jax.Array]]:
   """The last iteration's (sr [B,sh,sw,3] in [0,1], code [B,L], kernel [B,k,k] or None)."""
   out = model.apply(variables, lr)
@@ -261,7 +248,7 @@ def _at_precision(fn: Callable, precision: str) -> Callable:
 
 
 def make_train_step(
-  model: models.DAN,
+  model: nn.Module,
   tx: optax.GradientTransformation,
   mesh: Mesh,
   *,
@@ -291,7 +278,7 @@ def make_train_step(
   )
 
 
-def make_eval_step(model: models.DAN, mesh: Mesh, precision: str = "highest") -> Callable:
+def make_eval_step(model: nn.Module, mesh: Mesh, precision: str = "highest") -> Callable:
   """`eval_step` jitted over the mesh: variables replicated, images sharded over 'data'
   (one compile per image size); outputs gathered (replicated) for the host. Float32
   precision by default, so validation numbers are the protocol's on every platform."""
@@ -316,7 +303,7 @@ OPTIMIZER_FIELDS = (
 
 @functools.lru_cache(maxsize=8)
 def step_functions(
-  spec: models.ModelSpec,
+  spec: ModelSpec,
   optimizer: tuple,
   mesh: Mesh,
   kernel_loss_weight: float,
@@ -348,7 +335,7 @@ def step_functions(
 
 
 def benchmark_step(
-  model: models.DAN,
+  model: nn.Module,
   variables: dict,
   batch: dict,
   *,

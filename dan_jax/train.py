@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator, Optional
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
+import flax.linen as nn
 import jax
 from jax.sharding import Mesh
 from jax.sharding import NamedSharding
@@ -40,6 +41,7 @@ from dan_jax import storage
 from dan_jax import validation
 from dan_jax.errors import ShardingError
 from dan_jax.errors import TrainingError
+from dan_jax.models.spec import ModelSpec
 from dan_jax.preemption import PreemptionWatch
 from dan_jax.recovery import Recovery
 from dan_jax.train_state import create_train_state
@@ -262,7 +264,7 @@ def _prepare_workdir(workdir: str) -> str:
 
 
 def _initial_variables(
-  config: ml_collections.ConfigDict, model: models.DAN, spec: models.ModelSpec
+  config: ml_collections.ConfigDict, model: nn.Module, spec: ModelSpec
 ) -> dict:
   """Fresh variables (new PCA) or those of config.init_checkpoint."""
   if config.init_checkpoint:
@@ -295,8 +297,8 @@ def _initial_variables(
 
 def _initial_state(
   config: ml_collections.ConfigDict,
-  spec: models.ModelSpec,
-  model: models.DAN,
+  spec: ModelSpec,
+  model: nn.Module,
   tx: optax.GradientTransformation,
   manager: ocp.CheckpointManager,
   sharding: NamedSharding,
@@ -318,10 +320,10 @@ class _Run:
   """What the loop's helpers share: the config, the jitted steps, shardings, outputs."""
 
   config: ml_collections.ConfigDict
-  spec: models.ModelSpec
+  spec: ModelSpec
   workdir: str
   mesh: Mesh
-  model: models.DAN
+  model: nn.Module
   tx: optax.GradientTransformation
   learning_rate_fn: optax.Schedule
   p_train_step: Callable  # (state, batch) -> (state, device metrics)

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import numpy as np
 import optax
 
 from dan_jax import models
+from dan_jax.models.spec import ModelSpec
 
 # Recovery counters of the state (checkpoints saved before they existed lack them).
 COUNTERS = ("skipped", "nonfinite_run", "data_offset")
@@ -69,7 +71,7 @@ def create_train_state(
 
 
 def state_template(
-  spec: models.ModelSpec, model: models.DAN, tx: optax.GradientTransformation, use_ema: bool
+  spec: ModelSpec, model: nn.Module, tx: optax.GradientTransformation, use_ema: bool
 ) -> TrainState:
   """A state of the right shapes for restoring (values come from the checkpoint)."""
   pca_shape = np.zeros((spec.kernel_size**2, spec.code_len), np.float32)

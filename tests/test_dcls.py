@@ -27,6 +27,7 @@ from dan_jax import convert
 from dan_jax import errors
 from dan_jax import models
 from dan_jax.models import dcls
+from dan_jax.models import spec as spec_lib
 
 import test_notebooks  # the nbclient runner
 from test_notebooks import kernel_env  # noqa: F401  (a pytest fixture of this module)
@@ -67,9 +68,9 @@ def test_parameter_count_equals_official(kernel_size, scale):
 @pytest.mark.parametrize("case", CASES)
 def test_forward_matches_official(case):
   data = np.load(FIXTURES / f"parity_dcls_{case}.npz")
-  config = convert.infer_dcls_config(_state_dict(data))
+  config = convert.model_config_from_state_dict(_state_dict(data))
   assert (config.nf, config.nb, config.ng, config.input_para) == (16, 2, 2, 4)
-  variables = convert.dcls_params_from_torch(_state_dict(data), config)
+  variables = convert.params_from_torch(_state_dict(data), config)
   model = models.create_model(config)
   out, inter = jax.jit(lambda v, x: model.apply(v, x, capture_intermediates=True))(
     variables, data["lr"]
@@ -153,7 +154,7 @@ def test_remat_gives_the_gradients_of_no_remat():
   kernel = rng.uniform(size=(2, 5, 5))
   kernel = jnp.asarray(kernel / kernel.sum((1, 2), keepdims=True), jnp.float32)
   grads, temp = {}, {}
-  for mode in models.REMAT_MODES:
+  for mode in spec_lib.REMAT_MODES:
     restorer = dcls.Restorer(nf=16, nb=2, ng=2, scale=2, gemm_grad=True, remat=mode)
     params = restorer.init(jax.random.key(0), lr, kernel)["params"]
     loss = lambda p, r=restorer: jnp.mean(jnp.abs(r.apply({"params": p}, lr, kernel) - 0.5))
@@ -298,8 +299,8 @@ def test_predictor_runs_dcls_whole_images_and_refuses_tiles():
   from dan_jax import predict
 
   data = np.load(FIXTURES / "parity_dcls_x4_setting1.npz")
-  config = convert.infer_dcls_config(_state_dict(data))
-  variables = convert.dcls_params_from_torch(_state_dict(data), config)
+  config = convert.model_config_from_state_dict(_state_dict(data))
+  variables = convert.params_from_torch(_state_dict(data), config)
   predictor = predict.Predictor(config, variables)
   pred = predictor.predict(data["lr"][0])
   assert predictor.has_kernel and not predictor.tiled_is_exact

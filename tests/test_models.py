@@ -12,6 +12,7 @@ import pytest
 from dan_jax import convert
 from dan_jax import errors
 from dan_jax import models
+from dan_jax.models import layers
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
 
@@ -229,9 +230,9 @@ def test_conv_gemm_grad_matches_xla_gradient(k, padding, stride):
   )
   g = jnp.asarray(rng.normal(size=plain(x, kernel).shape), jnp.float32)
   want = jax.vjp(plain, x, kernel)[1](g)
-  got = jax.vjp(lambda x, w: models.conv_gemm_grad(x, w, padding, stride), x, kernel)[1](g)
+  got = jax.vjp(lambda x, w: layers.conv_gemm_grad(x, w, padding, stride), x, kernel)[1](g)
   np.testing.assert_allclose(
-    plain(x, kernel), models.conv_gemm_grad(x, kernel, padding, stride), rtol=1e-6
+    plain(x, kernel), layers.conv_gemm_grad(x, kernel, padding, stride), rtol=1e-6
   )
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
@@ -246,5 +247,5 @@ def test_constant_channels_conv_equals_stretched_conv():
   want = jax.lax.conv_general_dilated(
     stretched, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
   )
-  got = models.constant_channels_conv(const, kernel, 5, 7, 1)
+  got = layers.constant_channels_conv(const, kernel, 5, 7, 1)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -1,69 +1,97 @@
-"""The networks: one module per method family, re-exported here.
+"""The networks: a table of model families, each one module (see `spec.Family`).
 
-`from dan_jax import models; models.create_model(config)` is the entry point; the DAN
-family (DANv1, DANv2) lives in `models.dan`, DCLS-SR in `models.dcls`, the layers they
-share (PyTorch-compatible convolutions and default init) in `models.layers`.
+`FAMILIES` maps a `model.version` to its family module; `create_model(config)` and
+`init_variables` are the entry points. A new method is a module here and a line in the
+table.
 """
 
-from dan_jax.models.dan import AlternatingStep
-from dan_jax.models.dan import ChannelAttention
-from dan_jax.models.dan import count_params
-from dan_jax.models.dan import CRB
-from dan_jax.models.dan import create_model
-from dan_jax.models.dan import DAN
-from dan_jax.models.dan import DANOutput
-from dan_jax.models.dan import delta_code
-from dan_jax.models.dan import DPCB
-from dan_jax.models.dan import DPCG
-from dan_jax.models.dan import EstimatorV1
-from dan_jax.models.dan import EstimatorV2
-from dan_jax.models.dan import init_variables
-from dan_jax.models.dan import ModelSpec
-from dan_jax.models.dan import REMAT_MODES
-from dan_jax.models.dan import RestorerV1
-from dan_jax.models.dan import RestorerV2
-from dan_jax.models.dan import SCALES
-from dan_jax.models.dan import spec_from_config
-from dan_jax.models.dan import VERSIONS
-from dan_jax.models.dcls import DCLS
-from dan_jax.models.dcls import FILTER_STRUCTURES
-from dan_jax.models.dcls import reformulated_kernel
-from dan_jax.models.layers import constant_channels_conv
-from dan_jax.models.layers import Conv2d
-from dan_jax.models.layers import conv_gemm_grad
-from dan_jax.models.layers import leaky_relu
-from dan_jax.models.layers import pixel_shuffle
-from dan_jax.models.layers import Upsampler
+from __future__ import annotations
 
-# Temporary: the family-table rewrite (issue 20) replaces these re-exports.
-__all__ = [
-  "AlternatingStep",
-  "ChannelAttention",
-  "CRB",
-  "DAN",
-  "DANOutput",
-  "DPCB",
-  "DPCG",
-  "EstimatorV1",
-  "EstimatorV2",
-  "ModelSpec",
-  "REMAT_MODES",
-  "RestorerV1",
-  "RestorerV2",
-  "SCALES",
-  "VERSIONS",
-  "count_params",
-  "create_model",
-  "delta_code",
-  "init_variables",
-  "spec_from_config",
-  "DCLS",
-  "FILTER_STRUCTURES",
-  "reformulated_kernel",
-  "Conv2d",
-  "Upsampler",
-  "constant_channels_conv",
-  "conv_gemm_grad",
-  "leaky_relu",
-  "pixel_shuffle",
-]
+import types
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dan_jax.models import dan
+from dan_jax.models import dcls
+from dan_jax.models import layers
+from dan_jax.models.spec import build_spec
+from dan_jax.models.spec import ModelSpec
+
+FAMILIES: dict[str, types.ModuleType] = {
+  "DANv1": dan,
+  "DANv2": dan,
+  "DCLS": dcls,
+}
+VERSIONS = tuple(FAMILIES)
+
+
+def family(version_or_spec: Any) -> types.ModuleType:
+  """The family module of a version string, ModelSpec or model config."""
+  version = getattr(version_or_spec, "version", version_or_spec)
+  if isinstance(version_or_spec, dict):
+    version = version_or_spec.get("version", ModelSpec.version)
+  if version not in FAMILIES:
+    raise ValueError(f"model.version must be one of {VERSIONS}, got {version!r}")
+  return FAMILIES[version]
+
+
+def spec_from_config(model_config: Any) -> ModelSpec:
+  """Validates a model config (ConfigDict, dict or ModelSpec) into a ModelSpec.
+
+  Raises:
+    ValueError: naming the field when a value is out of range.
+  """
+  if isinstance(model_config, ModelSpec):
+    return model_config
+  get = model_config.get if hasattr(model_config, "get") else lambda k, d: d
+  fam = family(get("version", ModelSpec.version))
+  spec = build_spec(model_config, fam.DEFAULTS)
+  fam.validate(spec)
+  return spec
+
+
+def create_model(model_config: Any) -> nn.Module:
+  """The module described by `model_config` (see configs/default.py: `model`).
+
+  Every family's module is called as `apply(variables, lr)` -> `spec.ModelOutput`.
+  """
+  spec = spec_from_config(model_config)
+  return family(spec).create(spec)
+
+
+def init_variables(model: nn.Module, rng: Any, pca_matrix: Any) -> dict:
+  """Initialises parameters (PyTorch's default init, then the family's) and the PCA matrix.
+
+  Args:
+    model: from `create_model`.
+    rng: an int seed or a JAX PRNG key.
+    pca_matrix: [k*k, code_len] PCA encoder (see `degradation.build_pca`).
+  Returns:
+    {'params': ..., 'pca': {'matrix': ...}} as numpy arrays (host memory).
+  """
+  s = model.spec
+  pca_matrix = np.asarray(pca_matrix, np.float32)
+  if pca_matrix.shape != (s.kernel_size**2, s.code_len):
+    raise ValueError(
+      f"pca_matrix must have shape {(s.kernel_size**2, s.code_len)} for "
+      f"kernel_size {s.kernel_size} and code_len {s.code_len}, got "
+      f"{pca_matrix.shape}"
+    )
+  if not isinstance(rng, (int, np.integer)):
+    rng = np.asarray(jax.random.key_data(rng)).astype(np.uint64)
+    rng = int(rng.reshape(-1)[-1] + (rng.reshape(-1)[0] << np.uint64(32)))
+  lr = jax.ShapeDtypeStruct((1, 8, 8, s.in_nc), jnp.float32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, iterations=1), lr)
+  params = layers.torch_default_params(flax.core.unfreeze(shapes["params"]), rng)
+  params = family(s).init_params(params, rng, s)
+  return {"params": params, "pca": {"matrix": pca_matrix}}
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a parameter tree (shapes or arrays)."""
+  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))

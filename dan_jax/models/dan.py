@@ -12,43 +12,29 @@ The PCA matrix is a model variable (collection `pca`), so a checkpoint is self-c
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Mapping, Optional
+import math
+import re
+from typing import Any, Iterator, Mapping, Optional
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dan_jax.models import layers
+from dan_jax.errors import ConversionError
+from dan_jax.models import spec as spec_lib
+from dan_jax.models import torch_weights
 from dan_jax.models.layers import _opts
-
-# The shared layers, importable from here too (as before they moved to `layers`).
+from dan_jax.models.layers import ChannelAttention
 from dan_jax.models.layers import Conv2d
 from dan_jax.models.layers import leaky_relu
 from dan_jax.models.layers import Upsampler
+from dan_jax.models.spec import ModelOutput
+from dan_jax.models.spec import ModelSpec
 
 Array = jax.Array
 
-VERSIONS = ("DANv1", "DANv2", "DCLS")  # DCLS lives in models/dcls.py
-SCALES = (2, 3, 4)
-
-
-@flax.struct.dataclass
-class DANOutput:
-  """What one forward pass returns; the leading axis is the alternating iteration.
-
-  Attributes:
-    sr: [iterations, B, s*H, s*W, C] super-resolved images, one per iteration.
-    code: [iterations, B, code_len] kernel codes estimated at each iteration.
-    kernel: [iterations, B, k, k] estimated kernels (DANv2, DCLS); None for DANv1, whose
-      Estimator predicts the code directly.
-  """
-
-  sr: Array
-  code: Array
-  kernel: Optional[Array] = None
+VERSIONS = ("DANv1", "DANv2")
 
 
 # ---------------------------------------------------------------------------------------
@@ -57,22 +43,6 @@ class DANOutput:
 
 
 # ---- DANv1 blocks ----
-
-
-class ChannelAttention(nn.Module):
-  """CALayer: x * sigmoid(conv(lrelu(conv(mean_hw(x)))))."""
-
-  reduction: int = 16
-  dtype: Any = jnp.float32
-  gemm_grad: bool = False  # see Conv2d
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    nf = x.shape[-1]
-    y = jnp.mean(x, axis=(1, 2), keepdims=True)
-    y = Conv2d(nf // self.reduction, 1, **_opts(self), name="squeeze")(y)
-    y = Conv2d(nf, 1, **_opts(self), name="excite")(leaky_relu(y))
-    return x * nn.sigmoid(y)
 
 
 class CRB(nn.Module):
@@ -239,15 +209,7 @@ class AlternatingStep(nn.Module):
 
   def setup(self):
     c = self.config
-    on_cpu = jax.default_backend() == "cpu"
-    if c.conv_backward == "gemm" and not on_cpu:
-      # The GEMM gradient is a convolution whose window is the whole activation map:
-      # fast with XLA:CPU's dot emitter, pathological on GPU/TPU convolution units.
-      raise ValueError(
-        f"model.conv_backward = 'gemm' is for the CPU only (backend "
-        f"{jax.default_backend()}): use 'auto' or 'xla'"
-      )
-    gemm_grad = c.conv_backward == "gemm" or (c.conv_backward == "auto" and on_cpu)
+    gemm_grad = spec_lib.gemm_grad(c)
     if c.version == "DANv1":
       self.restorer = RestorerV1(c.nf, c.nb, c.scale, c.in_nc, c.dtype, gemm_grad)
       self.estimator = EstimatorV1(
@@ -271,40 +233,6 @@ class AlternatingStep(nn.Module):
     return new_code, (sr, new_code, kernel)
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  """The hashable, validated form of a model config (see `spec_from_config`)."""
-
-  version: str = "DANv2"
-  scale: int = 4
-  nf: int = 64
-  nb: int = 10
-  ng: int = 5
-  in_nc: int = 3
-  loops: int = 4
-  kernel_size: int = 21
-  code_len: int = 10
-  estimator_nf: int = 64
-  estimator_nb: int = 5
-  scan_unroll: int = 1
-  dtype: Any = jnp.float32
-  conv_backward: str = "auto"
-  input_para: int = 256  # DCLS: length of the Estimator's latent (official input_para)
-  reduction: int = 4  # DCLS: channel reduction of the CLS branch and the attention
-  remat: str = "none"  # DCLS: rematerialisation in the backward pass (see REMAT_MODES)
-
-
-# DCLS `remat` modes: what the backward pass recomputes instead of keeping from the forward.
-# "none": keep every activation; "groups": keep only each DPCAG group's inputs and recompute
-# a group's forward when its gradient is needed; "blocks": the same per DPCAB block.
-REMAT_MODES = ("none", "groups", "blocks")
-
-# DCLS defaults for the fields a config leaves out (one pass; the official Estimator has
-# 3 residual blocks; rematerialised groups: 0.3x the train-step memory for a few percent of
-# its speed, benchmarks/RESULTS.md).
-_DCLS_DEFAULTS = {"loops": 1, "estimator_nb": 3, "remat": "groups"}
-
-
 def delta_code(pca: Array, kernel_size: int) -> Array:
   """PCA code of the delta kernel (a 1 at the centre pixel): the loop's starting code."""
   c = kernel_size // 2
@@ -325,7 +253,7 @@ class DAN(nn.Module):
   @nn.compact
   def __call__(
     self, lr: Array, initial_code: Optional[Array] = None, iterations: Optional[int] = None
-  ) -> DANOutput:
+  ) -> ModelOutput:
     s = self.spec
     if lr.ndim != 4 or lr.shape[-1] != s.in_nc:
       raise ValueError(f"lr must be [B, H, W, {s.in_nc}], got shape {lr.shape}")
@@ -340,7 +268,7 @@ class DAN(nn.Module):
       # One iteration (the differentiated last iteration of a train step): called directly,
       # as flax's scan would trace its body twice. Same parameter tree ("alternate/...").
       _, (sr, code, kernel) = AlternatingStep(s, name="alternate")(initial_code, lr, pca)
-      return DANOutput(
+      return ModelOutput(
         sr=sr[None], code=code[None], kernel=None if kernel is None else kernel[None]
       )
     scan = nn.scan(
@@ -352,160 +280,347 @@ class DAN(nn.Module):
       unroll=max(1, min(s.scan_unroll, n)),
     )
     _, (sr, code, kernel) = scan(s, name="alternate")(initial_code, lr, pca)
-    return DANOutput(sr=sr, code=code, kernel=kernel)
+    return ModelOutput(sr=sr, code=code, kernel=kernel)
 
 
 # ---------------------------------------------------------------------------------------
-# Construction
+# The family contract (models.spec.Family)
 # ---------------------------------------------------------------------------------------
 
+DEFAULTS: dict = {}
+ARCH_FIELDS = (
+  "version",
+  "scale",
+  "nf",
+  "nb",
+  "ng",
+  "in_nc",
+  "loops",
+  "kernel_size",
+  "code_len",
+  "estimator_nf",
+  "estimator_nb",
+)
 
-def _get(config: Any, name: str, default: Any) -> Any:
-  if isinstance(config, Mapping):
-    return config.get(name, default)
-  return getattr(config, name, default)
+
+def arch_fields(version: str) -> tuple[str, ...]:
+  """The fields that make a checkpoint another model (DANv1 has no groups)."""
+  return tuple(f for f in ARCH_FIELDS if not (f == "ng" and version == "DANv1"))
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-def spec_from_config(model_config: Any) -> ModelSpec:
-  """Validates a model config (ConfigDict, dict or ModelSpec) into a ModelSpec.
-
-  Raises:
-    ValueError: naming the field when a value is out of range.
-  """
-  if isinstance(model_config, ModelSpec):
-    return model_config
-  fields = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
-  known = set(fields) | {"name"}
-  keys = set(model_config.keys()) if hasattr(model_config, "keys") else set()
-  unknown = sorted(keys - known)
-  if unknown:
-    raise ValueError(f"unknown model config field(s) {unknown}; known: {sorted(fields)}")
-  if _get(model_config, "version", fields["version"]) == "DCLS":
-    fields.update(_DCLS_DEFAULTS)
-  values = {k: _get(model_config, k, d) for k, d in fields.items()}
-  dtype = values["dtype"]
-  if isinstance(dtype, str):
-    if dtype not in _DTYPES:
-      raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    values["dtype"] = _DTYPES[dtype]
-  spec = ModelSpec(**values)
-  if spec.version not in VERSIONS:
-    raise ValueError(f"model.version must be one of {VERSIONS}, got {spec.version!r}")
-  if spec.scale not in SCALES:
-    raise ValueError(f"model.scale must be one of {SCALES}, got {spec.scale!r}")
-  for name in (
-    "nf",
-    "nb",
-    "in_nc",
-    "loops",
-    "kernel_size",
-    "code_len",
-    "estimator_nf",
-    "estimator_nb",
-    "scan_unroll",
-  ):
-    v = getattr(spec, name)
-    if not isinstance(v, (int, np.integer)) or v < 1:
-      raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
-  if spec.version == "DANv2" and (not isinstance(spec.ng, (int, np.integer)) or spec.ng < 1):
-    raise ValueError(f"model.ng must be a positive integer, got {spec.ng!r}")
-  if spec.version == "DCLS":
-    _validate_dcls(spec)
-  if spec.remat not in REMAT_MODES:
-    raise ValueError(f"model.remat must be one of {REMAT_MODES}, got {spec.remat!r}")
-  if spec.remat != "none" and spec.version != "DCLS":
-    raise ValueError(
-      f"model.remat is for DCLS only (version {spec.version!r}), got {spec.remat!r}; use 'none'"
-    )
-  if spec.conv_backward not in ("auto", "gemm", "xla"):
-    raise ValueError(
-      f"model.conv_backward must be 'auto', 'gemm' or 'xla', got {spec.conv_backward!r}"
-    )
-  if spec.kernel_size % 2 == 0:
-    raise ValueError(f"model.kernel_size must be odd, got {spec.kernel_size}")
-  if spec.version == "DANv1" and spec.nf < 16:
+def validate(spec: ModelSpec) -> None:
+  v1 = spec.version == "DANv1"
+  if not v1:
+    spec_lib.check_positive(spec, ("ng",))
+  spec_lib.refuse_remat(spec)
+  if v1 and spec.nf < 16:
     raise ValueError(
       f"model.nf must be >= 16 for DANv1 (channel attention divides by 16), got {spec.nf}"
     )
-  if spec.estimator_nf % 2:
-    raise ValueError(f"model.estimator_nf must be even, got {spec.estimator_nf}")
-  if spec.version == "DANv1" and spec.estimator_nf < 32:
+  if v1 and spec.estimator_nf < 32:
     raise ValueError(
       f"model.estimator_nf must be >= 32 for DANv1 (channel attention over "
       f"estimator_nf/2 channels divides by 16), got {spec.estimator_nf}"
     )
-  return spec
 
 
-def _validate_dcls(spec: ModelSpec) -> None:
-  from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top (dcls imports dan)
-
-  if spec.loops != 1:
-    raise ValueError(f"model.loops must be 1 for DCLS (one pass), got {spec.loops!r}")
-  if spec.kernel_size not in dcls.FILTER_STRUCTURES:
-    raise ValueError(
-      f"model.kernel_size must be one of {sorted(dcls.FILTER_STRUCTURES)} "
-      f"for DCLS (its filter stacks), got {spec.kernel_size}"
-    )
-  for name in ("ng", "input_para", "reduction"):
-    v = getattr(spec, name)
-    if not isinstance(v, (int, np.integer)) or v < 1:
-      raise ValueError(f"model.{name} must be a positive integer, got {v!r}")
-  if spec.nf % spec.reduction or spec.nf // spec.reduction < spec.reduction:
-    raise ValueError(
-      f"model.nf must be a multiple of model.reduction with nf/reduction >= "
-      f"reduction (channel attention), got nf={spec.nf}, "
-      f"reduction={spec.reduction}"
-    )
-
-
-def create_model(model_config: Any) -> nn.Module:
-  """Builds the module described by `model_config` (see configs/default.py: `model`).
-
-  DANv1/DANv2 give a `DAN`, "DCLS" a `models.dcls.DCLS`; both are called the same way.
-  """
-  spec = spec_from_config(model_config)
-  if spec.version == "DCLS":
-    from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top (dcls imports dan)
-
-    return dcls.DCLS(spec)
+def create(spec: ModelSpec) -> nn.Module:
   return DAN(spec)
 
 
-def init_variables(model: DAN, rng: Any, pca_matrix: Any) -> dict:
-  """Initialises parameters (PyTorch's default init) and installs the PCA matrix.
+def init_params(params: dict, seed: int, spec: ModelSpec) -> dict:
+  del seed, spec  # PyTorch's default init everywhere, as the official constructors
+  return params
 
-  Args:
-    model: from `create_model`.
-    rng: an int seed or a JAX PRNG key.
-    pca_matrix: [k*k, code_len] PCA encoder (see `degradation.build_pca`).
-  Returns:
-    {'params': ..., 'pca': {'matrix': ...}} as numpy arrays (host memory).
+
+def has_kernel(spec: ModelSpec) -> bool:
+  return spec.version == "DANv2"  # DANv1's Estimator predicts the code directly
+
+
+def kernel_loss(out: ModelOutput, batch: dict) -> Array:
+  """L1(kernel, true kernel) for DANv2 (official `cri_pix(kernels[i], real_kernel)`),
+  L1(code, true code) for DANv1, whose Estimator predicts the code."""
+  if out.kernel is not None:
+    return jax.vmap(lambda k: spec_lib.l1(k, batch["kernel"]))(out.kernel)
+  return jax.vmap(lambda c: spec_lib.l1(c, batch["code"]))(out.code)
+
+
+def needs_clean_lr(spec: ModelSpec) -> bool:
+  del spec
+  return False
+
+
+def fixed_image_size(spec: ModelSpec) -> bool:
+  del spec
+  return False
+
+
+def receptive_fields(spec: ModelSpec) -> tuple[int, int]:
+  """(Restorer, Estimator-features) receptive-field radii in LR pixels, rounded up.
+
+  Restorer: 3x3 head, two 3x3 convs per block, 3x3 fusion, then the upsampler's convs
+  (the ones after a PixelShuffle count a fraction of an LR pixel); +1 covers the SR-to-LR
+  pixel-centre offset. Estimator (up to its global pool): LR head (5x5 in v2, 1x1 in v1)
+  and the strided SR head (radius 2 LR pixels), two 3x3 convs per block, a 3x3 tail.
   """
-  s = model.spec
-  pca_matrix = np.asarray(pca_matrix, np.float32)
-  if pca_matrix.shape != (s.kernel_size**2, s.code_len):
-    raise ValueError(
-      f"pca_matrix must have shape {(s.kernel_size**2, s.code_len)} for "
-      f"kernel_size {s.kernel_size} and code_len {s.code_len}, got "
-      f"{pca_matrix.shape}"
+  if spec.version == "DANv2":
+    restorer = 1 + 2 * spec.nb * spec.ng + 1 + 2 + 1
+    estimator = 2 + 2 * spec.estimator_nb + 1 + 1
+  else:
+    restorer = 1 + 2 * spec.nb + 1 + 2 + 1
+    estimator = math.ceil(4 / spec.scale) + 1 + 2 * spec.estimator_nb + 1 + 1
+  return restorer, estimator
+
+
+def tiling(spec: ModelSpec) -> spec_lib.Tiling:
+  """Tiles run the Restorer; the Estimator's features before its global pool are summed
+  over the tiles, and its head turns the pool into the next code."""
+  step = AlternatingStep(spec)
+  v2 = spec.version == "DANv2"
+  feature = "tail_conv" if v2 else "out"
+  alternate = lambda variables: {"params": variables["params"]["alternate"]}
+
+  def restore(variables, lr, code):
+    code = jnp.broadcast_to(code, (lr.shape[0], code.shape[-1]))
+    return step.apply(
+      alternate(variables), lr, code, method=lambda m, x, c: m.restorer(x, c).astype(jnp.float32)
     )
-  if not isinstance(rng, (int, np.integer)):
-    rng = np.asarray(jax.random.key_data(rng)).astype(np.uint64)
-    rng = int(rng.reshape(-1)[-1] + (rng.reshape(-1)[0] << np.uint64(32)))
-  lr = jax.ShapeDtypeStruct((1, 8, 8, s.in_nc), jnp.float32)
-  shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, iterations=1), lr)
-  params = layers.torch_default_params(flax.core.unfreeze(shapes["params"]), rng)
-  if s.version == "DCLS":  # the official DCLS constructors re-draw some layers
-    from dan_jax.models import dcls  # pylint: disable=g-import-not-at-top (dcls imports dan)
 
-    params = dcls.official_init(params, rng)
-  return {"params": params, "pca": {"matrix": pca_matrix}}
+  def capture(mdl, method_name):
+    return (
+      method_name == "__call__"
+      and mdl.name == feature
+      and mdl.parent is not None
+      and getattr(mdl.parent, "name", None) == "estimator"
+    )
+
+  def features(variables, sr, lr):
+    _, state = step.apply(
+      alternate(variables),
+      sr,
+      lr,
+      method=lambda m, s, x: m.estimator(s, x),
+      capture_intermediates=capture,
+    )
+    return state["intermediates"]["estimator"][feature]["__call__"][0]
+
+  def head(variables, pooled):
+    """Code (and kernel) from the globally pooled features, as the Estimator's tail."""
+    pooled = jnp.asarray(pooled, jnp.float32)
+    if not v2:
+      return pooled, None
+    tail = variables["params"]["alternate"]["estimator"]["tail_kernel"]
+    logits = pooled @ tail["kernel"][0, 0] + tail["bias"]
+    kernel = jax.nn.softmax(logits)
+    code = kernel @ variables["pca"]["matrix"]
+    k = spec.kernel_size
+    return code, kernel.reshape(k, k)
+
+  restorer, estimator = receptive_fields(spec)
+  return spec_lib.Tiling(
+    restorer_radius=restorer,
+    estimator_radius=estimator,
+    loops=spec.loops,
+    exact=v2,
+    approximate_why="" if v2 else "DANv1's channel attention pools over the whole image",
+    initial_code=lambda v: delta_code(jnp.asarray(v["pca"]["matrix"]), spec.kernel_size)[None],
+    restore=restore,
+    features=features,
+    head=head,
+  )
 
 
-def count_params(params: Any) -> int:
-  """Number of scalars in a parameter tree (shapes or arrays)."""
-  return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+# ---------------------------------------------------------------------------------------
+# Official weights (github greatlog/DAN)
+# ---------------------------------------------------------------------------------------
+
+# Official YAML option -> our model config field.
+_OFFICIAL_TO_OURS = {
+  "nf": "nf",
+  "nb": "nb",
+  "ng": "ng",
+  "in_nc": "in_nc",
+  "upscale": "scale",
+  "input_para": "code_len",
+  "kernel_size": "kernel_size",
+  "loop": "loops",
+}
+# Sizes the official code fixes in its Estimators (not YAML options); overridable here.
+_EXTRA_FIELDS = ("estimator_nf", "estimator_nb")
+
+
+def official_config(version: str, **official_options: Any) -> dict:
+  """Our model config fields from the official `network_G.setting` YAML options.
+
+  `nf`, `nb`, `ng`, `in_nc`, `upscale`, `input_para`, `kernel_size`, `loop` as in the
+  official YAMLs (`estimator_nf`/`estimator_nb` also accepted); missing ones take the
+  official class defaults (DAN.__init__ of each version).
+  """
+  unknown = sorted(set(official_options) - set(_OFFICIAL_TO_OURS) - set(_EXTRA_FIELDS))
+  if unknown:
+    raise ValueError(
+      f"unknown official option(s) {unknown}; known: "
+      f"{sorted(_OFFICIAL_TO_OURS) + list(_EXTRA_FIELDS)}"
+    )
+  cfg = dict(
+    version=version,
+    scale=4,
+    nf=64,
+    nb=16,
+    ng=5,
+    in_nc=3,
+    loops=8,
+    kernel_size=21,
+    code_len=10,
+    estimator_nf=64,
+    estimator_nb=5,
+  )
+  for name, value in official_options.items():
+    cfg[_OFFICIAL_TO_OURS.get(name, name)] = value
+  if version == "DANv1" and cfg["in_nc"] != 3:
+    raise ValueError("DANv1 has no in_nc option: its networks take 3 channels")
+  return cfg
+
+
+def _conv_pairs(spec: ModelSpec) -> Iterator[tuple[str, tuple[str, ...]]]:
+  """(official module name, our parameter path) for every convolution of the model."""
+  r, e = ("alternate", "restorer"), ("alternate", "estimator")
+
+  def crb(prefix, path):
+    yield f"{prefix}.body.0", path + ("conv1",)
+    yield f"{prefix}.body.2", path + ("conv2",)
+    yield f"{prefix}.body.3.body.0", path + ("attention", "squeeze")
+    yield f"{prefix}.body.3.body.2", path + ("attention", "excite")
+
+  def dpcb(prefix, path):
+    for a in (1, 2):
+      for i, j in ((0, 1), (2, 2)):
+        yield f"{prefix}.body{a}.{i}", path + (f"body{a}_conv{j}",)
+
+  v1 = spec.version == "DANv1"
+  if v1:
+    yield "Restorer.head", r + ("head",)
+    for i in range(spec.nb):
+      yield from crb(f"Restorer.body.{i}", r + (f"block{i}",))
+  else:
+    yield "Restorer.head1", r + ("head_lr",)
+    yield "Restorer.head2", r + ("head_code",)
+    for g in range(spec.ng):
+      for b in range(spec.nb):
+        yield from dpcb(f"Restorer.body.{g}.body.{b}", r + (f"group{g}", f"block{b}"))
+  yield "Restorer.fusion", r + ("fusion",)
+  up = ["conv0", "conv1", "out"] if spec.scale == 4 else ["conv0", "out"]
+  for i, name in enumerate(up):
+    yield f"Restorer.upscale.{2 * i}", r + ("upsample", name)
+
+  if v1:
+    yield "Estimator.head_LR", e + ("head_lr",)
+    yield "Estimator.head_HR", e + ("head_sr",)
+    for i in range(spec.estimator_nb):
+      yield from crb(f"Estimator.body.{i}", e + (f"block{i}",))
+    yield "Estimator.out", e + ("out",)
+  else:
+    yield "Estimator.head_LR.0", e + ("head_lr",)
+    yield "Estimator.head_HR.0", e + ("head_sr",)
+    for b in range(spec.estimator_nb):
+      yield from dpcb(f"Estimator.body.body.{b}", e + ("body", f"block{b}"))
+    yield "Estimator.tail.0", e + ("tail_conv",)
+    yield "Estimator.tail.2", e + ("tail_kernel",)
+
+
+_BUFFERS = ("encoder", "init_kernel", "init_ker_map")
+_MARKERS = {"DANv1": "Restorer.head.weight", "DANv2": "Restorer.head1.weight"}
+
+
+def params_from_torch(
+  state_dict: Mapping[str, np.ndarray], spec: ModelSpec, pca_matrix: Any = None
+) -> dict:
+  """Maps an official DAN state_dict (with its `encoder` buffer, the PCA matrix) onto our
+  variables; `pca_matrix` must be None (the weights carry theirs)."""
+  if pca_matrix is not None:
+    raise ConversionError("official DAN weights carry their PCA matrix (the encoder buffer)")
+  sd = torch_weights.strip_prefix(state_dict)
+  other = "DANv2" if spec.version == "DANv1" else "DANv1"
+  if _MARKERS[spec.version] not in sd and _MARKERS[other] in sd:
+    raise ConversionError(f"these weights are {other}, but the model config is {spec.version}")
+  model = DAN(spec)
+  shapes = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), np.zeros((1, 8, 8, spec.in_nc), np.float32), iterations=1)
+  )
+  params, used, problems = torch_weights.map_weights(
+    sd, shapes["params"], _conv_pairs(spec), " (as HWIO)"
+  )
+  k, code_len = spec.kernel_size, spec.code_len
+  if "encoder" not in sd:
+    problems.append("missing encoder (the PCA matrix buffer)")
+  else:
+    encoder = sd["encoder"].astype(np.float32).reshape(-1, sd["encoder"].shape[-1])
+    if encoder.shape != (k * k, code_len):
+      problems.append(
+        f"encoder: shape {encoder.shape} does not fit kernel_size {k} and "
+        f"code_len {code_len}, which need {(k * k, code_len)}"
+      )
+  used.update(b for b in _BUFFERS if b in sd)
+  problems += torch_weights.unexpected(sd, used)
+  torch_weights.fail(
+    problems,
+    f"official {spec.version} x{spec.scale} weights do not match the model config "
+    f"(nf={spec.nf}, nb={spec.nb}"
+    + (f", ng={spec.ng}" if spec.version == "DANv2" else "")
+    + f", kernel_size={k}, code_len={code_len})",
+  )
+  if "init_ker_map" in sd:
+    start = delta_code(encoder, k)
+    if not np.allclose(sd["init_ker_map"].reshape(-1), start, atol=1e-5):
+      raise ConversionError(
+        "init_ker_map is not the code of the delta kernel under the "
+        "encoder: the checkpoint is inconsistent"
+      )
+  return {"params": params, "pca": {"matrix": encoder}}
+
+
+def official_options(state_dict: Mapping[str, np.ndarray]) -> Optional[tuple[str, dict]]:
+  """(version, YAML options) read off an official DAN state_dict; None if it is not one."""
+  sd = torch_weights.strip_prefix(state_dict)
+  if "Restorer.head1.weight" in sd and "Estimator.head_LR.0.weight" in sd:
+    version = "DANv2"
+    nf = sd["Restorer.head1.weight"].shape[0]
+    groups = {int(m.group(1)) for k in sd if (m := re.match(r"Restorer\.body\.(\d+)\.", k))}
+    blocks = {
+      int(m.group(1)) for k in sd if (m := re.match(r"Restorer\.body\.0\.body\.(\d+)\.", k))
+    }
+    est_blocks = {
+      int(m.group(1)) for k in sd if (m := re.match(r"Estimator\.body\.body\.(\d+)\.", k))
+    }
+    opts = dict(
+      nf=nf,
+      nb=len(blocks),
+      ng=len(groups),
+      in_nc=sd["Restorer.head1.weight"].shape[1],
+      estimator_nf=2 * sd["Estimator.head_LR.0.weight"].shape[0],
+      estimator_nb=len(est_blocks),
+    )
+    head_sr = sd["Estimator.head_HR.0.weight"].shape[-1]  # 4 * scale + 1
+    opts["upscale"] = (head_sr - 1) // 4
+  elif "Restorer.head.weight" in sd:
+    version = "DANv1"
+    blocks = {int(m.group(1)) for k in sd if (m := re.match(r"Restorer\.body\.(\d+)\.", k))}
+    est_blocks = {int(m.group(1)) for k in sd if (m := re.match(r"Estimator\.body\.(\d+)\.", k))}
+    opts = dict(
+      nf=sd["Restorer.head.weight"].shape[0],
+      nb=len(blocks),
+      estimator_nf=2 * sd["Estimator.head_LR.weight"].shape[0],
+      estimator_nb=len(est_blocks),
+    )
+    # The upsampler's first conv has nf * scale**2 outputs (x2, x3) or nf * 4 (x4, twice).
+    ratio = sd["Restorer.upscale.0.weight"].shape[0] // opts["nf"]
+    opts["upscale"] = 4 if "Restorer.upscale.4.weight" in sd else int(round(ratio**0.5))
+  else:
+    return None
+  if "encoder" not in sd:
+    raise ConversionError("the state_dict has no encoder buffer (the PCA matrix)")
+  enc = sd["encoder"].reshape(-1, sd["encoder"].shape[-1])
+  opts["input_para"] = enc.shape[1]
+  opts["kernel_size"] = int(round(enc.shape[0] ** 0.5))
+  opts["loop"] = 4  # not stored in the weights: the official test loops
+  return version, opts

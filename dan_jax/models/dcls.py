@@ -7,7 +7,7 @@ upsamples. Every layer mirrors one layer of the official PyTorch code
 one to one (see `convert`). Numerical quirks of the official forward that trained weights
 depend on are reproduced and named where they happen.
 
-The model returns the same `DANOutput` as DAN with one "iteration": `sr` [1,B,sH,sW,C]
+The model returns the same `ModelOutput` as DAN with one "iteration": `sr` [1,B,sH,sW,C]
 (clamped to [0, 1] as the official Restorer does), `kernel` [1,B,k,k] (sum-normalised, may
 have negative taps) and `code` [1,B,code_len], the PCA code of the estimated kernel
 (`kernel.flatten() @ pca`, as DANv2 defines it; the PCA matrix is a model variable).
@@ -15,20 +15,25 @@ have negative taps) and `code` [1,B,code_len], the PCA code of the estimated ker
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+import re
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dan_jax.errors import ConversionError
 from dan_jax.models import dft
-from dan_jax.models.dan import DANOutput
-from dan_jax.models.dan import ModelSpec
+from dan_jax.models import spec as spec_lib
+from dan_jax.models import torch_weights
 from dan_jax.models.layers import _opts
+from dan_jax.models.layers import ChannelAttention
 from dan_jax.models.layers import Conv2d
 from dan_jax.models.layers import torch_uniform
 from dan_jax.models.layers import Upsampler
+from dan_jax.models.spec import ModelOutput
+from dan_jax.models.spec import ModelSpec
 
 Array = jax.Array
 
@@ -69,22 +74,6 @@ class ResBlock(nn.Module):
     nf = x.shape[-1]
     y = Conv2d(nf, 3, padding=1, **_opts(self), name="conv1")(x)
     return x + Conv2d(nf, 3, padding=1, **_opts(self), name="conv2")(lrelu(y))
-
-
-class CALayer(nn.Module):
-  """DCLS channel attention: x * sigmoid(conv(relu(conv(mean_hw(x))))), reduction 4."""
-
-  reduction: int = 4
-  dtype: Any = jnp.float32
-  gemm_grad: bool = False  # see Conv2d
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    nf = x.shape[-1]
-    y = jnp.mean(x, axis=(1, 2), keepdims=True)
-    y = Conv2d(nf // self.reduction, 1, **_opts(self), name="squeeze")(y)
-    y = Conv2d(nf, 1, **_opts(self), name="excite")(nn.relu(y))
-    return x * nn.sigmoid(y)
 
 
 def adaptive_avg_pool_matrix(n: int, out: int) -> np.ndarray:
@@ -238,8 +227,9 @@ class DPCAB(nn.Module):
     f0 = conv(nf0, "body1_conv2")(lrelu(conv(nf0, "body1_conv1")(x0)))
     f1 = conv(nf1, "body2_conv2")(lrelu(conv(nf1, "body2_conv1")(x1)))
     ca0 = conv(nf0, "ca1_conv")(lrelu(jnp.concatenate([f0, f1], axis=-1)))
-    ca0 = CALayer(self.reduction, **_opts(self), name="ca1_attention")(ca0)
-    ca1 = CALayer(self.reduction, **_opts(self), name="ca2_attention")(f1)
+    attention = lambda name: ChannelAttention(self.reduction, 0.0, **_opts(self), name=name)
+    ca0 = attention("ca1_attention")(ca0)  # DCLS's CALayer: ReLU (slope 0)
+    ca1 = attention("ca2_attention")(f1)
     return x0 + ca0, x1 + ca1
 
 
@@ -371,7 +361,7 @@ class DCLS(nn.Module):
   """DCLS-SR: `model.apply(variables, lr)` with lr [B, H, W, C] in [0, 1], H, W >= 7.
 
   `initial_code` is ignored and `iterations` must be None or 1 (one pass); both exist so
-  DCLS is called like DAN. Returns a DANOutput with a leading axis of length 1.
+  DCLS is called like DAN. Returns a ModelOutput with a leading axis of length 1.
   """
 
   spec: ModelSpec
@@ -379,7 +369,7 @@ class DCLS(nn.Module):
   @nn.compact
   def __call__(
     self, lr: Array, initial_code: Optional[Array] = None, iterations: Optional[int] = None
-  ) -> DANOutput:
+  ) -> ModelOutput:
     del initial_code  # one pass: nothing to resume from
     s = self.spec
     if lr.ndim != 4 or lr.shape[-1] != s.in_nc:
@@ -391,10 +381,7 @@ class DCLS(nn.Module):
     pca = self.variable(
       "pca", "matrix", jnp.zeros, (s.kernel_size**2, s.code_len), jnp.float32
     ).value
-    gemm_grad = s.conv_backward == "gemm" or (
-      s.conv_backward == "auto" and jax.default_backend() == "cpu"
-    )
-    opts = dict(dtype=s.dtype, gemm_grad=gemm_grad)
+    opts = dict(dtype=s.dtype, gemm_grad=spec_lib.gemm_grad(s))
     lr = lr.astype(jnp.float32)
     kernel = Estimator(
       s.estimator_nf, s.estimator_nb, s.input_para, s.kernel_size, **opts, name="estimator"
@@ -403,7 +390,7 @@ class DCLS(nn.Module):
       s.nf, s.nb, s.ng, s.scale, s.in_nc, s.reduction, **opts, remat=s.remat, name="restorer"
     )(lr, jax.lax.stop_gradient(kernel))
     code = kernel.reshape(kernel.shape[0], -1) @ pca
-    return DANOutput(sr=sr[None], code=code[None], kernel=kernel[None])
+    return ModelOutput(sr=sr[None], code=code[None], kernel=kernel[None])
 
 
 def reformulated_kernel(
@@ -476,3 +463,263 @@ def official_init(params: Any, seed: int) -> dict:
       restorer[name] = walk(restorer[name], 0.1)
   out["restorer"] = restorer
   return out
+
+
+# ---------------------------------------------------------------------------------------
+# The family contract (models.spec.Family)
+# ---------------------------------------------------------------------------------------
+
+VERSIONS = ("DCLS",)
+# Defaults for the fields a config leaves out (one pass; the official Estimator has 3
+# residual blocks; rematerialised groups: 0.3x the train-step memory for a few percent of
+# its speed, benchmarks/RESULTS.md).
+DEFAULTS = {"loops": 1, "estimator_nb": 3, "remat": "groups"}
+ARCH_FIELDS = (
+  "version",
+  "scale",
+  "nf",
+  "nb",
+  "ng",
+  "in_nc",
+  "loops",
+  "kernel_size",
+  "code_len",
+  "estimator_nf",
+  "estimator_nb",
+  "input_para",
+  "reduction",
+)
+
+
+def arch_fields(version: str) -> tuple[str, ...]:
+  del version
+  return ARCH_FIELDS
+
+
+def validate(spec: ModelSpec) -> None:
+  if spec.loops != 1:
+    raise ValueError(f"model.loops must be 1 for DCLS (one pass), got {spec.loops!r}")
+  if spec.kernel_size not in FILTER_STRUCTURES:
+    raise ValueError(
+      f"model.kernel_size must be one of {sorted(FILTER_STRUCTURES)} "
+      f"for DCLS (its filter stacks), got {spec.kernel_size}"
+    )
+  spec_lib.check_positive(spec, ("ng", "input_para", "reduction"))
+  if spec.nf % spec.reduction or spec.nf // spec.reduction < spec.reduction:
+    raise ValueError(
+      f"model.nf must be a multiple of model.reduction with nf/reduction >= "
+      f"reduction (channel attention), got nf={spec.nf}, "
+      f"reduction={spec.reduction}"
+    )
+
+
+def create(spec: ModelSpec) -> nn.Module:
+  return DCLS(spec)
+
+
+def init_params(params: dict, seed: int, spec: ModelSpec) -> dict:
+  del spec
+  return official_init(params, seed)
+
+
+def has_kernel(spec: ModelSpec) -> bool:
+  del spec
+  return True
+
+
+def kernel_loss(out: ModelOutput, batch: dict) -> Array:
+  """L1 to the reformulated kernel (official CorrectionLoss; batch 'lr_blurred', 'lr_clean')."""
+  target = reformulated_kernel(batch["lr_blurred"], batch["lr_clean"], out.kernel.shape[-1])
+  return jax.vmap(lambda k: spec_lib.l1(k, target))(out.kernel)
+
+
+def needs_clean_lr(spec: ModelSpec) -> bool:
+  del spec
+  return True
+
+
+def fixed_image_size(spec: ModelSpec) -> bool:
+  """Artifacts take one LR size: the deconvolution's DFT matrices are built for it
+  (`models/dft.py`); an FFT would need static lengths as well."""
+  del spec
+  return True
+
+
+def receptive_fields(spec: ModelSpec) -> tuple[int, int]:
+  """Of the convolutions only: the Fourier deconvolution and the kernel estimate are global."""
+  restorer = 1 + 6 + 3 * spec.nb * spec.ng + 1 + 2 + 1
+  estimator = 3 + 2 * spec.estimator_nb + 2
+  return restorer, estimator
+
+
+def tiling(spec: ModelSpec) -> spec_lib.Tiling:
+  del spec
+  raise ValueError(
+    "tiled inference is not available for DCLS: its Fourier "
+    "deconvolution and kernel estimate see the whole image; run "
+    "whole images (--tile 0)"
+  )
+
+
+# ---------------------------------------------------------------------------------------
+# Official weights (github megvii-research/DCLS-SR)
+# ---------------------------------------------------------------------------------------
+
+# Official constructor option -> our model config field.
+_OFFICIAL_TO_OURS = {
+  "nf": "nf",
+  "nb": "nb",
+  "ng": "ng",
+  "in_nc": "in_nc",
+  "reduction": "reduction",
+  "upscale": "scale",
+  "input_para": "input_para",
+  "kernel_size": "kernel_size",
+}
+_EXTRA_FIELDS = ("estimator_nf", "estimator_nb", "code_len")
+
+
+def official_config(version: str, **official_options: Any) -> dict:
+  """Our model config fields from the official `DCLS(...)` options (YAML `network_G`).
+
+  `nf`, `nb`, `ng`, `in_nc`, `reduction`, `upscale`, `input_para`, `kernel_size` as the
+  official constructor (`estimator_nf`, `estimator_nb`, `code_len` also accepted); missing
+  ones take its defaults. The official Estimator is as wide as the Restorer (nf) and has
+  3 residual blocks; one pass.
+  """
+  unknown = sorted(set(official_options) - set(_OFFICIAL_TO_OURS) - set(_EXTRA_FIELDS))
+  if unknown:
+    raise ValueError(
+      f"unknown official DCLS option(s) {unknown}; known: "
+      f"{sorted(_OFFICIAL_TO_OURS) + list(_EXTRA_FIELDS)}"
+    )
+  cfg = dict(
+    version=version,
+    scale=4,
+    nf=64,
+    nb=16,
+    ng=5,
+    in_nc=3,
+    reduction=4,
+    input_para=128,
+    kernel_size=21,
+    loops=1,
+    code_len=10,
+    estimator_nb=3,
+  )
+  for name, value in official_options.items():
+    cfg[_OFFICIAL_TO_OURS.get(name, name)] = value
+  cfg.setdefault("estimator_nf", cfg["nf"])
+  return cfg
+
+
+def _pairs(spec: ModelSpec) -> Iterator[tuple[str, tuple[str, ...]]]:
+  """(official module name, our parameter path) for every conv/linear layer of DCLS."""
+  r, e = ("restorer",), ("estimator",)
+  yield "Estimator.head.0", e + ("head",)
+  for i in range(spec.estimator_nb):
+    for j in (1, 2):
+      yield f"Estimator.body.0.{i}.conv{j}", e + (f"block{i}", f"conv{j}")
+  yield "Estimator.tail.0", e + ("tail_conv1",)
+  yield "Estimator.tail.2", e + ("tail_conv2",)
+  yield "Estimator.tail.4", e + ("tail_latent",)
+  for i in range(len(FILTER_STRUCTURES[spec.kernel_size])):
+    yield f"Estimator.dec.{i}", e + (f"dec{i}",)
+  yield "Restorer.conv_first", r + ("conv_first",)
+  for i in range(3):
+    for j in (1, 2):
+      yield f"Restorer.feature_block.{i}.conv{j}", r + (f"feature{i}", f"conv{j}")
+  yield "Restorer.head1", r + ("head1",)
+  cls = "Restorer.head2"
+  yield f"{cls}.reduce_feature", r + ("cls", "reduce")
+  for i in range(3):
+    yield f"{cls}.grad_filter.{2 * i}", r + ("cls", f"grad_conv{i}")
+  yield f"{cls}.grad_filter.6", r + ("cls", "grad_out")
+  yield f"{cls}.expand_feature", r + ("cls", "expand")
+  for g in range(spec.ng):
+    for b in range(spec.nb):
+      t, path = f"Restorer.body.{g}.body.{b}", r + (f"group{g}", f"block{b}")
+      for a in (1, 2):
+        yield f"{t}.body{a}.0", path + (f"body{a}_conv1",)
+        yield f"{t}.body{a}.2", path + (f"body{a}_conv2",)
+      yield f"{t}.CA_body1.1", path + ("ca1_conv",)
+      for prefix, ours in (
+        (f"{t}.CA_body1.2", "ca1_attention"),
+        (f"{t}.CA_body2", "ca2_attention"),
+      ):
+        yield f"{prefix}.conv_du.0", path + (ours, "squeeze")
+        yield f"{prefix}.conv_du.2", path + (ours, "excite")
+  yield "Restorer.fusion", r + ("fusion",)
+  up = ["conv0", "conv1", "out"] if spec.scale == 4 else ["conv0", "out"]
+  for i, name in enumerate(up):
+    yield f"Restorer.upscale.{2 * i}", r + ("upsample", name)
+
+
+def params_from_torch(
+  state_dict: Mapping[str, np.ndarray], spec: ModelSpec, pca_matrix: Any = None
+) -> dict:
+  """Maps an official DCLS state_dict onto our variables.
+
+  `pca_matrix` ([k*k, code_len]) gives the `code` output (official DCLS weights carry no
+  PCA matrix); default zeros, so `code` is zero.
+  """
+  sd = torch_weights.strip_prefix(state_dict)
+  model = DCLS(spec)
+  shapes = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), np.zeros((1, 8, 8, spec.in_nc), np.float32))
+  )
+  params, used, problems = torch_weights.map_weights(sd, shapes["params"], _pairs(spec))
+  problems += torch_weights.unexpected(sd, used)
+  k = spec.kernel_size
+  if pca_matrix is None:
+    pca_matrix = np.zeros((k * k, spec.code_len), np.float32)
+  pca_matrix = np.asarray(pca_matrix, np.float32)
+  if pca_matrix.shape != (k * k, spec.code_len):
+    problems.append(f"pca matrix: shape {pca_matrix.shape}, needs {(k * k, spec.code_len)}")
+  torch_weights.fail(
+    problems,
+    f"official DCLS x{spec.scale} weights do not match the model config (nf={spec.nf}, "
+    f"nb={spec.nb}, ng={spec.ng}, kernel_size={k}, input_para={spec.input_para})",
+  )
+  return {"params": params, "pca": {"matrix": pca_matrix}}
+
+
+def official_options(state_dict: Mapping[str, np.ndarray]) -> Optional[tuple[str, dict]]:
+  """("DCLS", constructor options) read off an official DCLS state_dict; None if not one."""
+  sd = torch_weights.strip_prefix(state_dict)
+  if not any(k.startswith("Restorer.head2.grad_filter") for k in sd):
+    return None
+  need = (
+    "Restorer.conv_first.weight",
+    "Restorer.head1.weight",
+    "Estimator.head.0.weight",
+    "Estimator.tail.4.weight",
+    "Restorer.upscale.0.weight",
+  )
+  missing = [n for n in need if n not in sd]
+  if missing:
+    raise ConversionError(f"this is not an official DCLS state_dict (missing {missing[0]})")
+  count = lambda pattern: len({m.group(1) for n in sd if (m := re.match(pattern, n))})
+  nf, in_nc = sd["Restorer.conv_first.weight"].shape[:2]
+  sizes = []
+  n_dec = count(r"Estimator\.dec\.(\d+)\.")
+  for i in range(n_dec):
+    w = sd[f"Estimator.dec.{i}.weight"]
+    channels = (in_nc if i == 0 else G_CHAN) * (in_nc if i == n_dec - 1 else G_CHAN)
+    sizes.append(int(round((w.shape[0] / channels) ** 0.5)))
+  by_structure = {v: k for k, v in FILTER_STRUCTURES.items()}
+  if tuple(sizes) not in by_structure:
+    raise ConversionError(f"unknown DCLS filter structure {sizes}; known: {sorted(by_structure)}")
+  ratio = sd["Restorer.upscale.0.weight"].shape[0] // nf
+  return "DCLS", dict(
+    nf=int(nf),
+    in_nc=int(in_nc),
+    nb=count(r"Restorer\.body\.0\.body\.(\d+)\."),
+    ng=count(r"Restorer\.body\.(\d+)\."),
+    reduction=int(nf // sd["Restorer.head1.weight"].shape[0]),
+    input_para=int(sd["Estimator.tail.4.weight"].shape[0]),
+    kernel_size=by_structure[tuple(sizes)],
+    estimator_nf=int(sd["Estimator.head.0.weight"].shape[0]),
+    estimator_nb=count(r"Estimator\.body\.0\.(\d+)\."),
+    upscale=4 if "Restorer.upscale.4.weight" in sd else int(round(ratio**0.5)),
+  )

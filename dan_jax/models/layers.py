@@ -193,6 +193,27 @@ class Conv2d(nn.Module):
     return _conv(x, kernel, self.stride, p)
 
 
+class ChannelAttention(nn.Module):
+  """x * sigmoid(conv(act(conv(mean_hw(x))))), act a leaky ReLU (slope 0: ReLU).
+
+  DAN's CALayer: reduction 16, slope 0.2; DCLS's: reduction 4, slope 0 (ReLU).
+  """
+
+  reduction: int = 16
+  negative_slope: float = 0.2
+  dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    nf = x.shape[-1]
+    y = jnp.mean(x, axis=(1, 2), keepdims=True)
+    y = Conv2d(nf // self.reduction, 1, **_opts(self), name="squeeze")(y)
+    y = nn.leaky_relu(y, negative_slope=self.negative_slope)
+    y = Conv2d(nf, 1, **_opts(self), name="excite")(y)
+    return x * nn.sigmoid(y)
+
+
 def _opts(module: nn.Module) -> dict:
   """The compute dtype and conv-gradient choice a layer passes to its sub-layers."""
   return dict(dtype=module.dtype, gemm_grad=module.gemm_grad)
