@@ -33,7 +33,8 @@ _DEFAULT = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
 
 
 def get_config(arg: str = ""):
-  """The demo config ("v1": a DANv1 of similar size, not calibrated; "dcls": DCLS)."""
+  """The demo config ("v1": a DANv1 of similar size, not calibrated; "dcls": DCLS;
+  "baseline": the plain SR control, no kernel estimate)."""
   config = _DEFAULT["get_config"]()
   model = config.model
   model.version = _DEFAULT["version_from_arg"](arg)
@@ -47,6 +48,8 @@ def get_config(arg: str = ""):
   if model.version == "DCLS":  # ":dcls": DCLS of similar size, one pass (see docstring)
     model.loops = 1
     model.input_para = 64  # the Estimator's latent (official 256)
+  if model.version == "baseline":  # ":baseline": the plain SR control of similar size
+    model.nb, model.loops = 8, 1  # 8 residual blocks of 32 channels, one pass
 
   deg = config.degradation
   deg.sig_min, deg.sig_max = 0.8, 1.6  # Gaussian8 x2 (training on U(0.2, 4) is slower)

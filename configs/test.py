@@ -13,7 +13,8 @@ _DEFAULT = runpy.run_path(str(pathlib.Path(__file__).with_name("default.py")))
 
 
 def get_config(arg: str = ""):
-  """The default config shrunk (arg "v1": the smallest legal DANv1, nf 16; "dcls": DCLS)."""
+  """The default config shrunk (arg "v1": the smallest legal DANv1, nf 16; "dcls": DCLS;
+  "baseline": the plain SR control)."""
   config = _DEFAULT["get_config"]()
   model = config.model
   model.version = _DEFAULT["version_from_arg"](arg)
@@ -30,6 +31,8 @@ def get_config(arg: str = ""):
   if model.version == "DCLS":  # kernel sizes are DCLS's filter stacks: 11 is the smallest
     model.nf, model.loops, model.kernel_size = 16, 1, 11  # nf >= reduction^2 for attention
     model.estimator_nf, model.input_para = 8, 8  # input_para: the Estimator's latent
+  if model.version == "baseline":  # the plain SR control: one pass
+    model.loops = 1
 
   deg = config.degradation
   deg.sig_min, deg.sig_max = 0.2, 2.0  # what a 7x7 kernel can hold

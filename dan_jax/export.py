@@ -618,7 +618,7 @@ def export(
     use_ema: export the EMA weights when the checkpoint has them.
   Raises:
     ExportError: bad arguments, a missing package, or an artifact over the tolerance.
-    checkpoint.CheckpointError: the checkpoint cannot be loaded.
+    errors.CheckpointError: the checkpoint cannot be loaded.
   """
   from dan_jax import checkpoint as checkpoint_lib
   from dan_jax import models

@@ -11,6 +11,7 @@ import pytest
 
 from dan_jax import checkpoint
 from dan_jax import convert
+from dan_jax import errors
 from dan_jax import models
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -74,3 +75,44 @@ def test_infer_official_options_round_trip():
   config = convert.model_config_from_official(version, **opts)
   variables = convert.params_from_torch(sd, config)
   assert models.count_params(variables["params"]) == int(data["nparams"])
+
+
+def test_model_config_from_official_applies_each_familys_defaults():
+  # DCLS: its own constructor defaults (one pass, nb 16, input_para 128, reduction 4, an
+  # Estimator as wide as the Restorer with 3 blocks), not DAN's (loops 8).
+  dcls = convert.model_config_from_official("DCLS")
+  assert (dcls.loops, dcls.nb, dcls.ng, dcls.input_para, dcls.reduction) == (1, 16, 5, 128, 4)
+  assert (dcls.estimator_nf, dcls.estimator_nb, dcls.kernel_size) == (64, 3, 21)
+  small = convert.model_config_from_official(
+    "DCLS", nf=32, nb=2, ng=1, reduction=2, upscale=2, input_para=64, kernel_size=11
+  )
+  assert (small.nf, small.reduction, small.scale, small.input_para) == (32, 2, 2, 64)
+  assert small.estimator_nf == 32 and small.kernel_size == 11
+  with pytest.raises(ValueError, match="unknown official DCLS option"):
+    convert.model_config_from_official("DCLS", loop=4)
+  dan = convert.model_config_from_official("DANv2")
+  assert (dan.loops, dan.nb, dan.code_len) == (8, 16, 10)
+  with pytest.raises(ValueError, match="unknown official"):
+    convert.model_config_from_official("DANv2", reduction=4)
+  with pytest.raises(ValueError, match="no official weights"):
+    convert.model_config_from_official("baseline")
+
+
+def test_params_from_torch_maps_every_family():
+  data = np.load(FIXTURES / "parity_dcls_x2_setting1.npz")
+  sd = {k[2:]: data[k] for k in data.files if k.startswith("w/")}
+  version, opts = convert.infer_official_options(sd)
+  assert version == "DCLS" and opts["reduction"] == 4
+  config = convert.model_config_from_official(version, **opts)
+  assert config == convert.model_config_from_state_dict(sd)
+  pca = np.ones((config.kernel_size**2, config.code_len), np.float32)
+  variables = convert.params_from_torch(sd, config, pca)  # the generic call, no KeyError
+  np.testing.assert_array_equal(variables["pca"]["matrix"], pca)
+  shapes = jax.eval_shape(
+    lambda: models.create_model(config).init(jax.random.key(0), np.zeros((1, 8, 8, 3)))
+  )
+  assert jax.tree_util.tree_structure(variables["params"]) == jax.tree_util.tree_structure(
+    shapes["params"]
+  )
+  with pytest.raises(errors.ConversionError, match="known family"):
+    convert.infer_official_options({"foo.weight": np.zeros(3)})

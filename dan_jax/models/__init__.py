@@ -16,16 +16,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dan_jax.models import baseline
 from dan_jax.models import dan
 from dan_jax.models import dcls
 from dan_jax.models import layers
-from dan_jax.models.spec import build_spec
-from dan_jax.models.spec import ModelSpec
+from dan_jax.models import spec as spec_lib
 
 FAMILIES: dict[str, types.ModuleType] = {
   "DANv1": dan,
   "DANv2": dan,
   "DCLS": dcls,
+  "baseline": baseline,
 }
 VERSIONS = tuple(FAMILIES)
 
@@ -34,23 +35,23 @@ def family(version_or_spec: Any) -> types.ModuleType:
   """The family module of a version string, ModelSpec or model config."""
   version = getattr(version_or_spec, "version", version_or_spec)
   if isinstance(version_or_spec, dict):
-    version = version_or_spec.get("version", ModelSpec.version)
+    version = version_or_spec.get("version", spec_lib.ModelSpec.version)
   if version not in FAMILIES:
     raise ValueError(f"model.version must be one of {VERSIONS}, got {version!r}")
   return FAMILIES[version]
 
 
-def spec_from_config(model_config: Any) -> ModelSpec:
+def spec_from_config(model_config: Any) -> spec_lib.ModelSpec:
   """Validates a model config (ConfigDict, dict or ModelSpec) into a ModelSpec.
 
   Raises:
     ValueError: naming the field when a value is out of range.
   """
-  if isinstance(model_config, ModelSpec):
+  if isinstance(model_config, spec_lib.ModelSpec):
     return model_config
   get = model_config.get if hasattr(model_config, "get") else lambda k, d: d
-  fam = family(get("version", ModelSpec.version))
-  spec = build_spec(model_config, fam.DEFAULTS)
+  fam = family(get("version", spec_lib.ModelSpec.version))
+  spec = spec_lib.build_spec(model_config, fam.DEFAULTS)
   fam.validate(spec)
   return spec
 
