@@ -19,6 +19,7 @@ import jax
 from tqdm import tqdm
 
 from dan_jax import checkpoint as checkpoint_lib
+from dan_jax import ensemble
 from dan_jax import exported
 from dan_jax import image_io
 from dan_jax import parallel
@@ -36,7 +37,7 @@ _MANUAL = """\
 `--checkpoint` is a training workdir (its latest checkpoint), one step's directory, or a
 converted official checkpoint; the model config is stored with every checkpoint.
 `--exported` runs the StableHLO artifact of `python -m dan_jax.export` instead (whole
-images; no model code, same results).
+images, `--self_ensemble` too; no model code, same results).
 
 Whole-image inference (default) runs the model's full alternating loop on each image, as
 the official `inference.py` does: the SR image is the last iteration's, the kernel (DANv2)
@@ -51,13 +52,16 @@ whole-image result for images too large for the accelerator:
   * Estimator: DAN's Estimator is convolutional up to one global average pool, so the pool
     is computed exactly as the same weighted sum of per-tile features (of the SR image
     assembled above), and the code/kernel head is applied to the pooled features.
-  * With O >= 2 x the receptive-field radius R of the Restorer (`receptive_fields`), the
+  * With O >= 2 x the receptive-field radius R of the Restorer (the family's
+    `receptive_fields`), the
     margin is R and every pixel that counts was computed with its whole receptive field
     inside its tile: DANv2 results then equal whole-image inference to float rounding, at
     every iteration (this is the default overlap). With a smaller O the margin is 0 and
     tiles are feathered over the whole overlap: approximate, seams hidden.
   * DANv1 is always approximate when tiled: its channel attention pools every block's
     features over the image, which a tile sees only part of.
+  * The model's family says what tiles need (`models.spec.Tiling`): DCLS refuses tiles (its
+    Fourier deconvolution sees the whole image); the baseline (no Estimator) tiles exactly.
 The code is therefore estimated from the whole image in both modes (no representative-tile
 heuristic), and each alternating iteration costs one tiled pass of each network.
 
@@ -144,19 +148,19 @@ def _build_parser():
 
 
 def _exported_predictor(args) -> tuple[SRPredictor, int]:
-  """`--exported DIR`: the StableHLO artifact's predictor (whole images only)."""
-  given = [
-    f"--{n}"
-    for n in ("tile", "self_ensemble", "pad_to_multiple", "tile_overlap")
-    if getattr(args, n)
-  ]
+  """`--exported DIR`: the StableHLO artifact's predictor (whole images; self-ensemble as
+  a wrapper)."""
+  given = [f"--{n}" for n in ("tile", "pad_to_multiple", "tile_overlap") if getattr(args, n)]
   if given:
     raise InferenceError(
       f"{', '.join(given)} cannot be used with --exported (the "
       "artifact runs whole images as exported)"
     )
   predictor = exported.ExportedPredictor(args.exported, batch_size=args.batch_size)
-  return predictor, predictor.step
+  step = predictor.step
+  if args.self_ensemble:
+    predictor = ensemble.SelfEnsemble(predictor)
+  return predictor, step
 
 
 def _setup(args) -> tuple[list[str], list[str], SRPredictor, int]:

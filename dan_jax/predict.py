@@ -1,25 +1,28 @@
 """The predictor: a model of any family run on LR images, whole or tiled, with self-ensemble.
 
-`Predictor` is the inference engine behind `python -m dan_jax.infer` (whose docstring
-describes the modes: whole-image, tiled with exact receptive-field margins, and the
-official test_x8 self-ensemble), `dan_jax.evaluate`, the notebooks and the benchmarks.
-It works on arrays; reading and writing files is `infer`'s.
+`Predictor` is the inference engine behind `python -m dan_jax.infer` (whose --help
+describes the modes), `dan_jax.evaluate`, the notebooks and the benchmarks. Tiles follow
+`tiling` and what the model's family supplies (`models.spec.Tiling`); self-ensemble is the
+`ensemble` wrapper. It works on arrays; reading and writing files is `infer`'s.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dan_jax import ensemble
 from dan_jax import models
 from dan_jax import parallel
 from dan_jax import precision as precision_lib
+from dan_jax import tiling as tiling_lib
 from dan_jax.errors import InferenceError
 from dan_jax.models.spec import ModelSpec
+from dan_jax.models.spec import Tiling
 from dan_jax.prediction import Prediction
 
 
@@ -28,78 +31,76 @@ def default_tile_overlap(spec: ModelSpec) -> int:
   return 2 * models.family(spec).receptive_fields(spec)[0]
 
 
-# ---------------------------------------------------------------------------------------
-# Flips and transposes (self-ensemble)
-# ---------------------------------------------------------------------------------------
+def _non_negative(**values: Any) -> None:
+  for name, value in values.items():
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+      raise InferenceError(f"{name} must be a non-negative integer, got {value!r}")
 
 
-def _transform(x: np.ndarray, i: int) -> np.ndarray:
-  """The official test_x8 order on [B, H, W, ...]: flip W (bit 0), flip H (bit 1), transpose."""
-  if i & 1:
-    x = x[:, :, ::-1]
-  if i & 2:
-    x = x[:, ::-1]
-  if i & 4:
-    x = x.swapaxes(1, 2)
-  return np.ascontiguousarray(x)
+def _stack_padded(arrays: list[np.ndarray], size: int) -> np.ndarray:
+  """Stacked, padded with zeros to `size`: every call of one image has one batch shape."""
+  x = np.stack(arrays)
+  if len(arrays) < size:
+    x = np.concatenate([x, np.zeros((size - len(arrays),) + x.shape[1:], x.dtype)])
+  return x
 
 
-def _untransform(x: np.ndarray, i: int) -> np.ndarray:
-  if i & 4:
-    x = x.swapaxes(1, 2)
-  if i & 2:
-    x = x[:, ::-1]
-  if i & 1:
-    x = x[:, :, ::-1]
-  return np.ascontiguousarray(x)
+class TiledRunner:
+  """One image in tiles: the family's Restorer per tile, blended; its Estimator's features
+  pooled over the tiles and turned into the next code by its head, `loops` times."""
 
+  def __init__(self, t: Tiling, mesh, scale: int, tile: int, overlap: int, batch_size: int):
+    self.t, self.scale, self.tile, self.overlap = t, scale, tile, overlap
+    self.batch_size, self.num_devices = batch_size, int(mesh.devices.size)
+    rep, data = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    self._restore = jax.jit(t.restore, in_shardings=(rep, data, rep), out_shardings=data)
+    if t.features is not None:
+      self._pool = jax.jit(self._pool_fn, in_shardings=(rep, data, data, data), out_shardings=rep)
+      self._head = jax.jit(t.head)
 
-# ---------------------------------------------------------------------------------------
-# Tiles
-# ---------------------------------------------------------------------------------------
+  def _pool_fn(self, variables, sr, lr, weights):
+    """Sum over tiles of weights * the Estimator's features before its global pool."""
+    f = self.t.features(variables, sr, lr)
+    return jnp.einsum("bhw,bhwc->c", weights, f.astype(jnp.float32))
 
+  def _batches(self, boxes):
+    for i in range(0, len(boxes), self.batch_size):
+      yield i, boxes[i : i + self.batch_size]
 
-def tile_starts(n: int, tile: int, overlap: int) -> list[int]:
-  """Tile origins along one axis: stride tile - overlap, the last tile flush with the end."""
-  if n <= tile:
-    return [0]
-  starts = list(range(0, n - tile, tile - overlap))
-  return starts + [n - tile]
-
-
-def _ramp(d: np.ndarray, margin: float, width: float) -> np.ndarray:
-  if width <= 0:
-    return (d >= margin).astype(np.float64)
-  t = np.clip((d - margin) / width, 0.0, 1.0)
-  return 0.5 - 0.5 * np.cos(np.pi * t)
-
-
-def axis_window(
-  length: int, cut_before: bool, cut_after: bool, scale: int, margin: float, width: float
-) -> np.ndarray:
-  """Blend weights along one axis of a tile, sampled at scale x its LR length.
-
-  Distances are from pixel centres to the tile's cut edges, in LR pixels; an axis end that
-  is an image border is no cut and keeps weight one.
-  """
-  pos = (np.arange(length * scale) + 0.5) / scale
-  w = np.ones_like(pos)
-  if cut_before:
-    w *= _ramp(pos, margin, width)
-  if cut_after:
-    w *= _ramp(length - pos, margin, width)
-  return w
-
-
-def _margin_and_width(overlap: int, radius: int) -> tuple[int, int]:
-  if overlap >= 2 * radius:
-    return radius, overlap - 2 * radius  # exact: nothing within `radius` of a cut counts
-  return 0, overlap  # approximate: feather over the whole overlap
-
-
-# ---------------------------------------------------------------------------------------
-# The predictor
-# ---------------------------------------------------------------------------------------
+  def __call__(self, variables: dict, lr: np.ndarray, precision: str) -> Prediction:
+    h, w, _ = lr.shape
+    s, t = self.scale, self.t
+    th, tw, boxes = tiling_lib.layout(h, w, self.tile, self.overlap)
+    size = parallel.round_up(min(self.batch_size, len(boxes)), self.num_devices)
+    sr_win = tiling_lib.blend_windows(h, w, th, tw, boxes, s, self.overlap, t.restorer_radius)
+    if t.features is not None:
+      lr_win = tiling_lib.blend_windows(h, w, th, tw, boxes, 1, self.overlap, t.estimator_radius)
+    lr_tile = lambda y, x: lr[y : y + th, x : x + tw]
+    sr_tile = lambda sr, y, x: sr[y * s : (y + th) * s, x * s : (x + tw) * s]
+    code, kernel = np.asarray(t.initial_code(variables)), None
+    for _ in range(t.loops):
+      sr = np.zeros((h * s, w * s, 3), np.float32)
+      for i, group in self._batches(boxes):
+        tiles = _stack_padded([lr_tile(y, x) for y, x in group], size)
+        with precision_lib.precision_scope(precision):
+          out = np.asarray(self._restore(variables, tiles, code))
+        for j, (y, x) in enumerate(group):
+          sr_tile(sr, y, x)[...] += out[j] * sr_win(i + j)[..., None]
+      if t.features is None:  # no kernel estimate: the Restorer's one pass
+        continue
+      pooled = 0.0
+      for i, group in self._batches(boxes):
+        sr_tiles = _stack_padded([sr_tile(sr, y, x) for y, x in group], size)
+        lr_tiles = _stack_padded([lr_tile(y, x) for y, x in group], size)
+        weights = _stack_padded([lr_win(i + j) / (h * w) for j in range(len(group))], size)
+        with precision_lib.precision_scope(precision):
+          part = self._pool(variables, sr_tiles, lr_tiles, weights)
+        pooled = pooled + np.asarray(part, np.float64)
+      with precision_lib.precision_scope(precision):
+        code_1d, kernel = jax.device_get(self._head(variables, pooled.astype(np.float32)))
+      code = np.asarray(code_1d, np.float32)[None]
+      kernel = None if kernel is None else np.asarray(kernel, np.float32)
+    return Prediction(sr, code[0], kernel)
 
 
 class Predictor:
@@ -108,21 +109,14 @@ class Predictor:
   Args:
     model_config: the model config (as stored with checkpoints).
     variables: {'params', 'pca'} (e.g. from `checkpoint.load_model`).
-    self_ensemble: average the 8 flips/transposes (official test_x8).
-    tile: LR tile size for tiled inference (0: whole images). Images no larger than the
-      tile in both dimensions run whole.
-    tile_overlap: overlap of neighbouring tiles in LR pixels (default: exact, see module
-      docstring).
-    batch_size: images (whole mode) or tiles (tiled mode) per call, rounded up to a
-      multiple of the device count: calls are sharded over every local device (padded
-      by repetition, the padding dropped: exact, images and tiles are independent).
+    self_ensemble: average the 8 flips/transposes (official test_x8; `ensemble`).
+    tile: LR tile size for tiled inference (0: whole images); smaller images run whole.
+    tile_overlap: overlap of neighbouring tiles in LR pixels (default: exact).
+    batch_size: images (whole) or tiles (tiled) per call, rounded up to a multiple of the
+      device count; calls are sharded over every local device.
     pad_to_multiple: whole mode only: pad LR images (edge replication, bottom/right) to a
-      multiple of this many pixels so that differently sized images share a compiled
-      program. APPROXIMATE: padding changes the borders and the estimator's global pool.
-      0 (default) runs every image at its exact size (one compilation per distinct size).
-    precision: matmul/conv precision (`precision.PRECISIONS`): 'highest' (default: float32
-      on every platform, the paper protocol's numbers), 'default' (the platform's fast
-      float32: one bf16 pass on TPU, TF32 on GPU) or 'bfloat16' (bfloat16 activations).
+      multiple of this many pixels so that sizes share a compiled program. APPROXIMATE.
+    precision: matmul/conv precision (`precision.PRECISIONS`), default 'highest'.
     devices: the devices to shard over (default: all of this process's devices).
   """
 
@@ -147,17 +141,11 @@ class Predictor:
     if precision_lib.compute_dtype(precision, "") == "bfloat16":
       self.spec = dataclasses.replace(self.spec, dtype=jnp.bfloat16)
     self.model = models.create_model(self.spec)
+    self.family = models.family(self.spec)
     self.self_ensemble = bool(self_ensemble)
-    for name, value in (
-      ("tile", tile),
-      ("batch_size", batch_size),
-      ("pad_to_multiple", pad_to_multiple),
-    ):
-      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise InferenceError(f"{name} must be a non-negative integer, got {value!r}")
+    _non_negative(tile=tile, batch_size=batch_size, pad_to_multiple=pad_to_multiple)
     if batch_size < 1:
       raise InferenceError(f"batch_size must be at least 1, got {batch_size}")
-    self.family = models.family(self.spec)
     self.tiling = None
     if tile:
       try:
@@ -183,11 +171,10 @@ class Predictor:
     self.variables = jax.device_put(variables, rep)
     self._whole = jax.jit(self._whole_fn, in_shardings=(rep, data), out_shardings=data)
     if self.tiling is not None:
-      t = self.tiling
-      self._restore = jax.jit(t.restore, in_shardings=(rep, data, rep), out_shardings=data)
-      if t.features is not None:
-        self._pool = jax.jit(self._pool_fn, in_shardings=(rep, data, data, data), out_shardings=rep)
-        self._head = jax.jit(t.head)
+      self._tiled = TiledRunner(
+        self.tiling, self.mesh, self.scale, self.tile, self.tile_overlap, self.batch_size
+      )
+    self._ensembled = ensemble.self_ensemble(self._predict_plain, self.has_kernel)
 
   @property
   def scale(self) -> int:
@@ -215,24 +202,14 @@ class Predictor:
       "(2x the receptive-field radius)"
     )
 
-  # ---- jitted pieces ----
-
   def _whole_fn(self, variables, lr):
     out = self.model.apply(variables, lr)
     kernel = None if out.kernel is None else out.kernel[-1]
     return out.sr[-1], out.code[-1], kernel
 
-  def _pool_fn(self, variables, sr, lr, weights):
-    """Sum over tiles of weights * the Estimator's features before its global pool."""
-    f = self.tiling.features(variables, sr, lr)
-    return jnp.einsum("bhw,bhwc->c", weights, f.astype(jnp.float32))
-
-  # ---- whole images ----
-
   def _run_whole(self, lrs: np.ndarray) -> list[Prediction]:
     n, h, w, _ = lrs.shape
-    x = lrs
-    m = self.pad_to_multiple
+    x, m = lrs, self.pad_to_multiple
     if m > 1 and (h % m or w % m):
       x = np.pad(x, ((0, 0), (0, -h % m), (0, -w % m), (0, 0)), mode="edge")
     # Batch sizes are powers of two (few compilations) and multiples of the device count.
@@ -246,136 +223,28 @@ class Predictor:
       for i in range(n)
     ]
 
-  # ---- tiles ----
-
-  def _tiles(self, h: int, w: int):
-    t, o = self.tile, self.tile_overlap
-    th, tw = min(t, h), min(t, w)
-    boxes = [(y, x) for y in tile_starts(h, t, o) for x in tile_starts(w, t, o)]
-    return th, tw, boxes
-
-  def _windows(self, h, w, th, tw, boxes, scale, radius) -> Callable[[int], np.ndarray]:
-    """Tile i's blend weights, normalised to sum to one over tiles at every pixel.
-
-    Windows depend only on which tile edges are cuts, so a few are built and shared;
-    only the normaliser is image-sized.
-    """
-    margin, width = _margin_and_width(self.tile_overlap, radius)
-    cache: dict[tuple, np.ndarray] = {}
-
-    def raw(y, x):
-      key = (y > 0, y + th < h, x > 0, x + tw < w)
-      if key not in cache:
-        cache[key] = np.outer(
-          axis_window(th, key[0], key[1], scale, margin, width),
-          axis_window(tw, key[2], key[3], scale, margin, width),
-        ).astype(np.float32)
-      return cache[key]
-
-    total = np.zeros((h * scale, w * scale), np.float32)
-    for y, x in boxes:
-      total[y * scale : (y + th) * scale, x * scale : (x + tw) * scale] += raw(y, x)
-    if not np.all(total > 0):
-      raise AssertionError("tile windows leave pixels uncovered")  # a bug, not user input
-
-    def window(i):
-      y, x = boxes[i]
-      return raw(y, x) / total[y * scale : (y + th) * scale, x * scale : (x + tw) * scale]
-
-    return window
-
-  def _batches(self, items: Sequence[Any]):
-    for i in range(0, len(items), self.batch_size):
-      yield i, items[i : i + self.batch_size]
-
-  def _pad_batch(self, arrays: list[np.ndarray], size: int) -> np.ndarray:
-    x = np.stack(arrays)
-    if len(arrays) < size:  # every call of one image has one batch shape: one compilation
-      x = np.concatenate([x, np.zeros((size - len(arrays),) + x.shape[1:], x.dtype)])
-    return x
-
-  def _run_tiled(self, lr: np.ndarray) -> Prediction:
-    h, w, _ = lr.shape
-    s, t = self.scale, self.tiling
-    th, tw, boxes = self._tiles(h, w)
-    size = parallel.round_up(min(self.batch_size, len(boxes)), self.num_devices)
-    sr_win = self._windows(h, w, th, tw, boxes, s, t.restorer_radius)
-    if t.features is not None:
-      lr_win = self._windows(h, w, th, tw, boxes, 1, t.estimator_radius)
-    lr_tile = lambda y, x: lr[y : y + th, x : x + tw]
-    code = np.asarray(t.initial_code(self.variables))
-    kernel = None
-    for _ in range(t.loops):
-      sr = np.zeros((h * s, w * s, 3), np.float32)
-      for i, group in self._batches(boxes):
-        tiles = self._pad_batch([lr_tile(y, x) for y, x in group], size)
-        with precision_lib.precision_scope(self.precision):
-          out = np.asarray(self._restore(self.variables, tiles, code))
-        for j, (y, x) in enumerate(group):
-          sr[y * s : (y + th) * s, x * s : (x + tw) * s] += out[j] * sr_win(i + j)[..., None]
-      if t.features is None:  # no kernel estimate: one pass of the Restorer
-        continue
-      pooled = 0.0
-      for i, group in self._batches(boxes):
-        sr_tiles = self._pad_batch(
-          [sr[y * s : (y + th) * s, x * s : (x + tw) * s] for y, x in group], size
-        )
-        lr_tiles = self._pad_batch([lr_tile(y, x) for y, x in group], size)
-        weights = self._pad_batch([lr_win(i + j) / (h * w) for j in range(len(group))], size)
-        with precision_lib.precision_scope(self.precision):
-          part = self._pool(self.variables, sr_tiles, lr_tiles, weights)
-        pooled = pooled + np.asarray(part, np.float64)
-      with precision_lib.precision_scope(self.precision):
-        code_1d, kernel = jax.device_get(self._head(self.variables, pooled.astype(np.float32)))
-      code = np.asarray(code_1d, np.float32)[None]
-      kernel = None if kernel is None else np.asarray(kernel, np.float32)
-    return Prediction(sr, code[0], kernel)
-
-  # ---- public ----
-
   def uses_tiles(self, h: int, w: int) -> bool:
     return bool(self.tile) and max(h, w) > self.tile
 
-  def _run(self, lrs: np.ndarray) -> list[Prediction]:
-    h, w = lrs.shape[1:3]
-    if self.uses_tiles(h, w):
-      return [self._run_tiled(lr) for lr in lrs]
-    return self._run_whole(lrs)
+  def _predict_plain(self, lrs: np.ndarray) -> list[Prediction]:
+    """Same-sized images, split into calls of `batch_size`, no self-ensemble."""
+    out = []
+    for i in range(0, len(lrs), self.batch_size):
+      chunk = lrs[i : i + self.batch_size]
+      if self.uses_tiles(*chunk.shape[1:3]):
+        out += [self._tiled(self.variables, lr, self.precision) for lr in chunk]
+      else:
+        out += self._run_whole(chunk)
+    return out
 
   def predict_batch(self, lrs: np.ndarray) -> list[Prediction]:
-    """Super-resolves same-sized LR images [B, H, W, 3] (float in [0, 1]).
-
-    B may exceed `batch_size`; it is split. Returns one Prediction per image.
-    """
+    """Super-resolves same-sized LR images [B, H, W, 3] (float in [0, 1]); any B."""
     lrs = np.asarray(lrs, np.float32)
     if lrs.ndim != 4 or lrs.shape[-1] != 3:
       raise InferenceError(f"expected LR images [B, H, W, 3], got shape {lrs.shape}")
     if min(lrs.shape[1:3]) < 1:
       raise InferenceError(f"empty image {lrs.shape[1:3]}")
-    out = []
-    for _, chunk in self._batches(lrs):
-      out.extend(self._predict_chunk(chunk))
-    return out
-
-  def _predict_chunk(self, lrs: np.ndarray) -> list[Prediction]:
-    if not self.self_ensemble:
-      return self._run(lrs)
-    srs, kernels, first = [], [], None
-    for i in range(8):
-      preds = self._run(_transform(lrs, i))
-      if i == 0:
-        first = preds
-      srs.append(_untransform(np.stack([p.sr for p in preds]), i))
-      if self.has_kernel:
-        kernels.append(_untransform(np.stack([p.kernel for p in preds]), i))
-    sr = np.mean(srs, axis=0, dtype=np.float64).astype(np.float32)
-    kernel = (
-      np.mean(kernels, axis=0, dtype=np.float64).astype(np.float32) if self.has_kernel else None
-    )
-    return [
-      Prediction(sr[j], first[j].code, None if kernel is None else kernel[j])
-      for j in range(len(lrs))
-    ]
+    return (self._ensembled if self.self_ensemble else self._predict_plain)(lrs)
 
   def predict(self, lr: np.ndarray) -> Prediction:
     """Super-resolves one LR image [H, W, 3] (float in [0, 1])."""

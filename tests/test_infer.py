@@ -15,6 +15,7 @@ from dan_jax import image_io
 from dan_jax import infer
 from dan_jax import predict
 from dan_jax import prediction_io
+from dan_jax import tiling
 
 from conftest import TINY_V1 as V1
 from conftest import TINY_V2 as V2
@@ -49,15 +50,13 @@ def test_tiled_equals_whole_image_on_a_photograph():
 
 def test_tile_windows_cover_every_pixel_once():
   for n, tile, overlap in [(70, 32, 14), (60, 32, 14), (33, 32, 4), (32, 32, 8)]:
-    starts = predict.tile_starts(n, tile, overlap)
+    starts = tiling.tile_starts(n, tile, overlap)
     length = min(tile, n)
     assert starts[0] == 0 and starts[-1] + length == n
     assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
     total = np.zeros(n * 2)
     for a in starts:
-      w = predict.axis_window(
-        length, a > 0, a + length < n, 2, *predict._margin_and_width(overlap, 5)
-      )
+      w = tiling.axis_window(length, a > 0, a + length < n, 2, *tiling.margin_and_width(overlap, 5))
       total[a * 2 : (a + length) * 2] += w
     assert np.all(total > 0)
 
