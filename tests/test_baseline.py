@@ -75,6 +75,7 @@ def test_sweep_takes_the_baseline_as_a_method(tmp_path, capsys):
 
 @pytest.mark.slow  # ~40 s on 2 cores: trains, evaluates, exports and infers a tiny model
 def test_baseline_trains_evaluates_infers_and_exports(tmp_path, capsys):
+  from dan_jax import ensemble
   from dan_jax import evaluate
   from dan_jax import export
   from dan_jax import exported
@@ -120,6 +121,10 @@ def test_baseline_trains_evaluates_infers_and_exports(tmp_path, capsys):
   want = predict.Predictor(model_config, variables).predict(lr)
   np.testing.assert_allclose(artifact.predict(lr).sr, want.sr, atol=1e-5)
   assert not artifact.has_kernel
+  # Self-ensemble wraps the artifact as it wraps the model.
+  ensembled = ensemble.SelfEnsemble(artifact).predict(lr)
+  want = predict.Predictor(model_config, variables, self_ensemble=True).predict(lr)
+  np.testing.assert_allclose(ensembled.sr, want.sr, atol=1e-5)
 
   with pytest.raises(errors.ConversionError, match="no official weights"):
     from dan_jax import convert

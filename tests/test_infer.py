@@ -244,3 +244,22 @@ def test_cli_danv1_writes_the_code(tmp_path, capsys):
   assert rc == 0, capsys.readouterr().err
   assert sorted(os.listdir(tmp_path / "out")) == ["a_x2.png", "a_x2_code.npy"]
   assert np.load(tmp_path / "out" / "a_x2_code.npy").shape == (10,)
+
+
+def test_self_ensemble_wraps_any_predict_function():
+  from dan_jax import ensemble
+  from dan_jax.prediction import Prediction
+
+  calls = []
+
+  def nearest_x2(lrs):  # flip- and transpose-equivariant: the ensemble changes nothing
+    calls.append(lrs.shape)
+    up = np.repeat(np.repeat(lrs, 2, axis=1), 2, axis=2)
+    return [Prediction(u, np.zeros(2, np.float32), np.full((3, 3), 1 / 9, np.float32)) for u in up]
+
+  lrs = np.random.default_rng(0).uniform(size=(2, 5, 7, 3)).astype(np.float32)
+  got = ensemble.self_ensemble(nearest_x2, has_kernel=True)(lrs)
+  assert calls.count((2, 5, 7, 3)) == 4 and calls.count((2, 7, 5, 3)) == 4
+  for g, want in zip(got, nearest_x2(lrs)):
+    np.testing.assert_allclose(g.sr, want.sr, atol=1e-6)
+    np.testing.assert_allclose(g.kernel, want.kernel, atol=1e-6)
