@@ -1,17 +1,10 @@
-"""Official PyTorch DAN and DCLS weights -> dan_jax variables and checkpoints.
+"""Official PyTorch weights of any family -> dan_jax variables and checkpoints.
 
-DAN: github greatlog/DAN; DCLS: github megvii-research/DCLS-SR (its weights carry no PCA
-matrix: `--pca` gives one for the `code` output, else codes are zero).
-
-Library use:
+Library use (each family maps its own weights; see `models.spec.Family`):
   model_config = model_config_from_official("DANv2", nf=64, nb=10, ng=5, upscale=4, loop=4)
   variables = params_from_torch(state_dict, model_config)   # state_dict: name -> np.ndarray
-
-Command line (needs `pip install torch`, only for reading the .pth pickle; `--official`
-may also be a .npz of the state_dict, which needs no PyTorch):
-  python -m dan_jax.convert --official DANv2_x4.pth --out DIR [--config configs/x4.py:v2]
-writes an orbax checkpoint under DIR that `evaluate`, `infer` and training (as
-`init_checkpoint`) load. Without --config the architecture is read off the weights' shapes.
+The command line (`python -m dan_jax.convert --help`) writes an orbax checkpoint that
+`evaluate`, `infer` and training (as `init_checkpoint`) load.
 """
 
 from __future__ import annotations
@@ -182,6 +175,11 @@ def main(argv: Optional[list[str]] = None) -> int:
   parser = argparse.ArgumentParser(
     prog="python -m dan_jax.convert",
     description="Convert official PyTorch DAN or DCLS weights into a dan_jax checkpoint.",
+    epilog="Reading a .pth needs PyTorch (pip install 'dan_jax[torch]'), only to unpickle it; "
+    "--official may also be a .npz of the state_dict, which needs no PyTorch. Without "
+    "--config the architecture (and the family: DAN github greatlog/DAN, DCLS github "
+    "megvii-research/DCLS-SR) is read off the weights' names and shapes. DCLS weights carry "
+    "no PCA matrix: --pca gives one for the `code` output, else codes are zero.",
   )
   parser.add_argument(
     "--official", required=True, help="official .pth file (or a .npz of its state_dict)"

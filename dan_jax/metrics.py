@@ -1,35 +1,9 @@
 """Evaluation metrics matching the official DAN test protocol (numpy only).
 
-The official evaluation (``codes/config/DANv{1,2}/test.py`` of greatlog/DAN)
-does, per image:
-
-1. ``tensor2img``: the float SR / GT tensor is cast to float32, clamped to
-   [0, 1], multiplied by 255, rounded (numpy round-half-to-even) and cast to
-   uint8. It also transposes CHW -> HWC and flips RGB -> BGR.
-2. The uint8 images are divided by 255 (float64) and ``crop_border`` pixels
-   (``opt['crop_border']`` or, when unset/0, the scale) are cut from every side.
-3. PSNR / SSIM on all channels ("RGB" metrics) with values x255 back in
-   [0, 255].
-4. ``bgr2ycbcr(only_y=True)`` on the *float* image: the Y channel of MATLAB's
-   ``rgb2ycbcr``, ``16 + (65.481 R + 128.553 G + 24.966 B) / 255`` with R, G,
-   B in [0, 255]. Because the input is float, the Y channel is NOT rounded
-   (the official function only rounds for uint8 input). The BGR order of the
-   image is matched by BGR-ordered weights, so this equals the Y of the RGB
-   image. PSNR_Y / SSIM_Y are computed on this float Y (range [16, 235]).
-   For a grayscale image (HW or HW1) the "Y" metrics are the plain metrics
-   of that single channel.
-
-PSNR: ``20 log10(255 / sqrt(MSE))`` in float64, ``inf`` when MSE == 0.
-SSIM: MATLAB-style SSIM (11x11 Gaussian window, sigma 1.5,
-C1 = (0.01 * 255)^2, C2 = (0.03 * 255)^2) on the 'valid' region only (the
-official filters with ``cv2.filter2D`` and crops ``[5:-5, 5:-5]``, which is a
-valid correlation). For multi-channel images the official
-``calculate_ssim`` evaluates the SSIM map of all channels at once, which
-equals the mean of the per-channel SSIMs.
-
-This module works on HWC images in RGB order (the layout used by dan_jax);
-the metrics are symmetric in the channel order, so values equal the official
-BGR-based ones.
+Y-PSNR/SSIM of uint8 images as the official `test.py` computes them (tensor2img rounding,
+a border of `scale` pixels cropped, MATLAB's unrounded float Y channel, MATLAB-style SSIM on
+the valid region), and kernel errors. HWC images in RGB order; the README ("Evaluation
+(official protocol)") spells the protocol out step by step.
 """
 
 from __future__ import annotations

@@ -45,6 +45,32 @@ def _stack_padded(arrays: list[np.ndarray], size: int) -> np.ndarray:
   return x
 
 
+def _tiling(spec: ModelSpec, tile: int, overlap: Optional[int]) -> tuple[Optional[Tiling], int]:
+  """(the family's Tiling or None for whole images, the checked tile overlap)."""
+  if not tile:
+    return None, 0 if overlap is None else overlap
+  try:
+    t = models.family(spec).tiling(spec)
+  except ValueError as e:  # the family cannot tile (DCLS)
+    raise InferenceError(str(e)) from e
+  exact = default_tile_overlap(spec)
+  overlap = exact if overlap is None else overlap
+  if not 0 <= overlap < tile:
+    raise InferenceError(
+      f"tile overlap {overlap} must be >= 0 and smaller than the tile ({tile}); "
+      f"the exact overlap for this model is {exact} "
+      "(2 x the Restorer's receptive-field radius): use a larger --tile, or a smaller "
+      "--tile_overlap for approximate (feathered) tiles"
+    )
+  return t, overlap
+
+
+def _approximation(spec: ModelSpec, t: Optional[Tiling], overlap: int) -> str:
+  if t is not None and not t.exact:
+    return t.approximate_why
+  return f"--tile_overlap {overlap} < {default_tile_overlap(spec)} (2x the receptive-field radius)"
+
+
 class TiledRunner:
   """One image in tiles: the family's Restorer per tile, blended; its Estimator's features
   pooled over the tiles and turned into the next code by its head, `loops` times."""
@@ -146,22 +172,8 @@ class Predictor:
     _non_negative(tile=tile, batch_size=batch_size, pad_to_multiple=pad_to_multiple)
     if batch_size < 1:
       raise InferenceError(f"batch_size must be at least 1, got {batch_size}")
-    self.tiling = None
-    if tile:
-      try:
-        self.tiling = self.family.tiling(self.spec)
-      except ValueError as e:
-        raise InferenceError(str(e)) from e
+    self.tiling, tile_overlap = _tiling(self.spec, tile, tile_overlap)
     self.rf_restorer, self.rf_estimator = self.family.receptive_fields(self.spec)
-    if tile_overlap is None:
-      tile_overlap = default_tile_overlap(self.spec) if tile else 0
-    if tile and not 0 <= tile_overlap < tile:
-      raise InferenceError(
-        f"tile overlap {tile_overlap} must be >= 0 and smaller than the tile ({tile}); "
-        f"the exact overlap for this model is {default_tile_overlap(self.spec)} "
-        "(2 x the Restorer's receptive-field radius): use a larger --tile, or a smaller "
-        "--tile_overlap for approximate (feathered) tiles"
-      )
     self.tile, self.tile_overlap = int(tile), int(tile_overlap)
     self.mesh = parallel.local_mesh() if devices is None else parallel.create_mesh(devices)
     self.num_devices = int(self.mesh.devices.size)
@@ -193,19 +205,11 @@ class Predictor:
   @property
   def tiled_approximation(self) -> str:
     """Why tiled results are approximate ("" when they are exact)."""
-    if self.tiled_is_exact:
-      return ""
-    if self.tiling is not None and not self.tiling.exact:
-      return self.tiling.approximate_why
-    return (
-      f"--tile_overlap {self.tile_overlap} < {default_tile_overlap(self.spec)} "
-      "(2x the receptive-field radius)"
-    )
+    return "" if self.tiled_is_exact else _approximation(self.spec, self.tiling, self.tile_overlap)
 
   def _whole_fn(self, variables, lr):
     out = self.model.apply(variables, lr)
-    kernel = None if out.kernel is None else out.kernel[-1]
-    return out.sr[-1], out.code[-1], kernel
+    return out.sr[-1], out.code[-1], None if out.kernel is None else out.kernel[-1]
 
   def _run_whole(self, lrs: np.ndarray) -> list[Prediction]:
     n, h, w, _ = lrs.shape

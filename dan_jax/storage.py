@@ -1,18 +1,10 @@
 """Paths of workdirs, checkpoints and outputs: local folders or object-store URLs.
 
-Every path a user gives for something written or read back (workdir, checkpoint, output
-folder, dataset folder) goes through `etils.epath`, so `gs://bucket/run` (and the other
-schemes epath knows) works wherever a local folder does. Only local paths are expanded
-(`~`) and made absolute; a URL is never turned into a local path.
-
-Which layer talks to the object store (and so which variable points it at an emulator):
-  * orbax checkpoints: tensorstore (`TENSORSTORE_GCS_HTTP_URL`) for the arrays,
-    google-cloud-storage (`STORAGE_EMULATOR_HOST`) for step listings, epath for folders;
-  * everything else here: epath, which uses TensorFlow's file system when TensorFlow is
-    installed, or fsspec/gcsfs (`STORAGE_EMULATOR_HOST`) with `EPATH_USE_TF=false`;
-  * TensorBoard summaries: TensorFlow's own GCS file system, which cannot be redirected.
-
-A leaf module: it imports nothing from dan_jax.
+Every path a user gives for something written or read back goes through `etils.epath`, so
+`gs://bucket/run` works wherever a local folder does. Only local paths are expanded (`~`)
+and made absolute; a URL is never turned into a local path. Which layer talks to the object
+store, and how to point each at an emulator: README, "Reliability" (Object stores). A leaf
+module: it imports nothing from dan_jax.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""DAN networks in Flax linen: DANv1 and DANv2 Restorers/Estimators and the alternating loop.
+"""The DAN family (DANv1, DANv2) in Flax linen: Restorers, Estimators, the alternating loop.
 
 Layout is NHWC throughout. Every layer mirrors one layer of the official PyTorch code
-(github greatlog/DAN, `dan_arch.py`), so official weights map one to one (see `convert`).
+(github greatlog/DAN, `dan_arch.py`), so official weights map one to one (`params_from_torch`).
 
 The alternating loop starts from the PCA code of a delta kernel and repeats
 `sr = Restorer(lr, stop_gradient(code)); code = Estimator(stop_gradient(sr), lr)`; it is an

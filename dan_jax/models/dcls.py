@@ -1,16 +1,11 @@
-"""DCLS-SR (Deep Constrained Least Squares, CVPR 2022) in Flax linen, NHWC.
+"""DCLS-SR (Deep Constrained Least Squares, CVPR 2022) in Flax linen, NHWC: the DCLS family.
 
-One pass, not alternating: the Estimator maps the LR image to a k x k kernel, the Restorer
-deconvolves LR features with that kernel (stop-gradiented) in the Fourier domain and
-upsamples. Every layer mirrors one layer of the official PyTorch code
-(github megvii-research/DCLS-SR, `dcls_arch.py`, `dcls_utils.py`), so official weights map
-one to one (see `convert`). Numerical quirks of the official forward that trained weights
-depend on are reproduced and named where they happen.
-
-The model returns the same `ModelOutput` as DAN with one "iteration": `sr` [1,B,sH,sW,C]
-(clamped to [0, 1] as the official Restorer does), `kernel` [1,B,k,k] (sum-normalised, may
-have negative taps) and `code` [1,B,code_len], the PCA code of the estimated kernel
-(`kernel.flatten() @ pca`, as DANv2 defines it; the PCA matrix is a model variable).
+One pass: the Estimator maps the LR image to a k x k kernel, the Restorer deconvolves LR
+features with it (stop-gradiented) in the Fourier domain and upsamples. Every layer mirrors
+one of the official code (github megvii-research/DCLS-SR), so official weights map one to
+one (`params_from_torch`); numerical quirks trained weights depend on are reproduced where
+they happen. Output: a `ModelOutput` of one "iteration": `sr` clamped to [0, 1], `kernel`
+sum-normalised (may have negative taps), `code` = `kernel.flatten() @ pca`.
 """
 
 from __future__ import annotations

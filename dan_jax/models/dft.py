@@ -1,21 +1,10 @@
-"""Real 2-D discrete Fourier transforms written as matrix products.
+"""Real 2-D discrete Fourier transforms written as matrix products (DCLS's deconvolution).
 
-DCLS deconvolves in the Fourier domain. `jnp.fft` is the wrong tool inside a sharded train
-step: XLA's SPMD partitioner does not split an FFT over its batch dimensions, so every
-device all-gathers the global batch and transforms all of it, and on XLA:CPU the gathered
-operand reaches the FFT in a layout its runtime refuses (`fft_thunk.cc`
-IsMonotonicWithDim0Major). The transforms here are einsums with constant DFT matrices:
-they shard over the batch like any other dot, run on the matrix units of TPUs and GPUs,
-and cost O(HW(H+W)) per channel, which at DCLS's sizes (features of at most a few hundred
-pixels a side, 16 channels) is a small fraction of one convolution layer.
-
-Spectra are (real, imaginary) pairs of float32 arrays, not complex arrays: ONNX and TFLite
-have no complex tensors, and TPUs run real products natively, so an exported DCLS stays
-in real arithmetic end to end.
-
-Every product runs at `Precision.HIGHEST`: the deconvolution divides by |K|^2 + |P|^2,
-which is small at the frequencies a blur removes, so bf16 passes would show in the output.
-Matrices are built in float64 from exact integer phases (u * n mod N) and cast to float32.
+Einsums with constant DFT matrices shard over the batch like any dot (XLA's SPMD partitioner
+gathers an FFT's whole batch onto every device), run on matrix units and cost O(HW(H+W)) per
+channel. Spectra are (real, imaginary) float32 pairs (ONNX and TFLite have no complex
+tensors); every product runs at `Precision.HIGHEST` (the deconvolution divides by small
+|K|^2 + |P|^2); matrices are built in float64 from exact integer phases. README: "DCLS-SR".
 """
 
 from __future__ import annotations
