@@ -38,7 +38,7 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
 
   # ---- Model (dan_jax.models.spec.ModelSpec) ----
   config.model = model = ml_collections.ConfigDict()
-  model.version = "DANv2"  # "DANv1" or "DANv2"
+  model.version = "DANv2"  # a key of dan_jax.models.FAMILIES: DANv1, DANv2, DCLS, baseline
   model.scale = 4  # upscaling factor: 2, 3 or 4
   model.nf = 64  # Restorer feature channels
   model.nb = 10  # Restorer blocks (DANv1: CRB blocks, official 40; DANv2: DPCBs per group)

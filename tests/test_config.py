@@ -18,7 +18,7 @@ def test_load_spec_with_argument_and_shipped_fallback(tmp_path, monkeypatch):
   assert config_lib.load("configs/x4.py").model.version == "DANv2"
   with pytest.raises(errors.ConfigError, match="no such config file: configs/nope.py"):
     config_lib.load("configs/nope.py")
-  with pytest.raises(errors.ConfigError, match="config argument must be v1, v2 or dcls"):
+  with pytest.raises(errors.ConfigError, match="config argument must be v1, v2, dcls or baseline"):
     config_lib.load("configs/x4.py:v3")
 
 

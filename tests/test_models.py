@@ -249,3 +249,35 @@ def test_constant_channels_conv_equals_stretched_conv():
   )
   got = layers.constant_channels_conv(const, kernel, 5, 7, 1)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_every_family_implements_the_contract():
+  from dan_jax.models import spec as spec_lib
+
+  wanted = {n for n in vars(spec_lib.Family) if not n.startswith("_")}
+  wanted |= set(spec_lib.Family.__annotations__)
+  for version, fam in models.FAMILIES.items():
+    assert version in fam.VERSIONS, version
+    missing = sorted(n for n in wanted if not hasattr(fam, n))
+    assert not missing, f"{fam.__name__} lacks {missing}"
+  assert set(models.VERSIONS) == {v for f in models.FAMILIES.values() for v in f.VERSIONS}
+
+
+def test_no_version_comparisons_outside_the_family_modules():
+  # The family is asked (models.family(spec).<what>), never picked by its version string.
+  import re
+
+  root = pathlib.Path(__file__).parents[1]
+  versions = "|".join(map(re.escape, models.VERSIONS))
+  compare = re.compile(
+    rf"""(==|!=|\bin)\s*\(?\s*["']({versions})["']|["']({versions})["']\s*(==|!=)"""
+  )
+  hits = []
+  for folder in ("dan_jax", "launch", "benchmarks"):
+    for path in sorted((root / folder).rglob("*.py")):
+      if path.parent.name == "models":
+        continue
+      for i, line in enumerate(path.read_text().splitlines(), 1):
+        if compare.search(line):
+          hits.append(f"{path.relative_to(root)}:{i}: {line.strip()}")
+  assert not hits, "\n".join(hits)
