@@ -209,7 +209,8 @@ class ChannelAttention(nn.Module):
     nf = x.shape[-1]
     y = jnp.mean(x, axis=(1, 2), keepdims=True)
     y = Conv2d(nf // self.reduction, 1, **_opts(self), name="squeeze")(y)
-    y = nn.leaky_relu(y, negative_slope=self.negative_slope)
+    s = self.negative_slope
+    y = nn.relu(y) if s == 0 else nn.leaky_relu(y, negative_slope=s)
     y = Conv2d(nf, 1, **_opts(self), name="excite")(y)
     return x * nn.sigmoid(y)
 
