@@ -165,12 +165,16 @@ def test_remat_gives_the_gradients_of_no_remat():
   assert temp["groups"] < temp["none"] and temp["blocks"] < temp["none"], temp
   ref = jax.tree_util.tree_leaves_with_path(grads["none"])
   assert sum(float(np.abs(g).max()) > 0 for _, g in ref) > len(ref) // 2
+  top = max(float(np.abs(g).max()) for _, g in ref)
   for mode in ("groups", "blocks"):
     got = jax.tree_util.tree_leaves(grads[mode])
     assert len(got) == len(ref)
     for (path, want), g in zip(ref, got):
-      scale = float(np.abs(want).max())
-      assert float(np.abs(np.asarray(g) - want).max()) <= 1e-5 * scale, (mode, path)
+      # Relative to the leaf's size, with a floor at the gradient's overall size: a bias
+      # gradient near 5e-4 differed by 9e-9 on an AVX2 EPYC (summation order only).
+      scale = float(np.abs(want).max()) + 0.1 * top
+      err = float(np.abs(np.asarray(g) - want).max())
+      assert err <= 1e-5 * scale, (mode, path, err, scale, top)
 
 
 @pytest.mark.slow  # compiles train steps (~10 s): out of the fast lane
@@ -482,7 +486,9 @@ def test_dcls_validation_sharded_over_four_devices_equals_one(tmp_path, ckpt_dcl
   # vmapped per-image convolution it replaced became a grouped convolution that XLA's SPMD
   # partitioner split into an invalid one on 4 devices.
   results = _run_sharded(tmp_path, ckpt_dcls, "eval")
-  assert results[4]["val"] == pytest.approx(results[1]["val"], rel=1e-6)
+  # The scores come from the uint8 SR images, where summation order may flip a level in
+  # under 1% of pixels (checked below): SSIM moved by 3.5e-4 relative on an AVX2 EPYC.
+  assert results[4]["val"] == pytest.approx(results[1]["val"], rel=1e-3)
   a, b = np.load(tmp_path / "eval1.npz"), np.load(tmp_path / "eval4.npz")
   assert a.files == b.files and len(a.files) == 4
   for k in a.files:  # the validation SR images, uint8: float rounding may flip a level
