@@ -442,7 +442,8 @@ def array_script(args, sweep: Sweep, runs: Sequence[Run], slurm_dir: str) -> str
 
 def collect_script(args, slurm_dir: str) -> str:
   """The job that scores the finished runs and writes the tables once the array ends."""
-  argv = [a for a in args.argv if not a.startswith(("--mode", "--dry_run"))]
+  argv = [a for a in args.argv if not a.startswith(("--mode", "--dry_run", "--workdir"))]
+  argv.append(f"--workdir={os.path.abspath(args.workdir)}")
   cmd = [args.python, os.path.join(args.repo, "launch", "sweep.py"), *argv, "--mode=collect"]
   lines = _header(
     args, f"{args.job_name}-collect", f"{slurm_dir}/collect-%j.out", 1, min(args.gpus_per_node, 1)
