@@ -295,7 +295,10 @@ def checkpoint_steps(run_dir: str) -> list[int]:
   d = storage.path(storage.join(run_dir, "checkpoints"))
   if not d.is_dir():
     return []
-  return sorted(int(f.name) for f in d.iterdir() if f.name.isdigit())
+  steps = [f for f in d.iterdir() if f.name.isdigit()]
+  if storage.is_url(d):  # object stores have no rename: a step is complete once committed
+    steps = [f for f in steps if (f / "commit_success.txt").exists()]
+  return sorted(int(f.name) for f in steps)
 
 
 def read_json(path: str) -> Optional[dict]:
