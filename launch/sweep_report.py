@@ -164,6 +164,9 @@ def write_hparams(logdir: str, results: dict) -> Optional[str]:
     if r["status"] != "done":
       continue
     run = r["run"]
+    old = storage.path(storage.join(logdir, name))
+    if old.exists():  # one session per run: the last collect's scores
+      old.rmtree()
     writer = metric_writers.create_default_writer(storage.join(logdir, name), asynchronous=False)
     writer.write_hparams({"method": run.version, "train_space": run.space, "seed": run.seed})
     scalars = {

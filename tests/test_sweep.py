@@ -45,7 +45,7 @@ def _rows(path):
     return list(csv.DictReader(f))
 
 
-@pytest.mark.slow  # ~60 s on 2 cores: trains four tiny models
+@pytest.mark.slow  # ~60 s on 2 cores: trains four tiny models, scores them twice
 def test_tiny_sweep_with_seeds_resumes_and_collects(tmp_path, capsys):
   hr = tmp_path / "hr"
   hr.mkdir()
@@ -125,29 +125,19 @@ def test_tiny_sweep_with_seeds_resumes_and_collects(tmp_path, capsys):
   assert (w / "results.md").read_text() == before
   assert (w / "test_sets" / "noise" / "iso" / "manifest.json").exists()
 
-
-@pytest.mark.slow  # ~25 s: collect scores 4 runs of one architecture with one compilation
-def test_collect_compiles_once_per_architecture(tmp_path):
-  w = tmp_path / "sweep"
-  assert _sweep(w, "--seeds=0,1", "--mode=local") == 0
+  # Collect compiles the model once per architecture and LR size, not per run: the demo
+  # set (one LR size) x 4 runs x 2 test spaces runs one program.
   for p in w.glob("train_*/scores.json"):
     p.unlink()
-  args, overrides = sweep.build_parser().parse_known_args(
-    [
-      f"--config={ROOT}/configs/test.py",
-      f"--workdir={w}",
-      "--train_spaces=iso,motion",
-      "--test_spaces=iso,motion",
-      "--test_crop=48",
-      "--seeds=0,1",
-      *TINY,
-    ]
+  parser = sweep.build_parser()
+  args, overrides = parser.parse_known_args(
+    [f"--config={ROOT}/configs/test.py", f"--workdir={w}", "--train_spaces=iso,motion"]
+    + ["--test_spaces=iso,motion", "--test_crop=48", "--seeds=0,1", *TINY]
   )
-  args.argv = []
   s = sweep.Sweep(args, overrides, log=lambda m: None)
   assert s.collect() == 0
   (predictor,) = s.scorer._predictors.values()
-  assert predictor._whole._cache_size() == 1  # 4 runs x 2 spaces, one program
+  assert predictor._whole._cache_size() == 1
 
 
 @pytest.mark.slow  # ~95 s on 2 cores: trains and evaluates four tiny models
@@ -324,3 +314,25 @@ def test_error_line_of_a_run_log(tmp_path):
   assert sweep_eval.error_line(str(tmp_path)) is None
   log.write_text("== sweep run x\nI0 step 1\nerror: config.model.nf must be > 0\n")
   assert sweep_eval.error_line(str(tmp_path)) == "error: config.model.nf must be > 0"
+
+
+def test_large_images_are_scored_in_tiles_like_whole_images():
+  import ml_collections
+
+  from conftest import TINY_V2
+  from conftest import tiny_variables
+
+  rng = np.random.default_rng(0)
+  hr = [np.kron(rng.integers(0, 255, (12, 10, 3)), np.ones((8, 8, 1))).astype(np.uint8)] * 2
+  lr = [np.round(h[::2, ::2].astype(np.float32)) / 255.0 for h in hr]  # 48x40 LR
+  k = rng.random((2, 11, 11)).astype(np.float32)
+  test = sweep_eval.TestSet("t", "iso", "d", ["a", "b"], hr, lr, k / k.sum((1, 2), keepdims=True))
+  config, variables = ml_collections.ConfigDict(TINY_V2), tiny_variables(TINY_V2)
+  tiled = sweep_eval.Scorer(tile=24, batch_size=4)
+  p = tiled.predictor(config, variables)
+  assert p.uses_tiles(48, 40) and p.tiled_is_exact
+  whole = sweep_eval.Scorer(tile=0)
+  a, b = tiled.score(p, test), whole.score(whole.predictor(config, variables), test)
+  assert a["n"] == 2 and a["kernel_mse"] is not None
+  for m in sweep_eval.METRICS:
+    assert a[m] == pytest.approx(b[m], rel=1e-4, abs=1e-6)
