@@ -4,6 +4,7 @@ real SLURM cluster)."""
 
 import csv
 import json
+import os
 import pathlib
 import shlex
 import sys
@@ -336,3 +337,26 @@ def test_large_images_are_scored_in_tiles_like_whole_images():
   assert a["n"] == 2 and a["kernel_mse"] is not None
   for m in sweep_eval.METRICS:
     assert a[m] == pytest.approx(b[m], rel=1e-4, abs=1e-6)
+
+
+def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys, monkeypatch):
+  from dan_jax import train
+  from dan_jax.errors import TrainingError
+
+  trained = []
+
+  def fake_train(config, workdir):
+    trained.append(os.path.basename(workdir))
+    raise TrainingError(f"config.seed {config.seed}: boom")
+
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  assert _sweep(tmp_path, "--seeds=0,1") == 1
+  assert trained == [f"train_{s}_seed{n}" for s in ("iso", "motion") for n in (0, 1)]
+  out = capsys.readouterr().out
+  assert (
+    "failed: train_motion_seed1: no checkpoint; error: TrainingError: config.seed 1: boom" in out
+  )
+  assert (tmp_path / "train_iso_seed0" / "error.txt").exists()
+  assert {r["status"] for r in _rows(tmp_path / "results.csv")} == {"failed"}
+  assert "| iso | — | — |" in (tmp_path / "results.md").read_text()
+  assert (tmp_path / "heatmap_demo.png").exists()
