@@ -93,7 +93,7 @@ class TestSet:
   digest: str  # of the manifest: scores are valid for this exact set
   images: list[str]
   hr: list[np.ndarray]  # uint8 [sH, sW, 3]
-  lr: list[np.ndarray]  # float32 [H, W, 3], 8-bit values
+  lr: list[np.ndarray]  # uint8 [H, W, 3] (the model sees value / 255)
   kernels: np.ndarray  # [N, k, k]
 
   @property
@@ -226,7 +226,7 @@ def load_test_set(name: str, space: str, root: str, digest: str, listing) -> Tes
 
   stems = [n if "." not in n else os.path.splitext(n)[0] for n in listing]
   hr = [image_io.quantize(image_io.read_image(f"{root}/HR/{s}.png").rgb, 8) for s in stems]
-  lr = [image_io.read_image(f"{root}/LR/{s}.png").rgb for s in stems]
+  lr = [image_io.quantize(image_io.read_image(f"{root}/LR/{s}.png").rgb, 8) for s in stems]
   kernels = np.load(io.BytesIO(storage.read_bytes(f"{root}/kernels.npy")))
   return TestSet(name, space, digest, stems, hr, lr, kernels)
 
@@ -249,18 +249,29 @@ class Scorer:
 
     from dan_jax import checkpoint
     from dan_jax import parallel
-    from dan_jax import predict
 
     key = json.dumps(checkpoint.model_config_to_dict(model_config), sort_keys=True)
     p = self._predictors.get(key)
     if p is None:
-      # Tiles only where they are exact (DANv2): the others run whole images.
-      tile = self.tile if model_config.version == "DANv2" else 0
-      p = predict.Predictor(model_config, variables, tile=tile, batch_size=self.batch_size)
+      p = self._new_predictor(model_config, variables)
       self._predictors[key] = p
     else:  # same shapes: the jitted functions take the new weights without recompiling
       p.variables = jax.device_put(variables, parallel.replicated(p.mesh))
     return p
+
+  def _new_predictor(self, model_config, variables):
+    """Tiled where tiles give the whole-image result (DANv2), whole images otherwise."""
+    from dan_jax import predict
+    from dan_jax.errors import InferenceError
+
+    if self.tile:
+      try:
+        p = predict.Predictor(model_config, variables, tile=self.tile, batch_size=self.batch_size)
+        if p.tiled_is_exact:
+          return p
+      except InferenceError:  # a model that cannot be tiled (DCLS's global deconvolution)
+        pass
+    return predict.Predictor(model_config, variables, batch_size=self.batch_size)
 
   def score(self, predictor, test: TestSet) -> dict:
     """Mean scores of one model on one test set (kernel error where the sizes match)."""
@@ -271,7 +282,10 @@ class Scorer:
       groups.setdefault(lr.shape, []).append(i)
     rows: list[Optional[dict]] = [None] * len(test.lr)
     for idx in groups.values():
-      preds = predictor.predict_batch(np.stack([test.lr[i] for i in idx]))
+      lrs = np.stack([test.lr[i] for i in idx])
+      preds = predictor.predict_batch(
+        lrs.astype(np.float32) / 255.0 if lrs.dtype == np.uint8 else lrs
+      )
       for i, pred in zip(idx, preds):
         true_k = test.kernels[i]
         est = pred.kernel if pred.kernel is not None and pred.kernel.shape == true_k.shape else None
