@@ -521,19 +521,17 @@ def submit_slurm(args, sweep: Sweep) -> int:
       f.write(text)
   record_path = os.path.join(slurm_dir, "jobs.json")
   record = sweep_eval.read_json(record_path) or {"submissions": []}
-  array_id = ""
+  entry = {"array": "", "collect": "", "tasks": {str(i): r.name for i, r in enumerate(runs)}}
   if runs:
-    array_id = _sbatch(["sbatch", "--parsable", array_path])
+    entry["array"] = _sbatch(["sbatch", "--parsable", array_path])
+    record["submissions"].append(entry)  # recorded at once: a rerun sees its tasks queued
+    sweep_eval.write_text(record_path, json.dumps(record, indent=1))
+  array_id = entry["array"]
   dep = [f"--dependency=afterany:{array_id}"] if array_id else []
   # A collect job that cannot run (array refused) must not be left behind: submit it last.
-  collect_id = _sbatch(["sbatch", "--parsable", *dep, collect_path])
-  record["submissions"].append(
-    {
-      "array": array_id,
-      "collect": collect_id,
-      "tasks": {str(i): r.name for i, r in enumerate(runs)},
-    }
-  )
+  entry["collect"] = collect_id = _sbatch(["sbatch", "--parsable", *dep, collect_path])
+  if not runs:
+    record["submissions"].append(entry)
   sweep_eval.write_text(record_path, json.dumps(record, indent=1))
   if runs:
     print(f"submitted job array {array_id}: {len(runs)} run(s): {', '.join(r.name for r in runs)}")
