@@ -72,6 +72,14 @@ ALLOWED = {
   ): "the sbatch script: SLURM reads it (and writes logs) on a shared file system",
   ("launch/slurm.py", "main", "open"): "the sbatch script (see above)",
   ("launch/sweep.py", "<module>", "os.path.abspath"): "__file__: the repository",
+  ("launch/sweep.py", "collect_script", "os.path.abspath"): "slurm mode: URLs refused before",
+  ("launch/sweep.py", "submit_slurm", "os.path.abspath"): "slurm mode: URLs refused before",
+  (
+    "launch/sweep.py",
+    "submit_slurm",
+    "os.makedirs",
+  ): "the sbatch scripts: SLURM reads them (and writes logs) on a shared file system",
+  ("launch/sweep.py", "submit_slurm", "open"): "the sbatch scripts (see above)",
   ("launch/tpu_pod.py", "<module>", "os.path.abspath"): "__file__: the repository",
 }
 
