@@ -81,8 +81,7 @@ def known_methods() -> list[str]:
   """The model versions the package accepts (a new family shows up here by itself)."""
   from dan_jax import models
 
-  families = getattr(models, "FAMILIES", None)
-  return list(families) if families else list(models.VERSIONS)
+  return list(models.FAMILIES)
 
 
 def space_overrides(space: str, kernel_size: int) -> dict:
