@@ -2,32 +2,10 @@
 (test set, test kernel space).
 
   python launch/sweep.py --config=configs/demo.py --workdir=/tmp/sweep \
-      --methods=v2,dcls --train_spaces=iso,aniso,motion --test_spaces=iso,aniso,motion \
-      --seeds=0,1,2 --test_sets=Set14=/data/Set14,B100=/data/B100 [--mode=local]
-  python launch/sweep.py ... --mode=slurm --partition=gpu --nodes=1 --gpus_per_node=8
-  python launch/sweep.py ... --mode=tpu --tpus=slice-a,slice-b --zone=us-central2-b
-  python launch/sweep.py ... --mode=plan      # print one training command per run
-  python launch/sweep.py ... --mode=collect   # score what has finished, list the rest
+      --methods=v2,dcls,baseline --train_spaces=iso,aniso --seeds=0,1,2 [--mode=local]
 
-Modes: local (default) trains the runs one after another here, then collects; slurm
-submits one job array (one task per run, launch/slurm.py's conventions: jax.distributed,
---requeue, SIGTERM 120 s before the time limit) and one collect job that runs after it
-(--dependency=afterany), printing their ids (--dry_run prints the scripts); tpu trains each
-run through launch/tpu_pod.py (one after another on --tpu, or one run per slice at a time
-with --tpus=a,b), then collects; plan prints the commands; collect scores finished runs
-and lists the others as pending or failed, with the reason.
-
-Every mode skips runs that are done (final checkpoint at num_train_steps and a scores file
-for the current test sets), so a sweep run again continues where it stopped and never
-retrains a finished run; slurm mode also skips runs whose array task is still queued.
-Runs live in WORKDIR/train_[METHOD_]SPACE_seedN (config overrides `seed=N` and the train
-space's degradation.* fields). Test sets (`--test_sets=NAME=PATH,...`, folders or gs://
-prefixes of HR images; default: the 2 held-out demo photos) are synthesized once per test
-space under WORKDIR/test_sets (launch/sweep_eval.py). Results: WORKDIR/results.csv (one
-row per run, test set and test space), results.md (mean ± std over seeds per cell: Y-PSNR,
-SSIM, and kernel MSE where the method estimates kernels of the test kernels' size),
-heatmap_<test set>.png and TensorBoard HParams (--tensorboard_dir, default
-WORKDIR/tensorboard). Extra arguments are config overrides (`num_train_steps=200`).
+Modes (local, slurm, tpu, plan, collect), resuming, test sets and the result files are
+described in `--help` and the README's sweep section.
 """
 
 from __future__ import annotations
@@ -70,6 +48,37 @@ class Run:
   def label(self) -> str:
     """Its table row: method/train space (seeds are averaged)."""
     return f"{self.version}/{self.space}" if self.method else self.space
+
+
+_MANUAL = """\
+  python launch/sweep.py --config=configs/demo.py --workdir=/tmp/sweep \
+      --methods=v2,dcls --train_spaces=iso,aniso,motion --test_spaces=iso,aniso,motion \
+      --seeds=0,1,2 --test_sets=Set14=/data/Set14,B100=/data/B100 [--mode=local]
+  python launch/sweep.py ... --mode=slurm --partition=gpu --nodes=1 --gpus_per_node=8
+  python launch/sweep.py ... --mode=tpu --tpus=slice-a,slice-b --zone=us-central2-b
+  python launch/sweep.py ... --mode=plan      # print one training command per run
+  python launch/sweep.py ... --mode=collect   # score what has finished, list the rest
+
+Modes: local (default) trains the runs one after another here, then collects; slurm
+submits one job array (one task per run, launch/slurm.py's conventions: jax.distributed,
+--requeue, SIGTERM 120 s before the time limit) and one collect job that runs after it
+(--dependency=afterany), printing their ids (--dry_run prints the scripts); tpu trains each
+run through launch/tpu_pod.py (one after another on --tpu, or one run per slice at a time
+with --tpus=a,b), then collects; plan prints the commands; collect scores finished runs
+and lists the others as pending or failed, with the reason.
+
+Every mode skips runs that are done (final checkpoint at num_train_steps and a scores file
+for the current test sets), so a sweep run again continues where it stopped and never
+retrains a finished run; slurm mode also skips runs whose array task is still queued.
+Runs live in WORKDIR/train_[METHOD_]SPACE_seedN (config overrides `seed=N` and the train
+space's degradation.* fields). Test sets (`--test_sets=NAME=PATH,...`, folders or gs://
+prefixes of HR images; default: the 2 held-out demo photos) are synthesized once per test
+space under WORKDIR/test_sets (launch/sweep_eval.py). Results: WORKDIR/results.csv (one
+row per run, test set and test space), results.md (mean ± std over seeds per cell: Y-PSNR,
+SSIM, and kernel MSE where the method estimates kernels of the test kernels' size),
+heatmap_<test set>.png and TensorBoard HParams (--tensorboard_dir, default
+WORKDIR/tensorboard). Extra arguments are config overrides (`num_train_steps=200`).
+"""
 
 
 # ---------------------------------------------------------------------------------------
@@ -545,8 +554,8 @@ def submit_slurm(args, sweep: Sweep) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-    description=__doc__.splitlines()[0],
-    epilog=__doc__.split("\n\n", 2)[2],
+    description=__doc__.split("\n\n")[0],
+    epilog=_MANUAL,
     formatter_class=argparse.RawDescriptionHelpFormatter,
   )
   p.add_argument("--config", default="configs/demo.py", help="base config file[:arg]")
