@@ -109,7 +109,10 @@ _SLOW = pytest.mark.slow  # each case is a subprocess (~5 s); two stay in the fa
       marks=_SLOW,
     ),
     pytest.param(
-      ["--config=configs/x4.py:v3"], 2, "config argument must be v1, v2 or dcls", marks=_SLOW
+      ["--config=configs/x4.py:v3"],
+      2,
+      "config argument must be v1, v2, dcls or baseline",
+      marks=_SLOW,
     ),
     (["--config.model.scale=5"], 1, "config.model.scale must be one of (2, 3, 4)"),
     pytest.param(
