@@ -199,7 +199,10 @@ class Predictor:
     self.batch_size = parallel.round_up(batch_size, self.num_devices)
     self.pad_to_multiple = int(pad_to_multiple)
     rep, data = parallel.replicated(self.mesh), parallel.data_sharded(self.mesh)
-    self.variables = jax.device_put(variables, rep)
+    abstract = all(
+      isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(variables)
+    )  # shapes only: `dan_jax.aot` compiles the jitted pieces for devices it cannot reach
+    self.variables = variables if abstract else jax.device_put(variables, rep)
     self._whole = jax.jit(self._whole_fn, in_shardings=(rep, data), out_shardings=data)
     self._restore = jax.jit(self._restore_fn, in_shardings=(rep, data, rep), out_shardings=data)
     self._pool = jax.jit(self._pool_fn, in_shardings=(rep, data, data, data), out_shardings=rep)
