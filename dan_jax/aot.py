@@ -160,9 +160,9 @@ def _gemm_lines() -> tuple[str, range]:
   )
 
 
-def cpu_path_violations(hlo: str) -> list[str]:
+def cpu_path_violations(hlo: str, xla_flags: Optional[str] = None) -> list[str]:
   """CPU-only code in an accelerator program: the GEMM kernel gradient, CPU custom calls,
-  XLA:CPU flags in XLA_FLAGS."""
+  XLA:CPU flags in `xla_flags` (default: XLA_FLAGS)."""
   bad = []
   name, lines = _gemm_lines()
   for m in re.finditer(rf'source_file="[^"]*{re.escape(name)}" source_line=(\d+)', hlo):
@@ -171,7 +171,8 @@ def cpu_path_violations(hlo: str) -> list[str]:
       break
   for m in sorted(set(_CPU_CUSTOM_CALLS.findall(hlo))):
     bad.append(f"the CPU-only custom call {m}")
-  flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if f.startswith("--xla_cpu")]
+  xla_flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+  flags = [f for f in xla_flags.split() if f.startswith("--xla_cpu")]
   if flags:
     bad.append(f"XLA:CPU flags in XLA_FLAGS: {' '.join(flags)}")
   return bad
@@ -384,7 +385,7 @@ def programs(
 # ---------------------------------------------------------------------------------------
 
 
-def compile_program(prog: Program, batch: int, hbm: int) -> dict:
+def compile_program(prog: Program, batch: int, hbm: int, xla_flags: str = "") -> dict:
   """Compiles `prog` at global `batch`: memory, fits, FLOPs, collectives, compile time."""
   t = time.perf_counter()
   try:
@@ -403,7 +404,7 @@ def compile_program(prog: Program, batch: int, hbm: int) -> dict:
     k: sum(c["kind"] == k for c in found) for k in sorted({c["kind"] for c in found})
   }
   out["collective_bytes_per_chip"] = sum(c["bytes"] for c in found)
-  bad = cpu_path_violations(hlo)
+  bad = cpu_path_violations(hlo, xla_flags)
   if prog.data_parallel:
     bad += sharding_violations(found, batch, prog.param_sizes)
   out["violations"] = bad
@@ -468,7 +469,7 @@ def report(
   rows = []
   for prog in programs(config, mesh, topo.platform, what, precision, images):
     log(f"compiling {prog.name} ({prog.batch} x {prog.shape}) for {topo.describe()} ...")
-    result = compile_program(prog, prog.batch, hbm)
+    result = compile_program(prog, prog.batch, hbm, topology_lib.compiler_flags(topo.platform))
     row = Row(
       program=prog.name,
       config=config_spec,
@@ -580,6 +581,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   args = _build_parser().parse_args(flags)
   # Compile-only devices need no backend but the CPU's; a host's own accelerator stays idle.
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
+  # XLA:CPU settings are not for the accelerator compiler, which reads XLA_FLAGS too.
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  if any(f.startswith("--xla_cpu") for f in flags):
+    os.environ["XLA_FLAGS"] = " ".join(f for f in flags if not f.startswith("--xla_cpu"))
   try:
     rows = report(
       args.config,

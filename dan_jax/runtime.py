@@ -9,9 +9,11 @@ TensorFlow, which only feeds the input pipeline, off the accelerators; `main`, `
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Any
 
+from dan_jax import platform
 from dan_jax import xla_cpu
 from dan_jax.errors import MissingPackageError
 
@@ -68,5 +70,9 @@ def setup_entry_point(tensorflow: bool = True) -> None:
   accelerators from TensorFlow (importing it unless `tensorflow` is False, in which case
   only an already imported TensorFlow is touched).
   """
+  if platform.cpu_only() and platform.idle_tpu_compiler() and not os.environ.get("JAX_PLATFORMS"):
+    # libtpu on a host without TPUs (`dan_jax.aot`'s compiler) would only print its failed
+    # start-up and take the TPU lock: a CPU run leaves it alone.
+    os.environ["JAX_PLATFORMS"] = "cpu"
   xla_cpu.configure()
   hide_accelerators_from_tensorflow(import_tensorflow=tensorflow)

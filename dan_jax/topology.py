@@ -13,7 +13,7 @@ import importlib.util
 import os
 import pathlib
 import re
-from typing import Any, Optional
+from typing import Any
 
 from dan_jax.errors import MissingPackageError
 from dan_jax.errors import UsageError
@@ -79,6 +79,14 @@ class Topology:
     return f"{self.name} ({self.chips} x {self.chip.kind}, {self.hosts} host(s))"
 
 
+_FLAGS_AT_LOAD: dict[str, str] = {}
+
+
+def compiler_flags(platform: str) -> str:
+  """XLA_FLAGS as the compiler of `platform` read them when this process loaded it."""
+  return _FLAGS_AT_LOAD.get(platform, os.environ.get("XLA_FLAGS", ""))
+
+
 _NAME_RE = re.compile(r"^([a-z0-9_]+):(\d+(?:x\d+)*)$")
 
 
@@ -118,6 +126,8 @@ def get(name: str) -> Topology:
   require(chip.platform)
   # Compile-only: never wait for, or refuse because of, another process holding the TPU.
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  # The compiler reads XLA_FLAGS once, when it loads: what it saw is what its programs got.
+  _FLAGS_AT_LOAD.setdefault(chip.platform, os.environ.get("XLA_FLAGS", ""))
   from jax._src.lib import _jax  # the error type of the topology calls
   from jax.experimental import topologies
 
@@ -158,11 +168,3 @@ def hbm_bytes(topo: Topology) -> int:
     if m:
       return int(m.group(1))
   return topo.chip.hbm_bytes
-
-
-def chip_of(name: str) -> Optional[Chip]:
-  """The Chip of a topology name, or None when it is not one."""
-  try:
-    return parse(name)[0]
-  except UsageError:
-    return None
