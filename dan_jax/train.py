@@ -35,6 +35,7 @@ from dan_jax import input_pipeline
 from dan_jax import models
 from dan_jax import parallel
 from dan_jax import recovery
+from dan_jax import runtime
 from dan_jax import steps
 from dan_jax import storage
 from dan_jax import validation
@@ -366,6 +367,9 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   preemption_every = preemption_check_every(config)
   recovery_config = steps.recovery_fields(config)
   workdir = _prepare_workdir(workdir)
+  cache = runtime.enable_compilation_cache(config.get("compilation_cache_dir", ""))
+  if cache:
+    logging.info("compilation cache: %s", cache)
   mesh = parallel.create_mesh()
   check_batch_size(config.batch_size, mesh)
   model, learning_rate_fn, tx, p_train_step, p_eval_step = steps.step_functions_from_config(
