@@ -467,6 +467,7 @@ def report(
       raise UsageError(f"--batch_size: {e}") from e
   hbm = topology_lib.hbm_bytes(topo)
   rows = []
+  cpu_programs: dict = {}
   for prog in programs(config, mesh, topo.platform, what, precision, images):
     log(f"compiling {prog.name} ({prog.batch} x {prog.shape}) for {topo.describe()} ...")
     result = compile_program(prog, prog.batch, hbm, topology_lib.compiler_flags(topo.platform))
@@ -485,6 +486,11 @@ def report(
       note="; ".join(x for x in (prog.note, result.pop("note", "")) if x),
       **result,
     )
+    if row.flops_per_chip is None and row.hbm_total is not None:  # GPU: no cost model
+      row.flops_per_chip = _cpu_flops(config, topo, what, precision, images, prog, cpu_programs)
+      row.note = "; ".join(
+        x for x in (row.note, "FLOPs: XLA:CPU's count of the same per-chip program") if x
+      )
     if row.flops_per_chip:
       row.ideal_step_s = row.flops_per_chip / topo.chip.peak_bf16_flops
     if search_max_batch and prog.name == "train":
@@ -493,6 +499,30 @@ def report(
       )
     rows.append(row)
   return rows
+
+
+def _cpu_flops(
+  config: Any,
+  topo: Any,
+  what: Sequence[str],
+  precision: str,
+  images: Images,
+  prog: Program,
+  cache: dict,
+) -> Optional[float]:
+  """FLOPs per chip of `prog` from XLA:CPU's cost analysis of the one-chip program (the
+  target's convolution path, its per-chip batch): what GPU compiles do not report."""
+  import jax
+
+  from dan_jax import parallel
+
+  if not cache:
+    mesh = parallel.create_mesh(jax.local_devices(backend="cpu")[:1])
+    cache.update(
+      {p.name: p for p in programs(config, mesh, topo.platform, what, precision, images)}
+    )
+  batch = max(prog.batch // topo.chips, 1)
+  return _flops(cache[prog.name].lower(batch).compile())
 
 
 def _gib(x: Optional[int]) -> str:
