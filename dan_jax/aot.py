@@ -403,8 +403,9 @@ def compile_program(prog: Program, batch: int, hbm: int, xla_flags: str = "") ->
 
 
 def max_batch(prog: Program, start: int, fits_at_start: Optional[bool], hbm: int, budget: int):
-  """(largest global batch found to fit, compiles used): doubling, then bisection, over
-  multiples of prog.batch_step, at most `budget` compiles."""
+  """(largest global batch found to fit, compiles used, whether the next larger multiple
+  was found not to fit): doubling, then bisection, over multiples of prog.batch_step, at
+  most `budget` compiles."""
   step = prog.batch_step
   fits = lambda b: bool(compile_program(prog, b, hbm).get("fits"))
   used = 0
@@ -421,7 +422,7 @@ def max_batch(prog: Program, start: int, fits_at_start: Optional[bool], hbm: int
       break
     used += 1
     lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-  return (lo or None), used
+  return (lo or None), used, hi is not None and hi - lo <= step
 
 
 def report(
@@ -485,9 +486,15 @@ def report(
     if row.flops_per_chip:
       row.ideal_step_s = row.flops_per_chip / topo.chip.peak_bf16_flops
     if search_max_batch and prog.name == "train":
-      row.max_global_batch, row.max_batch_compiles = max_batch(
+      row.max_global_batch, row.max_batch_compiles, exact = max_batch(
         prog, prog.batch, row.fits, hbm, max_compiles
       )
+      if not exact and row.max_global_batch:
+        row.note = "; ".join(
+          x
+          for x in (row.note, f"max batch: at least {row.max_global_batch} (raise --max_compiles)")
+          if x
+        )
     rows.append(row)
   return rows
 

@@ -169,14 +169,14 @@ def test_max_batch_doubles_then_bisects(limit, start, expected):
     return {"fits": batch <= limit}
 
   with mock.patch.object(aot, "compile_program", fake):
-    found, used = aot.max_batch(_program(None), start, start <= limit, 0, budget=8)
-  assert found == expected and used == len(calls) <= 8
+    found, used, exact = aot.max_batch(_program(None), start, start <= limit, 0, budget=8)
+  assert found == expected and used == len(calls) <= 8 and exact
   assert all(b % 4 == 0 for b in calls)
 
 
 def test_max_batch_stops_at_its_budget():
   with mock.patch.object(aot, "compile_program", lambda p, b, h: {"fits": True}):
-    assert aot.max_batch(_program(None), 8, True, 0, budget=3) == (64, 3)
+    assert aot.max_batch(_program(None), 8, True, 0, budget=3) == (64, 3, False)
 
 
 def test_abstract_state_is_the_real_states_shape():
