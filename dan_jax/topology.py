@@ -50,6 +50,9 @@ CHIPS = {
     Chip("h200", "cuda", "H200", 141 * 10**9, 989e12, target="h200.txtpb"),
   )
 }
+# Chips whose 8-chip slice (v5litepod-8, v6e-8) is one VM with all 8; larger slices have
+# hosts of 4 chips, libtpu's default.
+SINGLE_HOST_8 = ("v5e", "v6e")
 ALIASES = {"a100": "a100_80gb", "h100_80gb": "h100", "v5litepod": "v5e", "v6": "v6e"}
 
 INSTALL_HINT = {
@@ -134,6 +137,8 @@ def get(name: str) -> Topology:
   try:
     if chip.platform == "tpu":
       kwargs: dict[str, Any] = {"chip_config_name": "megacore"} if chip.megacore else {}
+      if chip.name in SINGLE_HOST_8 and sorted(dims) == [2, 4]:
+        kwargs["chips_per_host_bounds"] = (dims[0], dims[1], 1)  # libtpu's default: 2 hosts
       desc = topologies.get_topology_desc(
         platform="tpu", topology_name=f"{chip.name}:{'x'.join(map(str, dims))}", **kwargs
       )

@@ -206,7 +206,8 @@ def test_a_gemm_config_is_refused_for_accelerators():
 
 @needs_libtpu
 @pytest.mark.parametrize(
-  "name,chips,hosts", [("v5e:2x2", 4, 1), ("v4:2x2x4", 16, 4), ("v5e:16x16", 256, 64)]
+  "name,chips,hosts",
+  [("v5e:2x2", 4, 1), ("v5e:2x4", 8, 1), ("v4:2x2x4", 16, 4), ("v5e:16x16", 256, 64)],
 )
 def test_tpu_topologies(name, chips, hosts):
   topo = topology.get(name)
