@@ -579,7 +579,8 @@ def _build_parser() -> argparse.ArgumentParser:
     prog="python -m dan_jax.aot",
     description="Compile dan_jax's train, eval and predict programs for a TPU slice or GPU "
     "host this machine does not have, and report per-chip memory, FLOPs, the ideal step "
-    "time and the collectives. TPU: pip install 'dan_jax[aot]'; GPU: jax[cuda12].",
+    "time and the collectives. TPU: pip install 'dan_jax[aot]'; GPU: jax[cuda12]. Exit "
+    "status 1 when a sharding or CPU-path check fails, 2 on bad input.",
   )
   p.add_argument("--config", default=config_lib.default_spec(), help="FILE[:ARG] training config")
   p.add_argument(

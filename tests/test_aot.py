@@ -223,6 +223,9 @@ def test_bad_input_gives_one_error_line(capsys):
   assert capsys.readouterr().err.startswith("error: topology 'v5e:3x3' is not one")
   assert aot.main(["--config", "configs/nope.py", "--topology=v5e:2x2"]) == 2
   assert "no such config file" in capsys.readouterr().err
+  bad_config = ["--config", TEST_CONFIG, "--topology=v5e:2x2", "--config.model.scale=5"]
+  assert aot.main(bad_config) == 2
+  assert "model.scale must be one of" in capsys.readouterr().err
 
 
 @needs_libtpu
