@@ -91,6 +91,7 @@ class Row:
   collectives: dict = dataclasses.field(default_factory=dict)  # kind -> count
   violations: list = dataclasses.field(default_factory=list)  # sharding / CPU-path problems
   compile_s: Optional[float] = None
+  error: str = ""  # the compiler failed (not for lack of memory)
   note: str = ""
 
 
@@ -381,10 +382,11 @@ def compile_program(prog: Program, batch: int, hbm: int, xla_flags: str = "") ->
   t = time.perf_counter()
   try:
     compiled = prog.lower(batch).compile()
-  except Exception as e:  # the compiler refusing an oversized program
-    if not _OOM.search(str(e)):
-      raise
-    return dict(fits=False, compile_s=time.perf_counter() - t, note=str(e).splitlines()[0][:200])
+  except Exception as e:  # the compiler refusing an oversized program, or failing
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    if _OOM.search(str(e)):
+      return dict(fits=False, compile_s=time.perf_counter() - t, note=first)
+    return dict(compile_s=time.perf_counter() - t, error=f"{type(e).__name__}: {first}")
   seconds = time.perf_counter() - t
   out = dict(_memory(compiled), compile_s=seconds)
   out["fits"] = out["hbm_total"] <= hbm if "hbm_total" in out else None
@@ -485,7 +487,7 @@ def report(
       )
     if row.flops_per_chip:
       row.ideal_step_s = row.flops_per_chip / topo.chip.peak_bf16_flops
-    if search_max_batch and prog.name == "train":
+    if search_max_batch and prog.name == "train" and not row.error:
       row.max_global_batch, row.max_batch_compiles, exact = max_batch(
         prog, prog.batch, row.fits, hbm, max_compiles
       )
@@ -571,6 +573,7 @@ def format_table(rows: Sequence[Row]) -> str:
   text = "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)) for line in lines)
   notes = [f"{r.program}: {r.note}" for r in rows if r.note]
   notes += [f"{r.program}: SHARDING/CPU-PATH PROBLEM: {v}" for r in rows for v in r.violations]
+  notes += [f"{r.program}: COMPILE FAILED: {r.error}" for r in rows if r.error]
   return text + ("\n" + "\n".join(notes) if notes else "")
 
 
@@ -580,7 +583,7 @@ def _build_parser() -> argparse.ArgumentParser:
     description="Compile dan_jax's train, eval and predict programs for a TPU slice or GPU "
     "host this machine does not have, and report per-chip memory, FLOPs, the ideal step "
     "time and the collectives. TPU: pip install 'dan_jax[aot]'; GPU: jax[cuda12]. Exit "
-    "status 1 when a sharding or CPU-path check fails, 2 on bad input.",
+    "status 1 when a compile or a sharding or CPU-path check fails, 2 on bad input.",
   )
   p.add_argument("--config", default=config_lib.default_spec(), help="FILE[:ARG] training config")
   p.add_argument(
@@ -636,7 +639,7 @@ def main(argv: Optional[list[str]] = None) -> int:
       print(text)
     else:
       storage.write_bytes(args.json, (text + "\n").encode(), overwrite=True)
-  return 1 if any(r.violations for r in rows) else 0
+  return 1 if any(r.violations or r.error for r in rows) else 0
 
 
 if __name__ == "__main__":
