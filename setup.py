@@ -30,7 +30,7 @@ setuptools.setup(
   # (non-editable) dan_jax runs `python -m dan_jax.main` and `--config=configs/x4.py`.
   packages=setuptools.find_packages(include=["dan_jax", "dan_jax.*"]) + ["dan_jax.configs"],
   package_dir={"dan_jax.configs": "configs"},
-  package_data={"dan_jax.configs": ["*.py"]},
+  package_data={"dan_jax.configs": ["*.py"], "dan_jax": ["gpu_targets/*.txtpb"]},
   python_requires=">=3.10",
   install_requires=_requirements(),
   extras_require={
@@ -48,6 +48,10 @@ setuptools.setup(
       "ruff>=0.17,<0.18",
     ]
     + _TENSORFLOW,
+    # `python -m dan_jax.aot`: libtpu, the TPU compiler (compiles for TPU slices on any
+    # host; the version jax pairs with). GPU targets need `jax[cuda12]` (~5 GB), installed
+    # apart in its own environment.
+    "aot": ["jax[tpu]"],
     # Only `python -m dan_jax.convert --official X.pth` reads PyTorch pickles.
     "torch": ["torch>=2.0"],
     # `python -m dan_jax.export`: ONNX (jax2onnx, checked with onnxruntime) and the

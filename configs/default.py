@@ -136,6 +136,11 @@ def get_config(arg: str = "") -> ml_collections.ConfigDict:
   # evaluate/infer always run at "highest". bfloat16 activations: model.dtype.
   config.matmul_precision = "default"
 
+  # JAX's persistent compilation cache (training, and evaluate/infer's flag of the same
+  # name): a resumed run skips recompiling. "auto": $XDG_CACHE_HOME (else ~/.cache)
+  # /dan_jax/jax_compilation_cache; a folder or gs:// URL; "" turns it off.
+  config.compilation_cache_dir = "auto"
+
   # ---- Loop, checkpoints, logs ----
   config.log_every_steps = 100  # scalars to TensorBoard
   config.eval_every_steps = 2500  # validation (official val_freq)

@@ -57,4 +57,5 @@ def get_config(arg: str = ""):
   config.eval_every_steps = 2
   config.checkpoint_every_steps = 2
   config.image_every_steps = 2
+  config.compilation_cache_dir = ""  # tests write nothing under the user's cache folder
   return config

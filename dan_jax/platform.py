@@ -6,6 +6,7 @@ starts, when a wrong guess would still cost nothing.
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import os
 import re
@@ -20,7 +21,12 @@ _PLUGIN_RE = re.compile(
 )
 
 
-def accelerator_plugins() -> list[str]:
+_TPU_RE = re.compile(r"^(libtpu.*|jax[-_.]?tpu.*)$", re.IGNORECASE)
+# Device nodes of a TPU VM's chips (v2-v5e: accel; v5p, v6e: vfio).
+_TPU_NODES = ("/dev/accel*", "/dev/vfio/[0-9]*")
+
+
+def installed_plugins() -> list[str]:
   """Installed JAX accelerator plugins (by distribution name), without starting JAX."""
   found = set()
   for dist in importlib.metadata.distributions():
@@ -32,6 +38,28 @@ def accelerator_plugins() -> list[str]:
   except Exception:  # odd metadata must not stop a run
     pass
   return sorted(found)
+
+
+def tpu_present() -> bool:
+  """Whether this host has TPU chips (their device nodes), without starting JAX."""
+  return any(glob.glob(pattern) for pattern in _TPU_NODES)
+
+
+def accelerator_plugins() -> list[str]:
+  """Installed JAX accelerator plugins that can find a device here, without starting JAX.
+
+  libtpu without TPU chips is the compiler `dan_jax.aot` uses, not an accelerator: the
+  process stays CPU-only (its XLA:CPU flag, `runtime.setup_entry_point`).
+  """
+  found = installed_plugins()
+  if not tpu_present():
+    found = [name for name in found if not _TPU_RE.match(name)]
+  return found
+
+
+def idle_tpu_compiler() -> bool:
+  """Whether libtpu is installed on a host without TPU chips (and nothing else is)."""
+  return not tpu_present() and any(_TPU_RE.match(p) for p in installed_plugins())
 
 
 def cpu_only() -> bool:

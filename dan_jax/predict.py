@@ -180,7 +180,10 @@ class Predictor:
     self.batch_size = parallel.round_up(batch_size, self.num_devices)
     self.pad_to_multiple = int(pad_to_multiple)
     rep, data = parallel.replicated(self.mesh), parallel.data_sharded(self.mesh)
-    self.variables = jax.device_put(variables, rep)
+    abstract = all(
+      isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves(variables)
+    )  # shapes only: `dan_jax.aot` compiles the jitted pieces for devices it cannot reach
+    self.variables = variables if abstract else jax.device_put(variables, rep)
     self._whole = jax.jit(self._whole_fn, in_shardings=(rep, data), out_shardings=data)
     if self.tiling is not None:
       self._tiled = TiledRunner(

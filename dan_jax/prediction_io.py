@@ -62,12 +62,15 @@ def add_predictor_flags(parser: argparse.ArgumentParser) -> None:
     "(APPROXIMATE; default 0: exact sizes)",
   )
   precision_lib.add_precision_flag(parser)
+  runtime.add_compilation_cache_flag(parser)
 
 
 def build_predictor(
   args: argparse.Namespace, model_config: Any, variables: dict
 ) -> predict.Predictor:
-  """The Predictor the flags of `add_predictor_flags` ask for."""
+  """The Predictor the flags of `add_predictor_flags` ask for (its compilations cached in
+  --compilation_cache_dir)."""
+  runtime.enable_compilation_cache(getattr(args, "compilation_cache_dir", ""))
   return predict.Predictor(
     model_config,
     variables,

@@ -334,6 +334,24 @@ def step_functions(
   return model, learning_rate_fn, tx, p_train_step, make_eval_step(model, mesh)
 
 
+def step_functions_from_config(
+  config: ml_collections.ConfigDict, spec: models.ModelSpec, mesh: Mesh
+):
+  """`step_functions` of a training config (what `train_and_evaluate` and `aot` compile)."""
+  return step_functions(
+    spec,
+    tuple(
+      tuple(config[f]) if f == "lr_milestones" else config.get(f, 0.0) for f in OPTIMIZER_FIELDS
+    ),
+    mesh,
+    float(config.kernel_loss_weight),
+    bool(config.supervise_all_iterations),
+    float(config.ema_decay),
+    faults_from_config(config),
+    config.get("matmul_precision", "default"),
+  )
+
+
 def benchmark_step(
   model: nn.Module,
   variables: dict,

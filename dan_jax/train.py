@@ -36,6 +36,7 @@ from dan_jax import input_pipeline
 from dan_jax import models
 from dan_jax import parallel
 from dan_jax import recovery
+from dan_jax import runtime
 from dan_jax import steps
 from dan_jax import storage
 from dan_jax import validation
@@ -368,20 +369,13 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
   preemption_every = preemption_check_every(config)
   recovery_config = steps.recovery_fields(config)
   workdir = _prepare_workdir(workdir)
+  cache = runtime.enable_compilation_cache(config.get("compilation_cache_dir", ""))
+  if cache:
+    logging.info("compilation cache: %s", cache)
   mesh = parallel.create_mesh()
   check_batch_size(config.batch_size, mesh)
-  model, learning_rate_fn, tx, p_train_step, p_eval_step = steps.step_functions(
-    spec,
-    tuple(
-      tuple(config[f]) if f == "lr_milestones" else config.get(f, 0.0)
-      for f in steps.OPTIMIZER_FIELDS
-    ),
-    mesh,
-    float(config.kernel_loss_weight),
-    bool(config.supervise_all_iterations),
-    float(config.ema_decay),
-    steps.faults_from_config(config),
-    config.get("matmul_precision", "default"),
+  model, learning_rate_fn, tx, p_train_step, p_eval_step = steps.step_functions_from_config(
+    config, spec, mesh
   )
   meta = {"config": config_lib.to_json(config)}
   manager = checkpoint.create_manager(

@@ -76,3 +76,24 @@ def state_template(
   """A state of the right shapes for restoring (values come from the checkpoint)."""
   pca_shape = np.zeros((spec.kernel_size**2, spec.code_len), np.float32)
   return create_train_state(models.init_variables(model, 0, pca_shape), tx, use_ema)
+
+
+def abstract_state(
+  spec: models.ModelSpec, model: models.DAN, tx: optax.GradientTransformation, use_ema: bool
+) -> TrainState:
+  """The state's shapes and dtypes (jax.ShapeDtypeStruct leaves), no array made: what
+  `create_train_state` gives, for compiling the train step without weights."""
+  lr = jax.ShapeDtypeStruct((1, 8, 8, spec.in_nc), np.float32)
+  params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, iterations=1), lr)["params"]
+  params = flax.core.unfreeze(params)
+  scalar = jax.ShapeDtypeStruct((), np.int32)
+  return TrainState(
+    step=scalar,
+    params=params,
+    pca={"matrix": jax.ShapeDtypeStruct((spec.kernel_size**2, spec.code_len), np.float32)},
+    opt_state=jax.eval_shape(tx.init, params),
+    ema_params=params if use_ema else None,
+    skipped=scalar,
+    nonfinite_run=scalar,
+    data_offset=scalar,
+  )

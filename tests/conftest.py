@@ -8,6 +8,9 @@ The XLA:CPU flag the command lines use is applied here too, before any test star
 in-process tests compile what the CLIs compile.
 """
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 
@@ -16,6 +19,10 @@ from dan_jax import models
 from dan_jax import xla_cpu
 
 xla_cpu.configure()
+
+# The persistent compilation cache ("auto": under XDG_CACHE_HOME) goes to a folder of this
+# session, for the suite's processes and their subprocesses, not the user's cache.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="dan_jax_test_cache_")
 
 # DANv2 x2 with one block per group and 11x11 kernels.
 TINY_V2 = dict(

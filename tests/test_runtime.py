@@ -180,3 +180,45 @@ def test_predictor_precisions():
   assert 0 < np.abs(got.sr - full.sr).max() < 0.05  # bfloat16 ran, and stayed close
   with pytest.raises(errors.InferenceError, match="precision must be one of"):
     predict.Predictor(config, variables, precision="fp8")
+
+
+def test_compilation_cache_dir_settings(monkeypatch, tmp_path):
+  from dan_jax.errors import ConfigError
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+  assert runtime.compilation_cache_dir("auto") == str(tmp_path / runtime.DEFAULT_CACHE_SUBDIR)
+  monkeypatch.delenv("XDG_CACHE_HOME")
+  assert runtime.compilation_cache_dir("auto").startswith(os.path.expanduser("~/.cache/"))
+  assert runtime.compilation_cache_dir("gs://bucket/cache") == "gs://bucket/cache"
+  assert runtime.compilation_cache_dir("") == ""
+  with pytest.raises(ConfigError, match="compilation_cache_dir"):
+    runtime.compilation_cache_dir(None)
+  assert runtime.enable_compilation_cache("") == ""
+
+
+def test_compilation_cache_keeps_compiled_programs(tmp_path):
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache
+  import jax.numpy as jnp
+
+  saved = {
+    k: getattr(jax.config, k)
+    for k in ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+  }
+  try:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    compilation_cache.reset_cache()
+    assert runtime.enable_compilation_cache(str(tmp_path)) == str(tmp_path)
+    jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.25)(jnp.ones(7)).block_until_ready()
+    assert any(tmp_path.iterdir())
+  finally:
+    for k, v in saved.items():
+      jax.config.update(k, v)
+    compilation_cache.reset_cache()
+
+
+def test_training_configs_cache_by_default():
+  from dan_jax import config as config_lib
+
+  assert config_lib.load("configs/x4.py:dcls").compilation_cache_dir == "auto"
+  assert config_lib.load("configs/test.py").compilation_cache_dir == ""

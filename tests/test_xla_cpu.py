@@ -130,3 +130,34 @@ def test_opt_in_sets_the_flag_in_a_fresh_process():
     "print(os.environ['XLA_FLAGS'], dan_jax.xla_cpu.applied())"
   )
   assert _fresh_process(code).split() == [xla_cpu.FLAG, "True"]
+
+
+@pytest.mark.parametrize(
+  "installed,chips,accelerators,idle",
+  [
+    (["libtpu"], False, [], True),  # dan_jax.aot's compiler on a CPU host: CPU-only
+    (["libtpu"], True, ["libtpu"], False),  # a TPU VM
+    (["jax-cuda12-plugin", "libtpu"], False, ["jax-cuda12-plugin"], True),
+    ([], False, [], False),
+  ],
+)
+def test_libtpu_without_tpu_chips_is_not_an_accelerator(installed, chips, accelerators, idle):
+  with (
+    mock.patch.object(platform_lib, "installed_plugins", return_value=installed),
+    mock.patch.object(platform_lib, "tpu_present", return_value=chips),
+  ):
+    assert platform_lib.accelerator_plugins() == accelerators
+    assert platform_lib.idle_tpu_compiler() == idle
+
+
+def test_entry_point_keeps_an_idle_libtpu_off(fresh):
+  # libtpu without TPU chips would print its failed start and take the TPU lock file.
+  from dan_jax import runtime
+
+  with (
+    mock.patch.object(platform_lib, "idle_tpu_compiler", return_value=True),
+    mock.patch.object(runtime, "hide_accelerators_from_tensorflow"),
+  ):
+    runtime.setup_entry_point()
+  assert os.environ["JAX_PLATFORMS"] == "cpu"
+  assert xla_cpu.FLAG in os.environ["XLA_FLAGS"]
