@@ -265,6 +265,7 @@ def programs(
   from dan_jax import precision as precision_lib
   from dan_jax import predict
   from dan_jax import steps
+  from dan_jax import tiling as tiling_lib
   from dan_jax.train_state import abstract_state
 
   spec = _target_spec(config, platform)
@@ -307,7 +308,7 @@ def programs(
     predictor = predict.Predictor(
       dict(dataclasses.asdict(spec), dtype=np.dtype(spec.dtype).name),
       variables,
-      tile=images.tile if spec.version != "DCLS" else 0,
+      tile=images.tile if _can_tile(spec) else 0,
       batch_size=images.batch,
       precision=pname,
       devices=list(mesh.devices.flat),
@@ -331,45 +332,51 @@ def programs(
         note=note,
       )
     )
-    if spec.version == "DCLS":
-      pass  # no tiled path: its Fourier deconvolution sees the whole image
-    else:
-      th, tw = images.tile, images.tile
-      s = scale
-      batch = predictor.batch_size
-      tiles = len(predict.tile_starts(images.tiled[0], th, predictor.tile_overlap)) * len(
-        predict.tile_starts(images.tiled[1], th, predictor.tile_overlap)
-      )
-      tnote = (
-        f"{note}; {tiles} tiles x {spec.loops} iterations of {images.tiled[0]}x{images.tiled[1]} LR"
-      )
+    if predictor.tiling is not None:  # the family's tiled path (DCLS has none)
+      runner = predictor._tiled
+      th, tw, boxes = tiling_lib.layout(*images.tiled, images.tile, predictor.tile_overlap)
+      s, batch = scale, predictor.batch_size
+      tiled = f"{images.tiled[0]}x{images.tiled[1]} LR"
+      tnote = f"{note}; {len(boxes)} tiles x {runner.t.loops} iterations of {tiled}"
       out.append(
         Program(
           "predict_tile_restore",
           batch,
           f"{th}x{tw} LR tiles",
           scoped(
-            lambda b: predictor._restore.lower(variables, f32(b, th, tw, 3), f32(1, spec.code_len))
+            lambda b: runner._restore.lower(variables, f32(b, th, tw, 3), f32(1, spec.code_len))
           ),
           n,
           note=tnote,
         )
       )
-      out.append(
-        Program(
-          "predict_tile_pool",
-          batch,
-          f"{th}x{tw} LR tiles",
-          scoped(
-            lambda b: predictor._pool.lower(
-              variables, f32(b, th * s, tw * s, 3), f32(b, th, tw, 3), f32(b, th, tw)
-            )
-          ),
-          n,
-          note=tnote,
+      if runner.t.features is not None:  # the Estimator's pooled features
+        out.append(
+          Program(
+            "predict_tile_pool",
+            batch,
+            f"{th}x{tw} LR tiles",
+            scoped(
+              lambda b: runner._pool.lower(
+                variables, f32(b, th * s, tw * s, 3), f32(b, th, tw, 3), f32(b, th, tw)
+              )
+            ),
+            n,
+            note=tnote,
+          )
         )
-      )
   return out
+
+
+def _can_tile(spec: Any) -> bool:
+  """Whether the model's family has a tiled path (DCLS's deconvolution sees whole images)."""
+  from dan_jax import models
+
+  try:
+    models.family(spec).tiling(spec)
+  except ValueError:
+    return False
+  return True
 
 
 # ---------------------------------------------------------------------------------------

@@ -334,9 +334,7 @@ def step_functions(
   return model, learning_rate_fn, tx, p_train_step, make_eval_step(model, mesh)
 
 
-def step_functions_from_config(
-  config: ml_collections.ConfigDict, spec: models.ModelSpec, mesh: Mesh
-):
+def step_functions_from_config(config: ml_collections.ConfigDict, spec: ModelSpec, mesh: Mesh):
   """`step_functions` of a training config (what `train_and_evaluate` and `aot` compile)."""
   return step_functions(
     spec,

@@ -79,7 +79,7 @@ def state_template(
 
 
 def abstract_state(
-  spec: models.ModelSpec, model: models.DAN, tx: optax.GradientTransformation, use_ema: bool
+  spec: ModelSpec, model: nn.Module, tx: optax.GradientTransformation, use_ema: bool
 ) -> TrainState:
   """The state's shapes and dtypes (jax.ShapeDtypeStruct leaves), no array made: what
   `create_train_state` gives, for compiling the train step without weights."""
