@@ -290,7 +290,7 @@ def batch_shapes(config: ml_collections.ConfigDict, batch_size: int) -> dict:
   out = dict(
     lr=f32(lr, lr, 3), hr=f32(crop, crop, 3), kernel=f32(k, k), code=f32(config.model.code_len)
   )
-  if config.model.version == "DCLS":
+  if models.family(config.model.version).needs_clean_lr(config.model):  # DCLS's kernel loss
     out.update(lr_blurred=f32(lr, lr, 3), lr_clean=f32(lr, lr, 3))
   return out
 
