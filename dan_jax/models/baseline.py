@@ -19,24 +19,12 @@ from dan_jax.errors import ConversionError
 from dan_jax.models import spec as spec_lib
 from dan_jax.models.layers import _opts
 from dan_jax.models.layers import Conv2d
+from dan_jax.models.layers import ResBlock
 from dan_jax.models.layers import Upsampler
 from dan_jax.models.spec import ModelOutput
 from dan_jax.models.spec import ModelSpec
 
 Array = jax.Array
-
-
-class ResBlock(nn.Module):
-  """EDSR's residual block without batch norm: x + conv(relu(conv(x)))."""
-
-  dtype: Any = jnp.float32
-  gemm_grad: bool = False  # see Conv2d
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    nf = x.shape[-1]
-    y = Conv2d(nf, 3, padding=1, **_opts(self), name="conv1")(x)
-    return x + Conv2d(nf, 3, padding=1, **_opts(self), name="conv2")(nn.relu(y))
 
 
 class Baseline(nn.Module):
@@ -82,7 +70,7 @@ class Restorer(nn.Module):
     head = Conv2d(self.nf, 3, padding=1, **_opts(self), name="head")(lr)
     f = head
     for i in range(self.nb):
-      f = ResBlock(**_opts(self), name=f"block{i}")(f)
+      f = ResBlock(negative_slope=0.0, **_opts(self), name=f"block{i}")(f)
     f = Conv2d(self.nf, 3, padding=1, **_opts(self), name="body_out")(f) + head
     sr = Upsampler(self.nf, self.scale, self.out_nc, **_opts(self), name="upsample")(f)
     return sr.astype(jnp.float32)

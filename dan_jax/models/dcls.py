@@ -25,6 +25,7 @@ from dan_jax.models import torch_weights
 from dan_jax.models.layers import _opts
 from dan_jax.models.layers import ChannelAttention
 from dan_jax.models.layers import Conv2d
+from dan_jax.models.layers import ResBlock
 from dan_jax.models.layers import torch_uniform
 from dan_jax.models.layers import Upsampler
 from dan_jax.models.spec import ModelOutput
@@ -56,19 +57,6 @@ class Linear(nn.Module):
     kernel = self.param("kernel", init, (x.shape[-1], self.features))
     bias = self.param("bias", init, (self.features,))
     return x.astype(jnp.float32) @ kernel + bias
-
-
-class ResBlock(nn.Module):
-  """ResidualBlock_noBN: x + conv2(lrelu(conv1(x)))."""
-
-  dtype: Any = jnp.float32
-  gemm_grad: bool = False  # see Conv2d
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    nf = x.shape[-1]
-    y = Conv2d(nf, 3, padding=1, **_opts(self), name="conv1")(x)
-    return x + Conv2d(nf, 3, padding=1, **_opts(self), name="conv2")(lrelu(y))
 
 
 def adaptive_avg_pool_matrix(n: int, out: int) -> np.ndarray:

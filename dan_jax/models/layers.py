@@ -215,6 +215,25 @@ class ChannelAttention(nn.Module):
     return x * nn.sigmoid(y)
 
 
+class ResBlock(nn.Module):
+  """A residual block without batch norm: x + conv2(act(conv1(x))), act a leaky ReLU.
+
+  DCLS's ResidualBlock_noBN: slope 0.1; the baseline's EDSR block: slope 0 (ReLU).
+  """
+
+  negative_slope: float = 0.1
+  dtype: Any = jnp.float32
+  gemm_grad: bool = False  # see Conv2d
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    nf = x.shape[-1]
+    y = Conv2d(nf, 3, padding=1, **_opts(self), name="conv1")(x)
+    s = self.negative_slope
+    y = nn.relu(y) if s == 0 else nn.leaky_relu(y, negative_slope=s)
+    return x + Conv2d(nf, 3, padding=1, **_opts(self), name="conv2")(y)
+
+
 def _opts(module: nn.Module) -> dict:
   """The compute dtype and conv-gradient choice a layer passes to its sub-layers."""
   return dict(dtype=module.dtype, gemm_grad=module.gemm_grad)
