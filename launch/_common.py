@@ -28,6 +28,29 @@ def quote(cmd: Sequence[str]) -> str:
   return " ".join(shlex.quote(c) for c in cmd)
 
 
+def sbatch_header(args, job_name: str, output: str, nodes: int, gpus: int) -> list[str]:
+  """#SBATCH lines of one job: `args` gives cpus_per_task, time and partition (if any)."""
+  lines = [
+    "#!/bin/bash",
+    f"#SBATCH --job-name={job_name}",
+    f"#SBATCH --nodes={nodes}",
+    "#SBATCH --ntasks-per-node=1",
+    f"#SBATCH --cpus-per-task={args.cpus_per_task}",
+    f"#SBATCH --time={args.time}",
+    f"#SBATCH --output={output}",
+  ]
+  if gpus:
+    lines.append(f"#SBATCH --gpus-per-node={gpus}")
+  if args.partition:
+    lines.append(f"#SBATCH --partition={args.partition}")
+  return lines
+
+
+def srun_body(repo: str, cmd: Sequence[str]) -> list[str]:
+  """The script's body: strict shell, the checkout, `srun` of one command."""
+  return ["", "set -euo pipefail", f"cd {quote([repo])}", "srun " + quote(cmd), ""]
+
+
 def train_command(
   config: str,
   workdir: str,

@@ -26,30 +26,13 @@ import _common
 
 def sbatch_script(args: argparse.Namespace, overrides: list[str]) -> str:
   """The batch script's text."""
-  lines = [
-    "#!/bin/bash",
-    f"#SBATCH --job-name={args.job_name}",
-    f"#SBATCH --nodes={args.nodes}",
-    "#SBATCH --ntasks-per-node=1",
-    f"#SBATCH --gpus-per-node={args.gpus_per_node}",
-    f"#SBATCH --cpus-per-task={args.cpus_per_task}",
-    f"#SBATCH --time={args.time}",
-    f"#SBATCH --output={os.path.join(args.workdir, 'slurm', '%j.out')}",
-    "#SBATCH --requeue",
-    "#SBATCH --signal=TERM@120",
-  ]
-  if args.partition:
-    lines.append(f"#SBATCH --partition={args.partition}")
+  output = os.path.join(args.workdir, "slurm", "%j.out")
+  lines = _common.sbatch_header(args, args.job_name, output, args.nodes, args.gpus_per_node)
+  lines += ["#SBATCH --requeue", "#SBATCH --signal=TERM@120"]
   train = _common.train_command(
     args.config, args.workdir, overrides, python=args.python, distributed=True
   )
-  lines += [
-    "",
-    "set -euo pipefail",
-    f"cd {_common.quote([args.repo])}",
-    "srun " + _common.quote(train),
-    "",
-  ]
+  lines += _common.srun_body(args.repo, train)
   return "\n".join(lines)
 
 

@@ -402,26 +402,11 @@ def train_tpu(args, sweep: Sweep) -> int:
 # ---------------------------------------------------------------------------------------
 
 
-def _header(args, job_name: str, output: str, nodes: int, gpus: int) -> list[str]:
-  lines = [
-    "#!/bin/bash",
-    f"#SBATCH --job-name={job_name}",
-    f"#SBATCH --nodes={nodes}",
-    "#SBATCH --ntasks-per-node=1",
-    f"#SBATCH --cpus-per-task={args.cpus_per_task}",
-    f"#SBATCH --time={args.time}",
-    f"#SBATCH --output={output}",
-  ]
-  if gpus:
-    lines.append(f"#SBATCH --gpus-per-node={gpus}")
-  if args.partition:
-    lines.append(f"#SBATCH --partition={args.partition}")
-  return lines
-
-
 def array_script(args, sweep: Sweep, runs: Sequence[Run], slurm_dir: str) -> str:
   """One array task per run: `srun python -m dan_jax.main --distributed` on its nodes."""
-  lines = _header(args, args.job_name, f"{slurm_dir}/%A_%a.out", args.nodes, args.gpus_per_node) + [
+  lines = _common.sbatch_header(
+    args, args.job_name, f"{slurm_dir}/%A_%a.out", args.nodes, args.gpus_per_node
+  ) + [
     f"#SBATCH --array=0-{len(runs) - 1}",
     "#SBATCH --requeue",
     "#SBATCH --signal=TERM@120",
@@ -453,15 +438,9 @@ def collect_script(args, slurm_dir: str) -> str:
   argv = [a for a in args.argv if not a.startswith(("--mode", "--dry_run", "--workdir"))]
   argv.append(f"--workdir={os.path.abspath(args.workdir)}")
   cmd = [args.python, os.path.join(args.repo, "launch", "sweep.py"), *argv, "--mode=collect"]
-  lines = _header(
+  lines = _common.sbatch_header(
     args, f"{args.job_name}-collect", f"{slurm_dir}/collect-%j.out", 1, min(args.gpus_per_node, 1)
-  ) + [
-    "",
-    "set -euo pipefail",
-    f"cd {_common.quote([args.repo])}",
-    "srun " + _common.quote(cmd),
-    "",
-  ]
+  ) + _common.srun_body(args.repo, cmd)
   return "\n".join(lines)
 
 
