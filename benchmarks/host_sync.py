@@ -37,7 +37,7 @@ from dan_jax import input_pipeline
 from dan_jax import models
 from dan_jax import parallel
 from dan_jax import steps
-from dan_jax import train
+from dan_jax import train_config
 from dan_jax import train_state
 
 
@@ -75,7 +75,7 @@ def main() -> None:
 
   config = config_lib.load(args.config)
   config.log_every_steps = args.window
-  spec = train.validate_config(config)
+  spec = train_config.validate_config(config)
   mesh = parallel.create_mesh(jax.devices()[:1])
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   model, _, tx, step_fn, _ = steps.step_functions(

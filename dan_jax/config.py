@@ -4,7 +4,7 @@ The one place where a config spec (`configs/x4.py:v1`) becomes a ConfigDict and 
 `FIELD=VALUE` string becomes a field's value, so a value means the same in `main`, the
 launchers, the notebooks and the tests. `configs/NAME.py` also resolves to the shipped
 config where no such file is beside the working directory. A leaf of the package: what a
-training config's values must be is checked by `train.validate_config`.
+training config's values must be is checked by `train_config.validate_config`.
 """
 
 from __future__ import annotations

@@ -279,22 +279,6 @@ def create_train_iterator(
   return _iterate(ds, plan, int(start_step), lookahead)
 
 
-def batch_shapes(config: ml_collections.ConfigDict, batch_size: int) -> dict:
-  """Shapes and dtypes (jax.ShapeDtypeStruct) of a global training batch of `batch_size`:
-  what `create_train_iterator` yields, for compiling the train step without data."""
-  import jax  # only here: the pipeline itself runs on TensorFlow
-
-  crop, scale = int(config.data.hr_crop), int(config.model.scale)
-  k, lr = int(config.model.kernel_size), crop // scale
-  f32 = lambda *shape: jax.ShapeDtypeStruct((int(batch_size),) + shape, np.float32)
-  out = dict(
-    lr=f32(lr, lr, 3), hr=f32(crop, crop, 3), kernel=f32(k, k), code=f32(config.model.code_len)
-  )
-  if models.family(config.model.version).needs_clean_lr(config.model):  # DCLS's kernel loss
-    out.update(lr_blurred=f32(lr, lr, 3), lr_clean=f32(lr, lr, 3))
-  return out
-
-
 # --------------------------------------------------------------------------
 # Validation set
 # --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from jax.sharding import Mesh
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import ml_collections
+import numpy as np
 import optax
 
 from dan_jax import models
@@ -385,3 +386,17 @@ def benchmark_step(
     state,
     parallel.to_global(batch, NamedSharding(mesh, P("data"))),
   )
+
+
+def batch_shapes(config: ml_collections.ConfigDict, batch_size: int) -> dict:
+  """Shapes and dtypes (jax.ShapeDtypeStruct) of a global training batch of `batch_size`:
+  what `input_pipeline.create_train_iterator` yields, to compile the train step without data."""
+  crop, scale = int(config.data.hr_crop), int(config.model.scale)
+  k, lr = int(config.model.kernel_size), crop // scale
+  f32 = lambda *shape: jax.ShapeDtypeStruct((int(batch_size),) + shape, np.float32)
+  out = dict(
+    lr=f32(lr, lr, 3), hr=f32(crop, crop, 3), kernel=f32(k, k), code=f32(config.model.code_len)
+  )
+  if models.family(config.model.version).needs_clean_lr(config.model):  # DCLS's kernel loss
+    out.update(lr_blurred=f32(lr, lr, 3), lr_clean=f32(lr, lr, 3))
+  return out

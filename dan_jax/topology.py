@@ -2,8 +2,9 @@
 
 `get(name)` turns a name such as `v5e:2x4`, `v4:2x2x4` or `h100:8` into compile-only
 devices (`jax.experimental.topologies`): a TPU slice through libtpu, a GPU host through
-the CUDA plugin and a target description shipped in `dan_jax/gpu_targets/`. `CHIPS` holds
-what the compiler does not report: each chip's memory and peak bfloat16 rate.
+the CUDA plugin and a target description shipped in `dan_jax/gpu_targets/`; `local` is
+this host's own devices. `CHIPS` holds what the compiler does not report: each chip's
+memory and peak bfloat16 rate.
 """
 
 from __future__ import annotations
@@ -55,9 +56,26 @@ CHIPS = {
 SINGLE_HOST_8 = ("v5e", "v6e")
 ALIASES = {"a100": "a100_80gb", "h100_80gb": "h100", "v5litepod": "v5e", "v6": "v6e"}
 
+LOCAL = "local"  # this host's devices (jax.devices()): compiled, and runnable
+# device_kind substrings -> CHIPS names (most specific first).
+_KINDS = (
+  ("H200", "h200"),
+  ("H100", "h100"),
+  ("A100-SXM4-40GB", "a100_40gb"),
+  ("A100-PCIE-40GB", "a100_40gb"),
+  ("A100", "a100_80gb"),
+  ("TPU v4", "v4"),
+  ("TPU v5 lite", "v5e"),
+  ("TPU v5e", "v5e"),
+  ("TPU v5", "v5p"),
+  ("TPU v6", "v6e"),
+)
+# The CUDA compiler's Python plugin, any of which compiles for "cuda".
+CUDA_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin")
+
 INSTALL_HINT = {
   "tpu": 'pip install "dan_jax[aot]" (libtpu, the TPU compiler; no TPU needed)',
-  "cuda": 'pip install "jax[cuda12]" (in its own environment; about 5 GB; no GPU needed)',
+  "cuda": 'pip install "jax[cuda12]" or "jax[cuda13]" (own environment; ~5 GB; no GPU needed)',
 }
 
 
@@ -100,7 +118,8 @@ def parse(name: str) -> tuple[Chip, tuple[int, ...]]:
   if chip is None:
     raise UsageError(
       f"unknown topology {name!r}: use CHIP:SHAPE with CHIP one of {', '.join(CHIPS)} "
-      "(e.g. v5e:2x4, v4:2x2x4, v5e:16x16, h100:8, h100:2x8 = 2 hosts of 8 GPUs)"
+      "(e.g. v5e:2x4, v4:2x2x4, v5e:16x16, h100:8, h100:2x8 = 2 hosts of 8 GPUs), or "
+      "'local' for this host's own devices"
     )
   dims = tuple(int(d) for d in m.group(2).split("x"))
   if min(dims) < 1:
@@ -110,11 +129,11 @@ def parse(name: str) -> tuple[Chip, tuple[int, ...]]:
 
 def require(platform: str) -> None:
   """MissingPackageError naming the install when the compiler of `platform` is absent."""
-  module = {"tpu": "libtpu", "cuda": "jax_cuda12_plugin"}[platform]
-  if importlib.util.find_spec(module) is None:
+  modules = {"tpu": ("libtpu",), "cuda": CUDA_PLUGINS}[platform]
+  if all(importlib.util.find_spec(m) is None for m in modules):
     raise MissingPackageError(
-      f"compiling for {platform.upper()} needs {module}, which is not installed: "
-      f"{INSTALL_HINT[platform]}"
+      f"compiling for {platform.upper()} needs {' or '.join(modules)}, which is not "
+      f"installed: {INSTALL_HINT[platform]}"
     )
 
 
@@ -123,8 +142,39 @@ def gpu_target(chip: Chip) -> str:
   return (GPU_TARGETS_DIR / chip.target).read_text()
 
 
+def local() -> Topology:
+  """This host's own devices (the default backend), as a topology: the chip named by its
+  `device_kind` where CHIPS knows it, with the memory the runtime reports."""
+  import jax
+
+  devices = jax.devices()
+  backend = jax.default_backend()
+  platform = "cuda" if backend == "gpu" else backend
+  kind = devices[0].device_kind
+  known = next((CHIPS[c] for k, c in _KINDS if k in kind), None)
+  stats = devices[0].memory_stats() or {}
+  hbm = int(stats.get("bytes_limit") or 0)
+  if not hbm:
+    hbm = known.hbm_bytes if known else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+  chip = Chip(
+    name=known.name if known else backend,
+    platform=platform,
+    kind=kind,
+    hbm_bytes=hbm,
+    peak_bf16_flops=known.peak_bf16_flops if known else float("nan"),
+  )
+  return Topology(
+    name=LOCAL,
+    chip=chip,
+    devices=devices,
+    hosts=len({d.process_index for d in devices}),
+  )
+
+
 def get(name: str) -> Topology:
   """The compile-only devices of topology `name` (see the module docstring)."""
+  if name.strip().lower() == LOCAL:
+    return local()
   chip, dims = parse(name)
   require(chip.platform)
   # Compile-only: never wait for, or refuse because of, another process holding the TPU.
@@ -167,7 +217,10 @@ def get(name: str) -> Topology:
 
 
 def hbm_bytes(topo: Topology) -> int:
-  """Memory per chip: the GPU target's own number, else the spec sheet's."""
+  """Memory per chip: the local runtime's or the GPU target's own number, else the spec
+  sheet's."""
+  if topo.name == LOCAL:
+    return topo.chip.hbm_bytes
   if topo.platform == "cuda":
     m = re.search(r"device_memory_size:\s*(\d+)", gpu_target(topo.chip))
     if m:

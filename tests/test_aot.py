@@ -26,7 +26,7 @@ from dan_jax.train_state import abstract_state
 from dan_jax.train_state import state_template
 
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
-HAS_CUDA = importlib.util.find_spec("jax_cuda12_plugin") is not None
+HAS_CUDA = any(importlib.util.find_spec(m) for m in topology.CUDA_PLUGINS)
 needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason='libtpu: pip install "dan_jax[aot]"')
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TEST_CONFIG = "configs/test.py"
@@ -60,6 +60,28 @@ def test_topology_names():
   assert topology.parse("V4:2x2x4")[0].megacore
   assert topology.parse("a100:8")[0].name == "a100_80gb"
   assert topology.parse("h100:2x8")[1] == (2, 8)
+
+
+def test_local_topology_is_this_hosts_devices():
+  topo = topology.get("local")
+  assert topo.devices == jax.devices() and topo.platform == jax.default_backend() == "cpu"
+  assert topo.chip.hbm_bytes > 0 and topology.hbm_bytes(topo) == topo.chip.hbm_bytes
+  kinds = dict(topology._KINDS)
+  assert [c for k, c in topology._KINDS if k in "NVIDIA H100 80GB HBM3"][0] == "h100"
+  assert [c for k, c in topology._KINDS if k in "NVIDIA A100-SXM4-40GB"][0] == "a100_40gb"
+  assert [c for k, c in topology._KINDS if k in "TPU v5 lite"][0] == "v5e"
+  assert set(kinds.values()) <= set(topology.CHIPS)
+
+
+def test_local_programs_compile_and_run_on_this_host():
+  rows = aot.report(TEST_CONFIG, "local", what=["train", "predict"], run_steps=2, images=TINY)
+  assert [r.program for r in rows][:2] == ["train", "predict"]
+  for r in rows:
+    assert not r.error and not r.violations and r.fits and r.chips == jax.device_count()
+    assert r.measured_step_s > 0 and r.compile_s > 0
+  assert "measured" in aot.format_table(rows)
+  with pytest.raises(UsageError, match="--topology=local"):
+    aot.report(TEST_CONFIG, "v5e:2x2", what=["train"], run_steps=2)
 
 
 def test_missing_compiler_names_the_install():

@@ -24,11 +24,11 @@ def _config(name):
 
 
 def test_baseline_configs_and_model():
-  from dan_jax import train
+  from dan_jax import train_config
 
-  x4 = train.validate_config(_config("x4.py:baseline"))
+  x4 = train_config.validate_config(_config("x4.py:baseline"))
   assert (x4.version, x4.scale, x4.nf, x4.nb, x4.loops) == ("baseline", 4, 64, 16, 1)
-  demo = train.validate_config(_config("demo.py:baseline"))
+  demo = train_config.validate_config(_config("demo.py:baseline"))
   assert (demo.version, demo.scale, demo.nf, demo.nb, demo.loops) == ("baseline", 2, 32, 8, 1)
   with pytest.raises(ValueError, match="loops must be 1"):
     models.create_model(dict(TINY, loops=2))

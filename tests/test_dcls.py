@@ -136,13 +136,13 @@ def test_dcls_config_errors_name_the_field():
 
 def test_bad_remat_in_a_training_config_is_one_clear_error():
   from dan_jax import config as config_lib
-  from dan_jax import train
+  from dan_jax import train_config
   from dan_jax.errors import TrainingError
 
   c = config_lib.load(str(ROOT / "configs" / "test.py:dcls"))
   c.model.remat = "group"
   with pytest.raises(TrainingError, match=r"^config.model.remat must be one of"):
-    train.validate_config(c)
+    train_config.validate_config(c)
 
 
 @pytest.mark.slow  # ~25-50 s on 2 cores: compiles three Restorer gradients
@@ -254,10 +254,10 @@ ROOT = pathlib.Path(__file__).parents[1]
   ],
 )
 def test_dcls_configs_follow_the_official_yamls(name, scale, kernel, sig_max):
-  from dan_jax import train
+  from dan_jax import train_config
 
   c = config_lib.load(str(ROOT / "configs" / f"{name}.py:dcls"))
-  spec = train.validate_config(c)
+  spec = train_config.validate_config(c)
   assert spec.version == "DCLS" and spec.scale == scale and spec.loops == 1
   assert (spec.nf, spec.nb, spec.ng, spec.input_para, spec.estimator_nb) == (64, 10, 5, 256, 3)
   assert spec.kernel_size == c.degradation.kernel_size == kernel

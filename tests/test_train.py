@@ -29,6 +29,7 @@ from dan_jax import models
 from dan_jax import parallel
 from dan_jax import steps
 from dan_jax import train
+from dan_jax import train_config
 from dan_jax import train_state
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -450,7 +451,7 @@ def test_eight_devices_match_one_device(tmp_path):
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_config_variants_follow_the_official_recipes(name, scale, kernel, sig_max, version):
   c = config_lib.load(str(ROOT / "configs" / f"{name}.py:{version}"))
-  spec = train.validate_config(c)
+  spec = train_config.validate_config(c)
   assert spec.version == {"v1": "DANv1", "v2": "DANv2"}[version] and spec.scale == scale
   assert (spec.nf, spec.loops, spec.code_len) == (64, 4, 10)
   assert (spec.nb, spec.ng) == ((40, 5) if version == "v1" else (10, 5))
@@ -472,7 +473,7 @@ def test_config_variants_follow_the_official_recipes(name, scale, kernel, sig_ma
 def test_demo_and_test_configs_validate():
   for name in ("demo", "test", "default"):
     c = config_lib.load(str(ROOT / "configs" / f"{name}.py"))
-    train.validate_config(c)
+    train_config.validate_config(c)
     assert c.data.source == ("auto" if name == "default" else "demo")
 
 
@@ -566,7 +567,7 @@ def test_gemm_conv_backward_is_refused_off_cpu(monkeypatch):
   config = _config(**{"model.conv_backward": "gemm"})
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   with pytest.raises(errors.TrainingError, match="'gemm' is for the CPU only"):
-    train.validate_config(config)
+    train_config.validate_config(config)
   model = models.create_model(models.spec_from_config(config.model))
   with pytest.raises(ValueError, match="'gemm' is for the CPU only"):
     jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
@@ -594,4 +595,4 @@ def test_matmul_precision_reaches_the_compiled_step():
   }
   assert "HIGHEST" in texts["highest"] and "HIGHEST" not in texts["default"]
   with pytest.raises(errors.TrainingError, match="matmul_precision"):
-    train.validate_config(_config(matmul_precision="bfloat16"))
+    train_config.validate_config(_config(matmul_precision="bfloat16"))
