@@ -433,10 +433,27 @@ def array_script(args, sweep: Sweep, runs: Sequence[Run], slurm_dir: str) -> str
   return "\n".join(lines)
 
 
+def _absolute_test_sets(value: str) -> str:
+  """--test_sets with local folders made absolute (the jobs run in the repository)."""
+  items = []
+  for name, path in sweep_eval.parse_test_sets(value).items():
+    local = path != sweep_eval.DEMO and "://" not in path
+    items.append(path if name == path else f"{name}={os.path.abspath(path) if local else path}")
+  return ",".join(items)
+
+
 def collect_script(args, slurm_dir: str) -> str:
   """The job that scores the finished runs and writes the tables once the array ends."""
-  argv = [a for a in args.argv if not a.startswith(("--mode", "--dry_run", "--workdir"))]
+  argv, skip = [], False
+  for a in args.argv:
+    if skip:
+      skip = False
+    elif a in ("--workdir", "--test_sets", "--mode"):
+      skip = True  # its value is the next word
+    elif not a.startswith(("--mode=", "--dry_run", "--workdir=", "--test_sets=")):
+      argv.append(a)
   argv.append(f"--workdir={os.path.abspath(args.workdir)}")
+  argv.append(f"--test_sets={_absolute_test_sets(args.test_sets)}")
   cmd = [args.python, os.path.join(args.repo, "launch", "sweep.py"), *argv, "--mode=collect"]
   lines = _common.sbatch_header(
     args, f"{args.job_name}-collect", f"{slurm_dir}/collect-%j.out", 1, min(args.gpus_per_node, 1)

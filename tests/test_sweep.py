@@ -360,3 +360,16 @@ def test_a_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys, monke
   assert {r["status"] for r in _rows(tmp_path / "results.csv")} == {"failed"}
   assert "| iso | — | — |" in (tmp_path / "results.md").read_text()
   assert (tmp_path / "heatmap_demo.png").exists()
+
+
+def test_the_collect_job_gets_absolute_test_set_folders(tmp_path, capsys, monkeypatch):
+  # The jobs run in the repository: a folder given relative to where the sweep was
+  # launched must reach the collect job as an absolute path (gs:// and demo unchanged).
+  (tmp_path / "sets" / "S14").mkdir(parents=True)
+  Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "sets" / "S14" / "a.png")
+  monkeypatch.chdir(tmp_path)
+  argv = _slurm_argv(tmp_path / "w", "--dry_run", "--test_sets", "demo,S14=sets/S14")
+  assert sweep.main(argv) == 0
+  collect = capsys.readouterr().out.split("collect-NNN.sbatch")[1]
+  assert f"--test_sets=demo,S14={tmp_path}/sets/S14" in collect
+  assert collect.count("--test_sets") == 1  # the two-word form given is replaced
