@@ -191,6 +191,19 @@ class Predictor:
       )
     self._ensembled = ensemble.self_ensemble(self._predict_plain, self.has_kernel)
 
+  def load_weights(self, variables: dict) -> None:
+    """Swaps in other weights of the same model: the compiled programs are kept.
+    Raises InferenceError when their tree or shapes differ from the model's."""
+    shapes = lambda tree: jax.tree_util.tree_map(lambda x: (tuple(x.shape), str(x.dtype)), tree)
+    if jax.tree_util.tree_structure(variables) != jax.tree_util.tree_structure(
+      self.variables
+    ) or shapes(variables) != shapes(self.variables):
+      raise InferenceError(
+        "the weights do not fit this predictor's model (another architecture or family): "
+        "make a new Predictor for them"
+      )
+    self.variables = jax.device_put(variables, parallel.replicated(self.mesh))
+
   @property
   def scale(self) -> int:
     return self.spec.scale

@@ -245,10 +245,7 @@ class Scorer:
 
   def predictor(self, model_config, variables):
     """A Predictor for this architecture with these weights (jitted programs reused)."""
-    import jax
-
     from dan_jax import checkpoint
-    from dan_jax import parallel
 
     key = json.dumps(checkpoint.model_config_to_dict(model_config), sort_keys=True)
     p = self._predictors.get(key)
@@ -256,7 +253,7 @@ class Scorer:
       p = self._new_predictor(model_config, variables)
       self._predictors[key] = p
     else:  # same shapes: the jitted functions take the new weights without recompiling
-      p.variables = jax.device_put(variables, parallel.replicated(p.mesh))
+      p.load_weights(variables)
     return p
 
   def _new_predictor(self, model_config, variables):

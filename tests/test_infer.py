@@ -75,6 +75,18 @@ def test_self_ensemble_is_flip_equivariant():
   np.testing.assert_allclose(a.kernel.sum(), 1.0, atol=1e-5)
 
 
+def test_load_weights_keeps_the_programs_and_refuses_other_models():
+  lr = _photo(20, 26).astype(np.float32) / 255.0
+  p = predict.Predictor(V2, _variables(V2))
+  first = p.predict(lr).sr
+  other = _variables(V2, seed=1)
+  p.load_weights(other)
+  np.testing.assert_array_equal(p.predict(lr).sr, predict.Predictor(V2, other).predict(lr).sr)
+  assert np.abs(p.predict(lr).sr - first).max() > 1e-4
+  with pytest.raises(errors.InferenceError, match="do not fit this predictor's model"):
+    p.load_weights(_variables(V1))
+
+
 def test_bad_tile_overlap_is_one_clear_error():
   with pytest.raises(errors.InferenceError, match="--tile_overlap"):
     predict.Predictor(V2, _variables(V2), tile=10)  # default exact overlap is 14
