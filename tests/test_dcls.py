@@ -145,7 +145,7 @@ def test_bad_remat_in_a_training_config_is_one_clear_error():
     train_config.validate_config(c)
 
 
-@pytest.mark.slow  # ~25-50 s on 2 cores: compiles three Restorer gradients
+@pytest.mark.slow  # ~30-60 s on 2 cores: compiles four Restorer gradients
 def test_remat_gives_the_gradients_of_no_remat():
   # The Restorer (where remat acts) of two groups of two blocks, so both levels wrap more
   # than one module; the model-level switch is `ModelSpec.remat` (checked above).
@@ -153,20 +153,28 @@ def test_remat_gives_the_gradients_of_no_remat():
   lr = jnp.asarray(rng.uniform(size=(2, 10, 10, 3)), jnp.float32)
   kernel = rng.uniform(size=(2, 5, 5))
   kernel = jnp.asarray(kernel / kernel.sum((1, 2), keepdims=True), jnp.float32)
-  grads, temp = {}, {}
-  for mode in spec_lib.REMAT_MODES:
-    restorer = dcls.Restorer(nf=16, nb=2, ng=2, scale=2, gemm_grad=True, remat=mode)
+  # The reference is unrolled (the default); `Restorer.scan` runs the groups and blocks as
+  # scans over their stacked parameters (same tree), in each remat mode.
+  grads, temp, convs = {}, {}, {}
+  for mode, scan in [(m, True) for m in spec_lib.REMAT_MODES] + [("unrolled", False)]:
+    restorer = dcls.Restorer(
+      nf=16, nb=2, ng=2, scale=2, gemm_grad=True, remat="none" if mode == "unrolled" else mode
+    )
+    restorer = restorer.clone(scan=scan)
     params = restorer.init(jax.random.key(0), lr, kernel)["params"]
     loss = lambda p, r=restorer: jnp.mean(jnp.abs(r.apply({"params": p}, lr, kernel) - 0.5))
     step = jax.jit(jax.grad(loss)).lower(params).compile()
     grads[mode] = step(params)
     temp[mode] = step.memory_analysis().temp_size_in_bytes
+    convs[mode] = step.as_text().count(" convolution(")
   # The compiled step really keeps less (nn.remat's barriers did not survive XLA:CPU).
   assert temp["groups"] < temp["none"] and temp["blocks"] < temp["none"], temp
-  ref = jax.tree_util.tree_leaves_with_path(grads["none"])
+  # One scan body per level: the 2 x 2 blocks compile to one block's convolutions.
+  assert max(convs[m] for m in spec_lib.REMAT_MODES) < convs["unrolled"] - 30, convs
+  ref = jax.tree_util.tree_leaves_with_path(grads["unrolled"])
   assert sum(float(np.abs(g).max()) > 0 for _, g in ref) > len(ref) // 2
   top = max(float(np.abs(g).max()) for _, g in ref)
-  for mode in ("groups", "blocks"):
+  for mode in spec_lib.REMAT_MODES:
     got = jax.tree_util.tree_leaves(grads[mode])
     assert len(got) == len(ref)
     for (path, want), g in zip(ref, got):

@@ -521,17 +521,22 @@ def test_unwritable_workdir_is_an_error(tmp_path):
 
 
 @pytest.mark.slow  # compiles train steps (~10 s): out of the fast lane
-@pytest.mark.parametrize("version", ["DANv1", "DANv2"])
+@pytest.mark.parametrize("version", ["DANv1", "DANv2", "DCLS"])
 def test_xla_conv_gradient_equals_gemm_in_a_train_step(version):
   """The accelerators' path (conv_backward 'xla') against the CPU's GEMM gradient, in a
   full train step (loss, gradient norm and the updated parameters)."""
-  base = _config(
-    **(
-      {}
-      if version == "DANv2"
-      else {"model.version": "DANv1", "model.nf": 16, "model.estimator_nf": 32}
+  if version == "DCLS":
+    base = config_lib.load_with_overrides(
+      TEST_CONFIG + ":dcls", {"model.nb": 2, "model.ng": 2, "model.remat": "groups"}
     )
-  )
+  else:
+    base = _config(
+      **(
+        {}
+        if version == "DANv2"
+        else {"model.version": "DANv1", "model.nf": 16, "model.estimator_nf": 32}
+      )
+    )
   rng = np.random.default_rng(0)
   k, s = base.model.kernel_size, base.model.scale
   batch = {
@@ -540,6 +545,9 @@ def test_xla_conv_gradient_equals_gemm_in_a_train_step(version):
     "kernel": rng.dirichlet(np.ones(k * k), 2).reshape(2, k, k).astype(np.float32),
     "code": rng.normal(size=(2, base.model.code_len)).astype(np.float32),
   }
+  if version == "DCLS":  # the kernel loss's training pair
+    batch["lr_clean"] = batch["lr"]
+    batch["lr_blurred"] = np.clip(batch["lr"] + 0.01, 0, 1).astype(np.float32)
   pca = np.linalg.qr(rng.normal(size=(k * k, base.model.code_len)))[0].astype(np.float32)
   results = {}
   for path in ("gemm", "xla"):

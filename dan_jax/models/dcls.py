@@ -196,6 +196,26 @@ def rematerialised(module: nn.Module, *args: Array) -> Any:
   return nn.custom_vjp(apply, forward, backward)(module, *args)
 
 
+def recomputed(fn: Any) -> Any:
+  """`fn(params, *xs)` for pure functions, with `rematerialised`'s backward pass: only
+  `params` and `xs` are kept, and the forward is recomputed from them tied to the
+  cotangent (`_tied_to`)."""
+
+  @jax.custom_vjp
+  def wrapped(params, *xs):
+    return fn(params, *xs)
+
+  def forward(params, *xs):
+    return fn(params, *xs), (params, xs)
+
+  def backward(residuals, g):
+    params, xs = _tied_to(residuals, g)
+    return jax.vjp(fn, params, *xs)[1](g)
+
+  wrapped.defvjp(forward, backward)
+  return wrapped
+
+
 class DPCAB(nn.Module):
   """Dual-path channel-attention block on (x0 [nf], x1 [nf2])."""
 
@@ -310,6 +330,14 @@ class Restorer(nn.Module):
   dtype: Any = jnp.float32
   gemm_grad: bool = False  # see Conv2d
   remat: str = "none"  # see ModelSpec.remat
+  # Run the ng x nb identical DPCABs as two nested `lax.scan`s over their stacked parameters
+  # (the parameter tree is unchanged): XLA compiles one block body instead of ng * nb
+  # blocks (forward, recomputed forward and backward each). Off by default: on XLA:CPU it
+  # cut the x4 train step's tracing (16 -> 7 s) and convolutions (1075 -> 95) but not its
+  # compile, ~95% of whose 10k kernels are then the per-parameter optimizer update
+  # (benchmarks/RESULTS.md). Needs the `gemm_grad` convolution backward: XLA's own kernel
+  # gradient inside a loop body runs on a generic emitter (~20x slower).
+  scan: bool = False
 
   @nn.compact
   def __call__(self, lr: Array, kernel: Array) -> Array:
@@ -320,15 +348,18 @@ class Restorer(nn.Module):
       feature = ResBlock(**_opts(self), name=f"feature{i}")(feature)
     x1 = Conv2d(nf2, 3, padding=1, **_opts(self), name="head1")(feature)
     x0 = CLS(self.reduction, **_opts(self), name="cls")(feature, kernel)
-    for g in range(self.ng):
-      group = DPCAG(
-        self.nb,
-        self.reduction,
-        **_opts(self),
-        remat_blocks=self.remat == "blocks",
-        name=f"group{g}",
-      )
-      x0, x1 = rematerialised(group, x0, x1) if self.remat == "groups" else group(x0, x1)
+    if self.scan and not self.is_initializing():
+      x0, x1 = self._scanned_groups(x0, x1)
+    else:
+      for g in range(self.ng):
+        group = DPCAG(
+          self.nb,
+          self.reduction,
+          **_opts(self),
+          remat_blocks=self.remat == "blocks",
+          name=f"group{g}",
+        )
+        x0, x1 = rematerialised(group, x0, x1) if self.remat == "groups" else group(x0, x1)
     # The official concatenates (head1 path, CLS path) in this order.
     f = (
       Conv2d(self.nf, 3, padding=1, **_opts(self), name="fusion")(
@@ -338,6 +369,35 @@ class Restorer(nn.Module):
     )
     out = Upsampler(self.nf, self.scale, self.out_nc, **_opts(self), name="upsample")(f)
     return jnp.clip(out.astype(jnp.float32), 0.0, 1.0)
+
+  def _scanned_groups(self, x0: Array, x1: Array) -> tuple[Array, Array]:
+    """The DPCAGs `group{g}` as a scan over groups of a scan over their blocks, reading
+    the unrolled modules' parameters (`group{g}/block{b}`), stacked [ng, nb, ...].
+
+    Same values as the unrolled loop, and the same `remat` modes: "groups" recomputes a
+    group body from its inputs, "blocks" a block's (`recomputed`).
+    """
+    params = self.variables["params"]
+    per_block = [params[f"group{g}"][f"block{b}"] for g in range(self.ng) for b in range(self.nb)]
+    stacked = jax.tree_util.tree_map(
+      lambda *a: jnp.stack(a).reshape(self.ng, self.nb, *a[0].shape), *per_block
+    )
+    block = DPCAB(self.reduction, **_opts(self), parent=None)
+
+    def block_fn(p, x0, x1):
+      return block.apply({"params": p}, x0, x1)
+
+    if self.remat == "blocks":
+      block_fn = recomputed(block_fn)
+
+    def group_fn(p, x0, x1):
+      (x0, x1), _ = jax.lax.scan(lambda xs, bp: (block_fn(bp, *xs), None), (x0, x1), p)
+      return 2 * x0, 2 * x1  # the official group "residual" (see DPCAG)
+
+    if self.remat == "groups":
+      group_fn = recomputed(group_fn)
+    (x0, x1), _ = jax.lax.scan(lambda xs, gp: (group_fn(gp, *xs), None), (x0, x1), stacked)
+    return x0, x1
 
 
 class DCLS(nn.Module):

@@ -69,8 +69,15 @@ def _conv_gemm_grad_fwd(x, kernel, padding, stride):
 def _conv_gemm_grad_bwd(padding, stride, residuals, g):
   x, kernel = residuals
   k = kernel.shape[0]
-  # Input gradient: XLA's own (a convolution with the rotated kernel; fast on CPU).
-  dx = jax.vjp(lambda v: _conv(v, kernel, stride, padding), x)[1](g)[0]
+  if stride == 1 and padding <= k - 1:
+    # Input gradient: the output gradient convolved with the kernel rotated by 180 degrees,
+    # in/out swapped, written out in the canonical NHWC/HWIO layout: XLA's own transpose
+    # ('01oi' kernel) is canonicalised outside loops only, and inside a scan's body it ran
+    # on the generic emitter at ~1/10 of the speed.
+    flipped = jnp.transpose(kernel[::-1, ::-1], (0, 1, 3, 2))
+    dx = _conv(g.astype(x.dtype), flipped, 1, k - 1 - padding)
+  else:
+    dx = jax.vjp(lambda v: _conv(v, kernel, stride, padding), x)[1](g)[0]
   # Kernel gradient: dk[i, j, c, o] = sum_{b,y,x} x_pad[b, s*y + i, s*x + j, c] g[b, y, x, o],
   # a convolution of x as [c, H, W, B] with g as an s-dilated [H', W', B, o] "kernel".
   x_t = jnp.transpose(x, (3, 1, 2, 0))
