@@ -73,6 +73,11 @@ ALLOWED = {
   ("launch/slurm.py", "main", "open"): "the sbatch script (see above)",
   ("launch/sweep.py", "<module>", "os.path.abspath"): "__file__: the repository",
   ("launch/sweep.py", "collect_script", "os.path.abspath"): "slurm mode: URLs refused before",
+  (
+    "launch/sweep.py",
+    "_absolute_test_sets",
+    "os.path.abspath",
+  ): "--test_sets folders for the SLURM collect job: only local paths, URLs pass unchanged",
   ("launch/sweep.py", "submit_slurm", "os.path.abspath"): "slurm mode: URLs refused before",
   (
     "launch/sweep.py",
