@@ -19,7 +19,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from dan_jax import aot  # noqa: E402
 
-# (config, topology, precision): the issue's order, most wanted first.
+# (config, topology, precision[, config overrides]): the issue's order, most wanted first.
 RECIPES = [
   ("configs/x4.py:v2", "v5e:2x4", "default"),
   ("configs/x4.py:dcls", "v5e:2x4", "default"),
@@ -28,6 +28,8 @@ RECIPES = [
   ("configs/x4.py:v2", "v5p:2x2x1", "default"),
   ("configs/x4.py:v2", "v6e:2x4", "default"),
   ("configs/x4.py:v2", "v4:2x2x4", "default"),
+  # Does DCLS need its CPU default remat="groups" on a TPU? (without: no recomputed forward)
+  ("configs/x4.py:dcls", "v5e:2x4", "default", ("--config.model.remat=none",)),
   ("configs/x4.py:v2", "v5e:2x4", "bf16"),
   ("configs/x4.py:dcls", "v5e:2x4", "bf16"),
   ("configs/x4.py:dcls", "v4:2x2x1", "default"),
@@ -52,6 +54,11 @@ def _done(out: pathlib.Path) -> set:
   return {(r["config"], r["topology"], r["precision"]) for r in rows}
 
 
+def _name(config: str, overrides: tuple) -> str:
+  """The row's `config` field: the config spec, then its overrides."""
+  return " ".join((config, *overrides))
+
+
 def main() -> int:
   p = argparse.ArgumentParser()
   p.add_argument("--out", default=str(pathlib.Path(__file__).with_name("aot_recipes.jsonl")))
@@ -59,19 +66,21 @@ def main() -> int:
   args = p.parse_args()
   out = pathlib.Path(args.out)
   done, n = _done(out), 0
-  for config, topology, precision in RECIPES:
-    key = (config, topology, aot.PRECISIONS[precision])
+  for config, topology, precision, *rest in RECIPES:
+    overrides = tuple(rest[0]) if rest else ()
+    key = (_name(config, overrides), topology, aot.PRECISIONS[precision])
     if key in done:
       continue
     t = time.time()
-    print(f"{time.strftime('%H:%M:%S')} {config} {topology} {precision}", flush=True)
+    print(f"{time.strftime('%H:%M:%S')} {key[0]} {topology} {precision}", flush=True)
     try:
-      rows = aot.report(config, topology, precision=precision, what=["train"])
+      rows = aot.report(config, topology, precision=precision, what=["train"], overrides=overrides)
     except Exception as e:  # a row that fails is reported, not fatal to the rest
       print(f"  failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
       continue
     with out.open("a") as f:
       for r in rows:
+        r.config = key[0]
         f.write(json.dumps(dataclasses.asdict(r)) + "\n")
     print(aot.format_table(rows), f"\n  {time.time() - t:.0f} s", flush=True)
     n += 1
