@@ -90,9 +90,18 @@ def test_forward_matches_official(case):
 
 def test_adaptive_pool_bins_overlap_like_pytorch():
   # AdaptiveAvgPool2d(3) over 4 pixels: bins [0,2), [1,3), [2,4).
-  m = dcls.adaptive_avg_pool_matrix(4, 3)
-  np.testing.assert_allclose(m, [[0.5, 0.5, 0, 0], [0, 0.5, 0.5, 0], [0, 0, 0.5, 0.5]])
-  np.testing.assert_allclose(dcls.adaptive_avg_pool_matrix(6, 3).sum(1), 1.0)
+  assert dcls.adaptive_pool_bins(4, 3) == [(0, 2), (1, 3), (2, 4)]
+  assert dcls.adaptive_pool_bins(6, 3) == [(0, 2), (2, 4), (4, 6)]
+  # The pooled image is each bin's mean, rows then columns (here 58 x 5 pixels).
+  x = np.random.default_rng(0).uniform(size=(2, 58, 5, 3)).astype(np.float32)
+  want = np.stack(
+    [
+      np.stack([x[:, a:b, c:d].mean((1, 2)) for c, d in dcls.adaptive_pool_bins(5, 3)], 1)
+      for a, b in dcls.adaptive_pool_bins(58, 3)
+    ],
+    1,
+  )
+  np.testing.assert_allclose(dcls.adaptive_avg_pool(jnp.asarray(x), 3), want, rtol=1e-6)
 
 
 def test_cls_deconvolution_undoes_a_shift_kernel():

@@ -59,17 +59,25 @@ class Linear(nn.Module):
     return x.astype(jnp.float32) @ kernel + bias
 
 
-def adaptive_avg_pool_matrix(n: int, out: int) -> np.ndarray:
-  """[out, n] averaging matrix of PyTorch's AdaptiveAvgPool along one axis.
+def adaptive_pool_bins(n: int, out: int) -> list[tuple[int, int]]:
+  """The [lo, hi) bins of PyTorch's AdaptiveAvgPool along an axis of `n` into `out`.
 
   Bin i covers [floor(i*n/out), ceil((i+1)*n/out)), so bins overlap when `out` does not
   divide `n` (e.g. n=4, out=3: [0,2), [1,3), [2,4)).
   """
-  m = np.zeros((out, n), np.float32)
-  for i in range(out):
-    lo, hi = (i * n) // out, -((-(i + 1) * n) // out)
-    m[i, lo:hi] = 1.0 / (hi - lo)
-  return m
+  return [((i * n) // out, -((-(i + 1) * n) // out)) for i in range(out)]
+
+
+def adaptive_avg_pool(x: Array, out: int) -> Array:
+  """PyTorch's AdaptiveAvgPool2d(out) of x [B, H, W, C] -> [B, out, out, C].
+
+  Means of static slices, not products with averaging matrices: a [*, 3] dot is a shape
+  XLA:GPU's compile-only Triton tiling refuses ("Couldn't find output tile sizes").
+  """
+  x = jnp.stack([x[:, lo:hi].mean(axis=1) for lo, hi in adaptive_pool_bins(x.shape[1], out)], 1)
+  return jnp.stack(
+    [x[:, :, lo:hi].mean(axis=2) for lo, hi in adaptive_pool_bins(x.shape[2], out)], 2
+  )
 
 
 def psf2otf(psf: Array, height: int, width: int) -> tuple[Array, Array]:
@@ -147,9 +155,7 @@ class CLS(nn.Module):
     for i in range(3):  # three valid 3x3 convolutions: H-6 x W-6
       g = Conv2d(c, 3, **_opts(self), name=f"grad_conv{i}")(lrelu(g) if i else g)
     g = g.astype(jnp.float32)
-    rows = adaptive_avg_pool_matrix(g.shape[1], 3)
-    cols = adaptive_avg_pool_matrix(g.shape[2], 3)
-    g = jnp.einsum("ih,bhwc,jw->bijc", rows, g, cols)
+    g = adaptive_avg_pool(g, 3)
     g = jnp.exp(Conv2d(c, 1, name="grad_out")(g).astype(jnp.float32))
     smooth = g - jnp.mean(g, axis=(1, 2), keepdims=True)  # zero-mean: |P(0)| = 0
     clear = cls_deconvolution(f, kernel, smooth)
