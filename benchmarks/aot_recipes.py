@@ -1,6 +1,7 @@
 """The recipe table of benchmarks/RESULTS.md ("Accelerators, compiled ahead of time").
 
   nice -n 10 python benchmarks/aot_recipes.py [--out benchmarks/aot_recipes.jsonl] [--only N]
+  python benchmarks/aot_recipes.py --table     # the markdown table of the rows so far
 
 Compiles each official recipe's train step for each target with `dan_jax.aot`, one at a
 time (a full-size TPU compile takes 4-10 minutes on a 2-core CPU), and appends one JSON
@@ -28,14 +29,11 @@ RECIPES = [
   ("configs/x4.py:v2", "v5p:2x2x1", "default"),
   ("configs/x4.py:v2", "v6e:2x4", "default"),
   ("configs/x4.py:v2", "v4:2x2x4", "default"),
-  # Does DCLS need its CPU default remat="groups" on a TPU? (without: no recomputed forward)
-  ("configs/x4.py:dcls", "v5e:2x4", "default", ("--config.model.remat=none",)),
   ("configs/x4.py:v2", "v5e:2x4", "bf16"),
   ("configs/x4.py:dcls", "v5e:2x4", "bf16"),
-  ("configs/x4.py:dcls", "v4:2x2x1", "default"),
-  ("configs/x4.py:dcls", "v5p:2x2x1", "default"),
-  ("configs/x4.py:dcls", "v6e:2x4", "default"),
-  ("configs/x4.py:dcls", "v4:2x2x4", "default"),
+  # Does DCLS need its CPU default remat="groups" on a TPU? (without: no recomputed forward)
+  ("configs/x4.py:dcls", "v5e:2x4", "default", ("--config.model.remat=none",)),
+  # DAN compiles take minutes, DCLS's 20-30 here: the DAN rows first.
   ("configs/x4.py:v1", "v4:2x2x1", "default"),
   ("configs/x4.py:v1", "v5p:2x2x1", "default"),
   ("configs/x4.py:v1", "v6e:2x4", "default"),
@@ -44,7 +42,71 @@ RECIPES = [
   ("configs/x3.py:v2", "v5e:2x4", "default"),
   ("configs/x4_setting2.py:v2", "v5e:2x4", "default"),
   ("configs/x2_setting2.py:v2", "v5e:2x4", "default"),
+  ("configs/x4.py:dcls", "v4:2x2x1", "default"),
+  ("configs/x4.py:dcls", "v5p:2x2x1", "default"),
+  ("configs/x4.py:dcls", "v6e:2x4", "default"),
+  ("configs/x4.py:dcls", "v4:2x2x4", "default"),
+  # GPU targets: need jax[cuda12] (own environment; a row without it fails and is skipped).
+  ("configs/x4.py:v2", "h100:8", "default"),
+  ("configs/x4.py:v1", "h100:8", "default"),
+  ("configs/x4.py:dcls", "h100:8", "default"),
+  ("configs/x4.py:v2", "h100:8", "bf16"),
+  ("configs/x4.py:v2", "h200:8", "default"),
+  ("configs/x4.py:v1", "h200:8", "default"),
+  ("configs/x4.py:v2", "a100_80gb:8", "default"),
+  ("configs/x4.py:v1", "a100_80gb:8", "default"),
+  ("configs/x4.py:v2", "a100_40gb:8", "default"),
+  ("configs/x4.py:v1", "a100_40gb:8", "default"),
 ]
+
+# configs/<file>.py:<arg> -> the recipe's name in the table.
+_SCALES = {
+  "x2": "x2",
+  "x3": "x3",
+  "x4": "x4",
+  "x2_setting2": "x2 setting 2",
+  "x4_setting2": "x4 setting 2",
+}
+_METHODS = {"v1": "DANv1", "v2": "DANv2", "dcls": "DCLS"}
+
+
+def recipe_name(row: dict) -> str:
+  """'DANv2 x4', 'DCLS x4 (remat=none)', 'DANv2 x4 bf16' ... for a JSON row."""
+  spec, *overrides = row["config"].split()
+  path, _, arg = spec.partition(":")
+  name = f"{_METHODS.get(arg, arg)} {_SCALES.get(pathlib.Path(path).stem, path)}"
+  if row["precision"] == "bfloat16":
+    name += " bf16"
+  extra = [o.removeprefix("--config.model.").removeprefix("--config.") for o in overrides]
+  return name + (f" ({', '.join(extra)})" if extra else "")
+
+
+def markdown_table(rows: list[dict]) -> str:
+  """The RESULTS.md table of the JSON rows, in the file's order."""
+  gib = lambda b: f"{b / 2**30:.2f}" if b is not None else "-"
+  lines = [
+    "| recipe | target | chips / hosts | batch a chip | args / temps / outputs GiB "
+    "| total / HBM GiB | fits | TFLOP a chip | ideal step (bf16 peak) | collectives a chip "
+    "| compile |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for r in rows:
+    coll = r.get("collective_bytes_per_chip")
+    coll = f"{coll / 2**20:.1f} MiB" if coll else {0: "none"}.get(coll, "-")
+    if r.get("violations"):
+      coll += " VIOLATION: " + "; ".join(r["violations"])
+    flops = f"{r['flops_per_chip'] / 1e12:.3f}" if r.get("flops_per_chip") else "-"
+    ideal = f"{r['ideal_step_s'] * 1e3:.1f} ms" if r.get("ideal_step_s") else "-"
+    fits = {True: "yes", False: "**no**", None: "-"}[r.get("fits")]
+    if r.get("error"):  # e.g. "Couldn't find output tile sizes that satisfy hlo: %dot = f32[..]"
+      fits = "compile failed: " + r["error"].split(" dot(")[0].split("INTERNAL: ")[-1][:90]
+    lines.append(
+      f"| {recipe_name(r)} | {r['chip']} (`{r['topology']}`) | {r['chips']} / {r['hosts']} "
+      f"| {r['per_chip_batch']:g} | {gib(r.get('hbm_args'))} / {gib(r.get('hbm_temps'))} / "
+      f"{gib(r.get('hbm_outputs'))} | {gib(r.get('hbm_total'))} / {gib(r['hbm_chip'])} "
+      f"| {fits} | {flops} | {ideal} | {coll} | {r['compile_s']:.0f} s |"
+    )
+  return "\n".join(lines)
 
 
 def _done(out: pathlib.Path) -> set:
@@ -63,8 +125,12 @@ def main() -> int:
   p = argparse.ArgumentParser()
   p.add_argument("--out", default=str(pathlib.Path(__file__).with_name("aot_recipes.jsonl")))
   p.add_argument("--only", type=int, default=0, help="stop after this many compiles (0: all)")
+  p.add_argument("--table", action="store_true", help="print the rows of --out as markdown")
   args = p.parse_args()
   out = pathlib.Path(args.out)
+  if args.table:
+    print(markdown_table([json.loads(x) for x in out.read_text().splitlines() if x.strip()]))
+    return 0
   done, n = _done(out), 0
   for config, topology, precision, *rest in RECIPES:
     overrides = tuple(rest[0]) if rest else ()
