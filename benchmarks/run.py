@@ -347,6 +347,20 @@ def official(args: argparse.Namespace, name: str) -> dict:
   return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def _cpu_model() -> str:
+  """The processor's name (/proc/cpuinfo), with its widest AVX: runs differ by machine."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      info = f.read()
+  except OSError:
+    return platform.processor() or platform.machine()
+  name = next(
+    (x.split(":", 1)[1].strip() for x in info.splitlines() if x.startswith("model name")), ""
+  )
+  avx = "AVX-512" if "avx512f" in info else "AVX2" if "avx2" in info else "no AVX2"
+  return f"{name or platform.machine()} ({avx})"
+
+
 def main() -> None:
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument("--models", default="DANv1,DANv2")
@@ -390,6 +404,8 @@ def main() -> None:
   skip = set(filter(None, args.skip.split(",")))
 
   cpu = platform.processor() or platform.machine()
+  load = lambda: "/".join(f"{x:.2f}" for x in os.getloadavg())  # 1/5/15-minute averages
+  print(f"# {_cpu_model()}; load average {load()} at the start")
   print(
     f"# dan_jax benchmarks, {time.strftime('%Y-%m-%d')}, {cpu}, "
     f"{os.cpu_count()} cores, devices {[d.device_kind for d in jax.devices()]}, "
@@ -474,6 +490,7 @@ def main() -> None:
         f"({r['train_flops'] / 1e12:.2f} TFLOP) at "
         f"{r['train_gflops'] / results['gemm_gflops']:.0%}"
       )
+  print(f"# load average {load()} at the end")
   if args.json:
     with open(args.json, "w") as f:
       json.dump(results, f, indent=1, default=float)
