@@ -1,11 +1,13 @@
 """The recipe table of benchmarks/RESULTS.md ("Accelerators, compiled ahead of time").
 
   nice -n 10 python benchmarks/aot_recipes.py [--out benchmarks/aot_recipes.jsonl] [--only N]
+      [--select SUBSTRING]
   python benchmarks/aot_recipes.py --table     # the markdown table of the rows so far
 
 Compiles each official recipe's train step for each target with `dan_jax.aot`, one at a
 time (a full-size TPU compile takes 4-10 minutes on a 2-core CPU), and appends one JSON
-row per compile to --out; rows already there are skipped, so an interrupted run resumes.
+row per compile to --out; rows already there (read before each compile) are skipped, so an
+interrupted run resumes and workers on different cores (--select) do not repeat each other.
 """
 
 import argparse
@@ -126,16 +128,22 @@ def main() -> int:
   p.add_argument("--out", default=str(pathlib.Path(__file__).with_name("aot_recipes.jsonl")))
   p.add_argument("--only", type=int, default=0, help="stop after this many compiles (0: all)")
   p.add_argument("--table", action="store_true", help="print the rows of --out as markdown")
+  p.add_argument(
+    "--select",
+    default="",
+    help="only recipes whose 'config topology precision' contains this (e.g. a second "
+    "worker on the other core: --select=v1)",
+  )
   args = p.parse_args()
   out = pathlib.Path(args.out)
   if args.table:
     print(markdown_table([json.loads(x) for x in out.read_text().splitlines() if x.strip()]))
     return 0
-  done, n = _done(out), 0
+  n = 0
   for config, topology, precision, *rest in RECIPES:
     overrides = tuple(rest[0]) if rest else ()
     key = (_name(config, overrides), topology, aot.PRECISIONS[precision])
-    if key in done:
+    if key in _done(out) or args.select not in f"{key[0]} {topology} {precision}":
       continue
     t = time.time()
     print(f"{time.strftime('%H:%M:%S')} {key[0]} {topology} {precision}", flush=True)
