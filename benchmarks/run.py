@@ -375,7 +375,7 @@ def main() -> None:
     default="",
     choices=("",) + spec_lib.REMAT_MODES,
     help="DCLS model.remat: what its backward pass recomputes (default: the "
-    "model's, 'groups'; see RESULTS.md)",
+    "model's, 'auto': 'groups' on the CPU; see RESULTS.md)",
   )
   ap.add_argument("--skip", default="", help="comma list of: model,pipeline,gemm")
   ap.add_argument("--pipeline_batches", type=int, default=8)

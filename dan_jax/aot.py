@@ -223,6 +223,7 @@ class Program:
 def _target_spec(config: Any, platform: str) -> Any:
   """The model spec as the target platform resolves it ('auto' convolutions: XLA's)."""
   from dan_jax import models
+  from dan_jax.models import spec as spec_lib
 
   spec = models.spec_from_config(config.model)
   if platform != "cpu":
@@ -231,7 +232,7 @@ def _target_spec(config: Any, platform: str) -> Any:
         "config.model.conv_backward = 'gemm' is for the CPU only: use 'auto' or 'xla' for "
         f"a {platform.upper()} target"
       )
-    spec = dataclasses.replace(spec, conv_backward="xla")
+    spec = dataclasses.replace(spec, conv_backward="xla", remat=spec_lib.remat_mode(spec, platform))
   return spec
 
 

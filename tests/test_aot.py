@@ -224,6 +224,17 @@ def test_a_gemm_config_is_refused_for_accelerators():
   assert aot._target_spec(auto, "tpu").conv_backward == "xla"
 
 
+def test_dcls_remat_auto_is_resolved_for_the_target():
+  # DCLS's remat "auto": groups recomputed on the CPU, none on GPUs/TPUs (the activations
+  # fit there and the step is 21% cheaper); an explicit mode is kept for every target.
+  dcls = config_lib.load("configs/x4.py:dcls")  # the official recipe
+  assert dcls.model.remat == "auto"
+  assert aot._target_spec(dcls, "tpu").remat == aot._target_spec(dcls, "cuda").remat == "none"
+  assert aot._target_spec(dcls, "cpu").remat == "auto"  # resolved by the CPU at trace time
+  dcls.model.remat = "groups"
+  assert aot._target_spec(dcls, "tpu").remat == "groups"
+
+
 # ---- real compiles for TPU topologies (libtpu) ----
 
 

@@ -131,12 +131,18 @@ def test_dcls_config_errors_name_the_field():
   with pytest.raises(ValueError, match="model.kernel_size must be one of"):
     models.create_model(dict(version="DCLS", kernel_size=15))
   spec = models.create_model(dict(version="DCLS")).spec
-  assert spec.estimator_nb == 3 and spec.remat == "groups"
+  assert spec.estimator_nb == 3 and spec.remat == "auto"
+  # "auto": rematerialised groups on the CPU, every activation kept on GPUs and TPUs (an
+  # explicit mode stays what it is everywhere).
+  assert spec_lib.remat_mode(spec) == "groups"  # the tests run on the CPU
+  assert spec_lib.remat_mode(spec, "tpu") == spec_lib.remat_mode(spec, "gpu") == "none"
+  blocks = models.create_model(dict(version="DCLS", remat="blocks")).spec
+  assert spec_lib.remat_mode(blocks, "tpu") == "blocks"
   assert models.create_model(dict(version="DANv2")).spec.remat == "none"
   with pytest.raises(
     ValueError,
     match=r"model.remat must be one of \('none', 'groups', "
-    r"'blocks'\), got 'all'",
+    r"'blocks', 'auto'\), got 'all'",
   ):
     models.create_model(dict(version="DCLS", remat="all"))
   with pytest.raises(ValueError, match="model.remat is for DCLS only"):
@@ -165,7 +171,8 @@ def test_remat_gives_the_gradients_of_no_remat():
   # The reference is unrolled (the default); `Restorer.scan` runs the groups and blocks as
   # scans over their stacked parameters (same tree), in each remat mode.
   grads, temp, convs = {}, {}, {}
-  for mode, scan in [(m, True) for m in spec_lib.REMAT_MODES] + [("unrolled", False)]:
+  modes = [m for m in spec_lib.REMAT_MODES if m != "auto"]  # what a Restorer is given
+  for mode, scan in [(m, True) for m in modes] + [("unrolled", False)]:
     restorer = dcls.Restorer(
       nf=16, nb=2, ng=2, scale=2, gemm_grad=True, remat="none" if mode == "unrolled" else mode
     )
@@ -179,11 +186,11 @@ def test_remat_gives_the_gradients_of_no_remat():
   # The compiled step really keeps less (nn.remat's barriers did not survive XLA:CPU).
   assert temp["groups"] < temp["none"] and temp["blocks"] < temp["none"], temp
   # One scan body per level: the 2 x 2 blocks compile to one block's convolutions.
-  assert max(convs[m] for m in spec_lib.REMAT_MODES) < convs["unrolled"] - 30, convs
+  assert max(convs[m] for m in modes) < convs["unrolled"] - 30, convs
   ref = jax.tree_util.tree_leaves_with_path(grads["unrolled"])
   assert sum(float(np.abs(g).max()) > 0 for _, g in ref) > len(ref) // 2
   top = max(float(np.abs(g).max()) for _, g in ref)
-  for mode in spec_lib.REMAT_MODES:
+  for mode in modes:
     got = jax.tree_util.tree_leaves(grads[mode])
     assert len(got) == len(ref)
     for (path, want), g in zip(ref, got):

@@ -436,7 +436,15 @@ class DCLS(nn.Module):
       s.estimator_nf, s.estimator_nb, s.input_para, s.kernel_size, **opts, name="estimator"
     )(lr)
     sr = Restorer(
-      s.nf, s.nb, s.ng, s.scale, s.in_nc, s.reduction, **opts, remat=s.remat, name="restorer"
+      s.nf,
+      s.nb,
+      s.ng,
+      s.scale,
+      s.in_nc,
+      s.reduction,
+      **opts,
+      remat=spec_lib.remat_mode(s),
+      name="restorer",
     )(lr, jax.lax.stop_gradient(kernel))
     code = kernel.reshape(kernel.shape[0], -1) @ pca
     return ModelOutput(sr=sr[None], code=code[None], kernel=kernel[None])
@@ -520,9 +528,9 @@ def official_init(params: Any, seed: int) -> dict:
 
 VERSIONS = ("DCLS",)
 # Defaults for the fields a config leaves out (one pass; the official Estimator has 3
-# residual blocks; rematerialised groups: 0.3x the train-step memory for a few percent of
-# its speed, benchmarks/RESULTS.md).
-DEFAULTS = {"loops": 1, "estimator_nb": 3, "remat": "groups"}
+# residual blocks; remat "auto": rematerialised groups on the CPU, 0.3x the train-step
+# memory at no measured cost in speed there; none on GPUs/TPUs; benchmarks/RESULTS.md).
+DEFAULTS = {"loops": 1, "estimator_nb": 3, "remat": "auto"}
 ARCH_FIELDS = (
   "version",
   "scale",
