@@ -25,15 +25,16 @@ from dan_jax import aot  # noqa: E402
 # (config, topology, precision[, config overrides]): the order, most wanted first.
 RECIPES = [
   ("configs/x4.py:v2", "v5e:2x4", "default"),
-  ("configs/x4.py:dcls", "v5e:2x4", "default"),
+  # DCLS rows name their remat: the default "auto" is "none" on accelerators.
+  ("configs/x4.py:dcls", "v5e:2x4", "default", ("--config.model.remat=groups",)),
   ("configs/x4.py:v1", "v5e:2x4", "default"),
   ("configs/x4.py:v2", "v4:2x2x1", "default"),
   ("configs/x4.py:v2", "v5p:2x2x1", "default"),
   ("configs/x4.py:v2", "v6e:2x4", "default"),
   ("configs/x4.py:v2", "v4:2x2x4", "default"),
   ("configs/x4.py:v2", "v5e:2x4", "bf16"),
-  ("configs/x4.py:dcls", "v5e:2x4", "bf16"),
-  # Does DCLS need its CPU default remat="groups" on a TPU? (without: no recomputed forward)
+  ("configs/x4.py:dcls", "v5e:2x4", "bf16", ("--config.model.remat=groups",)),
+  # Does DCLS need its CPU remat="groups" on a TPU? No: made "auto" ("none" there) after it.
   ("configs/x4.py:dcls", "v5e:2x4", "default", ("--config.model.remat=none",)),
   # DAN compiles take minutes, DCLS's 20-30 here: the DAN rows first.
   ("configs/x4.py:v1", "v4:2x2x1", "default"),
