@@ -2,7 +2,7 @@
 
   nice -n 10 python benchmarks/aot_recipes.py [--out benchmarks/aot_recipes.jsonl] [--only N]
       [--select SUBSTRING]
-  python benchmarks/aot_recipes.py --table     # the markdown table of the rows so far
+  python benchmarks/aot_recipes.py --table=results   # (or readme) the rows so far, as markdown
 
 Compiles each official recipe's train step for each target with `dan_jax.aot`, one at a
 time (a full-size TPU compile takes 4-10 minutes on a 2-core CPU), and appends one JSON
@@ -84,8 +84,8 @@ def recipe_name(row: dict) -> str:
   return name + (f" ({', '.join(extra)})" if extra else "")
 
 
-def markdown_table(rows: list[dict]) -> str:
-  """The RESULTS.md table of the JSON rows, in the file's order."""
+def markdown_table(rows: list[dict], short: bool = False) -> str:
+  """The RESULTS.md table of the JSON rows, in the file's order (short: the README's)."""
   gib = lambda b: f"{b / 2**30:.2f}" if b is not None else "-"
   lines = [
     "| recipe | target | chips / hosts | batch a chip | args / temps / outputs GiB "
@@ -93,6 +93,13 @@ def markdown_table(rows: list[dict]) -> str:
     "| compile |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
+  if short:  # by recipe, then target
+    rows = sorted(rows, key=lambda r: (recipe_name(r), r["chip"], r["topology"]))
+    lines = [
+      "| recipe | target | HBM a chip (total / chip) | fits | max batch a chip | TFLOP a chip "
+      "| ideal step |",
+      "|---|---|---|---|---|---|---|",
+    ]
   for r in rows:
     coll = r.get("collective_bytes_per_chip")
     coll = f"{coll / 2**20:.1f} MiB" if coll else {0: "none"}.get(coll, "-")
@@ -103,6 +110,15 @@ def markdown_table(rows: list[dict]) -> str:
     fits = {True: "yes", False: "**no**", None: "-"}[r.get("fits")]
     if r.get("error"):  # e.g. "Couldn't find output tile sizes that satisfy hlo: %dot = f32[..]"
       fits = "compile failed: " + r["error"].split(" dot(")[0].split("INTERNAL: ")[-1][:90]
+    if short:
+      most = r.get("max_global_batch")
+      most = f"{most // r['chips']}" if most else "not searched"
+      total = f"{gib(r.get('hbm_total'))} / {gib(r['hbm_chip'])} GiB"
+      lines.append(
+        f"| {recipe_name(r)} | {r['chips']}x {r['chip']} (`{r['topology']}`, "
+        f"{r['per_chip_batch']:g} a chip) | {total} | {fits} | {most} | {flops} | {ideal} |"
+      )
+      continue
     lines.append(
       f"| {recipe_name(r)} | {r['chip']} (`{r['topology']}`) | {r['chips']} / {r['hosts']} "
       f"| {r['per_chip_batch']:g} | {gib(r.get('hbm_args'))} / {gib(r.get('hbm_temps'))} / "
@@ -128,7 +144,12 @@ def main() -> int:
   p = argparse.ArgumentParser()
   p.add_argument("--out", default=str(pathlib.Path(__file__).with_name("aot_recipes.jsonl")))
   p.add_argument("--only", type=int, default=0, help="stop after this many compiles (0: all)")
-  p.add_argument("--table", action="store_true", help="print the rows of --out as markdown")
+  p.add_argument(
+    "--table",
+    default="",
+    choices=("", "results", "readme"),
+    help="print the rows of --out as RESULTS.md's or the README's markdown table",
+  )
   p.add_argument(
     "--select",
     default="",
@@ -138,7 +159,8 @@ def main() -> int:
   args = p.parse_args()
   out = pathlib.Path(args.out)
   if args.table:
-    print(markdown_table([json.loads(x) for x in out.read_text().splitlines() if x.strip()]))
+    rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
+    print(markdown_table(rows, short=args.table == "readme"))
     return 0
   n = 0
   for config, topology, precision, *rest in RECIPES:
