@@ -84,46 +84,61 @@ def recipe_name(row: dict) -> str:
   return name + (f" ({', '.join(extra)})" if extra else "")
 
 
-def markdown_table(rows: list[dict], short: bool = False) -> str:
-  """The RESULTS.md table of the JSON rows, in the file's order (short: the README's)."""
+def _cells(r: dict) -> dict:
+  """The formatted cells of a JSON row that both tables show."""
   gib = lambda b: f"{b / 2**30:.2f}" if b is not None else "-"
+  fits = {True: "yes", False: "**no**", None: "-"}[r.get("fits")]
+  if r.get("error"):  # e.g. "Couldn't find output tile sizes that satisfy hlo: %dot = f32[..]"
+    fits = "compile failed: " + r["error"].split(" dot(")[0].split("INTERNAL: ")[-1][:90]
+  return dict(
+    recipe=recipe_name(r),
+    gib=gib,
+    total=f"{gib(r.get('hbm_total'))} / {gib(r['hbm_chip'])}",
+    fits=fits,
+    flops=f"{r['flops_per_chip'] / 1e12:.3f}" if r.get("flops_per_chip") else "-",
+    ideal=f"{r['ideal_step_s'] * 1e3:.1f} ms" if r.get("ideal_step_s") else "-",
+  )
+
+
+def results_table(rows: list[dict]) -> str:
+  """RESULTS.md's table of the JSON rows, in the file's (compile) order."""
   lines = [
     "| recipe | target | chips / hosts | batch a chip | args / temps / outputs GiB "
     "| total / HBM GiB | fits | TFLOP a chip | ideal step (bf16 peak) | collectives a chip "
     "| compile |",
     "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
-  if short:  # by recipe, then target
-    rows = sorted(rows, key=lambda r: (recipe_name(r), r["chip"], r["topology"]))
-    lines = [
-      "| recipe | target | HBM a chip (total / chip) | fits | max batch a chip | TFLOP a chip "
-      "| ideal step |",
-      "|---|---|---|---|---|---|---|",
-    ]
   for r in rows:
+    c = _cells(r)
     coll = r.get("collective_bytes_per_chip")
     coll = f"{coll / 2**20:.1f} MiB" if coll else {0: "none"}.get(coll, "-")
     if r.get("violations"):
       coll += " VIOLATION: " + "; ".join(r["violations"])
-    flops = f"{r['flops_per_chip'] / 1e12:.3f}" if r.get("flops_per_chip") else "-"
-    ideal = f"{r['ideal_step_s'] * 1e3:.1f} ms" if r.get("ideal_step_s") else "-"
-    fits = {True: "yes", False: "**no**", None: "-"}[r.get("fits")]
-    if r.get("error"):  # e.g. "Couldn't find output tile sizes that satisfy hlo: %dot = f32[..]"
-      fits = "compile failed: " + r["error"].split(" dot(")[0].split("INTERNAL: ")[-1][:90]
-    if short:
-      most = r.get("max_global_batch")
-      most = f"{most // r['chips']}" if most else "not searched"
-      total = f"{gib(r.get('hbm_total'))} / {gib(r['hbm_chip'])} GiB"
-      lines.append(
-        f"| {recipe_name(r)} | {r['chips']}x {r['chip']} (`{r['topology']}`, "
-        f"{r['per_chip_batch']:g} a chip) | {total} | {fits} | {most} | {flops} | {ideal} |"
-      )
-      continue
+    gib = c["gib"]
     lines.append(
-      f"| {recipe_name(r)} | {r['chip']} (`{r['topology']}`) | {r['chips']} / {r['hosts']} "
+      f"| {c['recipe']} | {r['chip']} (`{r['topology']}`) | {r['chips']} / {r['hosts']} "
       f"| {r['per_chip_batch']:g} | {gib(r.get('hbm_args'))} / {gib(r.get('hbm_temps'))} / "
-      f"{gib(r.get('hbm_outputs'))} | {gib(r.get('hbm_total'))} / {gib(r['hbm_chip'])} "
-      f"| {fits} | {flops} | {ideal} | {coll} | {r['compile_s']:.0f} s |"
+      f"{gib(r.get('hbm_outputs'))} | {c['total']} | {c['fits']} | {c['flops']} "
+      f"| {c['ideal']} | {coll} | {r['compile_s']:.0f} s |"
+    )
+  return "\n".join(lines)
+
+
+def readme_table(rows: list[dict]) -> str:
+  """The README's shorter table of the JSON rows, by recipe, then target."""
+  lines = [
+    "| recipe | target | HBM a chip (total / chip) | fits | max batch a chip | TFLOP a chip "
+    "| ideal step |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for r in sorted(rows, key=lambda r: (recipe_name(r), r["chip"], r["topology"])):
+    c = _cells(r)
+    most = r.get("max_global_batch")
+    most = f"{most // r['chips']}" if most else "not searched"
+    lines.append(
+      f"| {c['recipe']} | {r['chips']}x {r['chip']} (`{r['topology']}`, "
+      f"{r['per_chip_batch']:g} a chip) | {c['total']} GiB | {c['fits']} | {most} "
+      f"| {c['flops']} | {c['ideal']} |"
     )
   return "\n".join(lines)
 
@@ -160,7 +175,7 @@ def main() -> int:
   out = pathlib.Path(args.out)
   if args.table:
     rows = [json.loads(x) for x in out.read_text().splitlines() if x.strip()]
-    print(markdown_table(rows, short=args.table == "readme"))
+    print((readme_table if args.table == "readme" else results_table)(rows))
     return 0
   n = 0
   for config, topology, precision, *rest in RECIPES:

@@ -403,13 +403,12 @@ def main() -> None:
     return
   skip = set(filter(None, args.skip.split(",")))
 
-  cpu = platform.processor() or platform.machine()
   load = lambda: "/".join(f"{x:.2f}" for x in os.getloadavg())  # 1/5/15-minute averages
-  print(f"# {_cpu_model()}; load average {load()} at the start")
   print(
-    f"# dan_jax benchmarks, {time.strftime('%Y-%m-%d')}, {cpu}, "
+    f"# dan_jax benchmarks, {time.strftime('%Y-%m-%d')}, {_cpu_model()}, "
     f"{os.cpu_count()} cores, devices {[d.device_kind for d in jax.devices()]}, "
-    f"jax {jax.__version__}, dtype {args.dtype}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+    f"jax {jax.__version__}, dtype {args.dtype}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; "
+    f"load average {load()} at the start"
   )
   results: dict = {"models": []}
   if "gemm" not in skip:

@@ -221,7 +221,8 @@ class Program:
 
 
 def _target_spec(config: Any, platform: str) -> Any:
-  """The model spec as the target platform resolves it ('auto' convolutions: XLA's)."""
+  """The model spec as the target platform resolves it ('auto' convolutions: XLA's; DCLS's
+  'auto' remat: none off the CPU)."""
   from dan_jax import models
   from dan_jax.models import spec as spec_lib
 

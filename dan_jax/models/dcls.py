@@ -74,10 +74,10 @@ def adaptive_avg_pool(x: Array, out: int) -> Array:
   Means of static slices, not products with averaging matrices: a [*, 3] dot is a shape
   XLA:GPU's compile-only Triton tiling refuses ("Couldn't find output tile sizes").
   """
-  x = jnp.stack([x[:, lo:hi].mean(axis=1) for lo, hi in adaptive_pool_bins(x.shape[1], out)], 1)
-  return jnp.stack(
-    [x[:, :, lo:hi].mean(axis=2) for lo, hi in adaptive_pool_bins(x.shape[2], out)], 2
-  )
+  for axis in (1, 2):  # rows, then columns
+    bins = adaptive_pool_bins(x.shape[axis], out)
+    x = jnp.stack([jax.lax.slice_in_dim(x, lo, hi, axis=axis).mean(axis) for lo, hi in bins], axis)
+  return x
 
 
 def psf2otf(psf: Array, height: int, width: int) -> tuple[Array, Array]:
